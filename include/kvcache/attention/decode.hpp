@@ -1,0 +1,187 @@
+#pragma once
+
+// Decode attention for MHA, MQA and GQA: one new query per query head against every cached row of its KV head.
+//
+//   q:   [n_q_heads, head_dim_k] f32       out: [n_q_heads, head_dim_v] f32
+//   kv:  LayerSlots; KV head h holds rows [0, length(h)) (heads may differ in length)
+//   query head i reads KV head i / (n_q_heads / n_kv_heads)
+//
+// The group's query heads are processed together, so each K and V row is read once per KV head; accumulation is
+// fp32 for every storage type. With DecodeOptions::probabilities set, the softmax probabilities of the group,
+// summed over its query heads, are added into a per-slot accumulator the caller owns (the score export of H2O-like
+// policies): the kernel keeps its logits in the workspace, so no second pass over K or V is made. With an executor
+// of concurrency c, each KV head's rows are split into up to ceil(c / n_kv_heads) ranges (flash-decoding) whose
+// partial softmax states are merged afterwards, so one sequence can use every thread.
+//
+// The call validates shapes and throws kvcache::Error before any work; the work itself allocates nothing.
+// An empty head (length 0) gives a zero output.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kvcache/attention/dispatch.hpp"
+#include "kvcache/core/aligned_buffer.hpp"
+#include "kvcache/core/config.hpp"
+#include "kvcache/core/executor.hpp"
+#include "kvcache/core/tensor.hpp"
+#include "kvcache/storage/slot_storage.hpp"
+
+namespace kvcache {
+
+struct DecodeOptions {
+  float scale = 0.0f;  ///< 0: 1 / sqrt(head_dim_k)
+  /// Optional [n_kv_heads, probabilities_stride] accumulator: entry (h, j) += sum over h's query heads of the
+  /// probability given to slot j, for j in [0, length(h)). probabilities_stride >= capacity.
+  float* probabilities = nullptr;
+  std::int64_t probabilities_stride = 0;
+  /// Split each head's rows across at most this many tasks (0: as the executor's concurrency needs; 1: never).
+  int max_splits = 0;
+};
+
+/// Scratch memory of decode_attention, sized once for a layer shape and capacity. One workspace serves one call
+/// at a time.
+class DecodeWorkspace {
+ public:
+  /// max_splits: the most splits per head any call will use. probabilities: whether calls may export them.
+  DecodeWorkspace(AttentionShape const& shape, std::int64_t capacity, int max_splits = 1, bool probabilities = false)
+      : n_kv_(shape.n_kv_heads), g_(shape.group_size()), dv_(shape.dim_v()), capacity_(capacity),
+        max_splits_(max_splits), probabilities_(probabilities) {
+    shape.validate();
+    KVCACHE_REQUIRE(max_splits >= 1 && max_splits <= 1024, "max_splits must be in [1, 1024], got ", max_splits);
+    KVCACHE_REQUIRE(capacity > 0, "capacity must be positive, got ", capacity);
+    partial_stride_ = detail::pad_to(static_cast<std::size_t>(g_) * static_cast<std::size_t>(dv_ + 2), 16);
+    partials_ = AlignedBuffer(sizeof(float) * partial_stride_ * std::size_t(n_kv_) * std::size_t(max_splits));
+    if (probabilities)
+      logits_ = AlignedBuffer(sizeof(float) * std::size_t(n_kv_) * std::size_t(g_) * std::size_t(capacity));
+  }
+
+  [[nodiscard]] int max_splits() const noexcept { return max_splits_; }
+  [[nodiscard]] bool has_probabilities() const noexcept { return probabilities_; }
+  [[nodiscard]] std::int64_t capacity() const noexcept { return capacity_; }
+
+  // o: [g, dv], then m: [g], then l: [g]
+  float* partial(int h, int split) noexcept {
+    return partials_.as<float>() + partial_stride_ * (std::size_t(h) * std::size_t(max_splits_) + std::size_t(split));
+  }
+  // [g, capacity]
+  float* logits(int h) noexcept {
+    return logits_.as<float>() + std::size_t(h) * std::size_t(g_) * std::size_t(capacity_);
+  }
+  void check(int n_kv, int g, int dv, std::int64_t max_len, bool probs) const {
+    KVCACHE_REQUIRE(n_kv == n_kv_ && g == g_ && dv == dv_, "decode workspace was made for ", n_kv_,
+                    " KV heads, group ", g_, ", head_dim_v ", dv_, "; the call has ", n_kv, ", ", g, ", ", dv);
+    KVCACHE_REQUIRE(!probs || probabilities_, "decode asks for probabilities, but its workspace was made without");
+    KVCACHE_REQUIRE(!probs || max_len <= capacity_, "decode workspace holds logits for ", capacity_,
+                    " rows, a head has ", max_len);
+  }
+
+ private:
+  int n_kv_, g_, dv_;
+  std::int64_t capacity_;
+  int max_splits_;
+  bool probabilities_;
+  std::size_t partial_stride_ = 0;
+  AlignedBuffer partials_, logits_;
+};
+
+namespace detail {
+
+template <class T>
+void decode_head_range(Isa isa, float const* q, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
+                       std::int64_t r1, float scale, float* o, float* m, float* l, float* logits,
+                       std::int64_t ld) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, g, dk, dv, k, v, r0, r1, scale, o, m, l, logits, ld))
+}
+inline void decode_probabilities(Isa isa, float const* logits, int g, std::int64_t ld, std::int64_t n, float const* m,
+                                 float const* l, float* acc) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (logits, g, ld, n, m, l, acc))
+}
+
+template <class T, class Exec>
+void decode_run(Isa isa, LayerSlots const& kv, float const* q, float* out, int n_q, DecodeWorkspace& ws,
+                DecodeOptions const& opt, float scale, int splits, Exec const& ex) {
+  const int n_kv = kv.n_kv_heads(), g = n_q / n_kv, dk = kv.head_dim_k(), dv = kv.head_dim_v();
+  const bool probs = opt.probabilities != nullptr;
+  // Split s of head h covers rows [len * s / splits, len * (s + 1) / splits). Group heads go in chunks of kMaxGroup.
+  ex.parallel_for(n_kv * splits, [&](int item) noexcept {
+    const int h = item / splits, s = item % splits;
+    const std::int64_t len = kv.length(h);
+    const std::int64_t r0 = len * s / splits, r1 = len * (s + 1) / splits;
+    T const* k = static_cast<T const*>(kv.k_data(h));
+    T const* v = static_cast<T const*>(kv.v_data(h));
+    float* part = ws.partial(h, s);
+    for (int c0 = 0; c0 < g; c0 += kMaxGroup) {
+      const int gc = std::min(kMaxGroup, g - c0);
+      decode_head_range(isa, q + std::size_t(h * g + c0) * std::size_t(dk), gc, dk, dv, k, v, r0, r1, scale,
+                        part + std::size_t(c0) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + c0,
+                        part + std::size_t(g) * std::size_t(dv) + g + c0,
+                        probs ? ws.logits(h) + std::int64_t(c0) * ws.capacity() : nullptr, ws.capacity());
+    }
+  });
+  // Merge the splits of each head: M = max m_s, L = sum l_s e^(m_s - M), out = sum o_s e^(m_s - M) / L.
+  ex.parallel_for(n_kv, [&](int h) noexcept {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    float m_all[kMaxGroup * 64], l_all[kMaxGroup * 64];  // g <= 1024 query heads per KV head is plenty
+    for (int i = 0; i < g; ++i) {
+      float mx = kNegInf;
+      for (int s = 0; s < splits; ++s) mx = std::max(mx, ws.partial(h, s)[g * dv + i]);
+      float lsum = 0.0f;
+      float* dst = out + std::size_t(h * g + i) * std::size_t(dv);
+      for (int c = 0; c < dv; ++c) dst[c] = 0.0f;
+      for (int s = 0; s < splits; ++s) {
+        float const* part = ws.partial(h, s);
+        const float ms = part[g * dv + i];
+        if (ms == kNegInf) continue;
+        const float w = std::exp(ms - mx);
+        lsum += part[g * dv + g + i] * w;
+        for (int c = 0; c < dv; ++c) dst[c] += part[i * dv + c] * w;
+      }
+      const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+      for (int c = 0; c < dv; ++c) dst[c] *= inv;
+      m_all[i] = mx;
+      l_all[i] = lsum;
+    }
+    if (probs && kv.length(h) > 0)
+      decode_probabilities(isa, ws.logits(h), g, ws.capacity(), kv.length(h), m_all, l_all,
+                           opt.probabilities + std::size_t(h) * std::size_t(opt.probabilities_stride));
+  });
+}
+
+}  // namespace detail
+
+/// Decode attention of one layer step; see the top of this header for shapes and semantics.
+template <class Exec = SerialExecutor>
+void decode_attention(LayerSlots const& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
+                      DecodeWorkspace& ws, DecodeOptions const& opt = {}, Exec const& ex = Exec{}) {
+  const int n_kv = kv.n_kv_heads();
+  const auto n_q = static_cast<int>(q.dimension(0));
+  KVCACHE_REQUIRE(n_q > 0 && n_q % n_kv == 0, "decode: ", n_q, " query heads are not a multiple of the ", n_kv,
+                  " KV heads");
+  KVCACHE_REQUIRE(n_q / n_kv <= 1024, "decode: group size ", n_q / n_kv, " exceeds 1024");
+  KVCACHE_REQUIRE(q.dimension(1) == kv.head_dim_k(), "decode: queries have width ", q.dimension(1),
+                  ", head_dim_k is ", kv.head_dim_k());
+  KVCACHE_REQUIRE(out.dimension(0) == n_q && out.dimension(1) == kv.head_dim_v(), "decode: output is [",
+                  out.dimension(0), ", ", out.dimension(1), "], expected [", n_q, ", ", kv.head_dim_v(), "]");
+  const bool probs = opt.probabilities != nullptr;
+  KVCACHE_REQUIRE(!probs || opt.probabilities_stride >= kv.max_length(), "decode: probabilities_stride ",
+                  opt.probabilities_stride, " is below the longest head (", kv.max_length(), " rows)");
+  ws.check(n_kv, n_q / n_kv, kv.head_dim_v(), kv.max_length(), probs);
+  const float scale = opt.scale != 0.0f ? opt.scale : 1.0f / std::sqrt(static_cast<float>(kv.head_dim_k()));
+  int splits = opt.max_splits > 0 ? opt.max_splits : (ex.concurrency() + n_kv - 1) / n_kv;
+  splits = std::clamp(splits, 1, ws.max_splits());
+  // A split below ~256 rows costs more in merging than it gains.
+  splits = static_cast<int>(std::clamp<std::int64_t>(kv.max_length() / 256, 1, splits));
+  const Isa isa = active_isa();
+  switch (kv.dtype()) {
+    case DType::kF32:
+      return detail::decode_run<float>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
+    case DType::kF16:
+      return detail::decode_run<f16>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
+    case DType::kBF16:
+      return detail::decode_run<bf16>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
+  }
+}
+
+}  // namespace kvcache

@@ -1,0 +1,180 @@
+// Decode attention for one KV head, written once against the op set `ops` of the enclosing ISA namespace.
+// Included inside kernels::<isa> and its target region; no include guard, no includes.
+//
+// The g query heads of a group are processed together, so each K and V row is read from memory once per KV head
+// (design.md 3.8). Rows are visited in tiles of kDecodeTile: scores for the tile, one online-softmax rescale per
+// tile and head, then P.V with the tile's V rows hot in L1. Accumulation is fp32 whatever the storage type.
+
+inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
+inline constexpr int kMaxGroup = ::kvcache::detail::kMaxGroup;
+
+// Scores of HB query heads against rows [r0, r1) of k, scaled: s[h * kDecodeTile + (r - r0)].
+template <int HB, class T>
+KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int dk, T const* KVCACHE_RESTRICT k,
+                                  std::int64_t r0, std::int64_t r1, float scale, float* KVCACHE_RESTRICT s) noexcept {
+  constexpr int L = ops::kLanes;
+  const int full = dk / L * L, tail = dk - full;
+  for (std::int64_t r = r0; r < r1; ++r) {
+    T const* kr = k + r * dk;
+    ops::Vec acc[HB];
+    for (int h = 0; h < HB; ++h) acc[h] = ops::zero();
+    for (int c = 0; c < full; c += L) {
+      const ops::Vec kv = ops::load(kr + c);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load(q + h * dk + c), kv, acc[h]);
+    }
+    if (tail != 0) {
+      const ops::Vec kv = ops::load_n(kr + full, tail);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load_n(q + h * dk + full, tail), kv, acc[h]);
+    }
+    for (int h = 0; h < HB; ++h) s[h * kDecodeTile + (r - r0)] = ops::reduce_add(acc[h]) * scale;
+  }
+}
+
+// o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv.
+template <int HB, class T>
+KVCACHE_INLINE void decode_pv(float const* KVCACHE_RESTRICT p, int dv, T const* KVCACHE_RESTRICT v, std::int64_t r0,
+                              std::int64_t r1, float* KVCACHE_RESTRICT o) noexcept {
+  constexpr int L = ops::kLanes;
+  const int full = dv / L * L, tail = dv - full;
+  for (int c = 0; c < full; c += L) {
+    ops::Vec acc[HB];
+    for (int h = 0; h < HB; ++h) acc[h] = ops::load(o + h * dv + c);
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const ops::Vec vv = ops::load(v + r * dv + c);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h]);
+    }
+    for (int h = 0; h < HB; ++h) ops::store(o + h * dv + c, acc[h]);
+  }
+  if (tail != 0) {
+    ops::Vec acc[HB];
+    for (int h = 0; h < HB; ++h) acc[h] = ops::load_n(o + h * dv + full, tail);
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const ops::Vec vv = ops::load_n(v + r * dv + full, tail);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h]);
+    }
+    for (int h = 0; h < HB; ++h) ops::store_n(o + h * dv + full, acc[h], tail);
+  }
+}
+
+template <class T>
+KVCACHE_INLINE void decode_scores_any(int hb, float const* q, int dk, T const* k, std::int64_t r0, std::int64_t r1,
+                                      float scale, float* s) noexcept {
+  switch (hb) {
+    case 1:
+      return decode_scores<1>(q, dk, k, r0, r1, scale, s);
+    case 2:
+      return decode_scores<2>(q, dk, k, r0, r1, scale, s);
+    case 4:
+      return decode_scores<4>(q, dk, k, r0, r1, scale, s);
+    default:
+      return decode_scores<8>(q, dk, k, r0, r1, scale, s);
+  }
+}
+template <class T>
+KVCACHE_INLINE void decode_pv_any(int hb, float const* p, int dv, T const* v, std::int64_t r0, std::int64_t r1,
+                                  float* o) noexcept {
+  switch (hb) {
+    case 1:
+      return decode_pv<1>(p, dv, v, r0, r1, o);
+    case 2:
+      return decode_pv<2>(p, dv, v, r0, r1, o);
+    case 4:
+      return decode_pv<4>(p, dv, v, r0, r1, o);
+    default:
+      return decode_pv<8>(p, dv, v, r0, r1, o);
+  }
+}
+
+// Largest head block (8, 4, 2 or 1) that fits in the heads left.
+KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+/// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
+/// q: [g, dk] f32; k: rows of width dk; v: rows of width dv; g <= kMaxGroup.
+/// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
+/// with s_hj = scale * q_h . k_j. logits, if not null: [g, ld], receives s_hj at column j.
+template <class T>
+KVCACHE_NOINLINE void decode_partial(float const* q, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
+                                     std::int64_t r1, float scale, float* o, float* m, float* l, float* logits,
+                                     std::int64_t ld) noexcept {
+  constexpr int L = ops::kLanes;
+  alignas(64) float s[kMaxGroup * kDecodeTile];
+  for (int h = 0; h < g; ++h) {
+    m[h] = -std::numeric_limits<float>::infinity();
+    l[h] = 0.0f;
+  }
+  for (int i = 0; i < g * dv; ++i) o[i] = 0.0f;
+
+  for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
+    const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1;
+    const int nt = static_cast<int>(t1 - t0);
+    for (int h0 = 0; h0 < g;) {
+      const int hb = head_block(g - h0);
+      decode_scores_any(hb, q + h0 * dk, dk, k, t0, t1, scale, s + h0 * kDecodeTile);
+      h0 += hb;
+    }
+    for (int h = 0; h < g; ++h) {
+      float* sh = s + h * kDecodeTile;
+      if (logits != nullptr) {
+        float* dst = logits + h * ld + t0;
+        for (int r = 0; r < nt; ++r) dst[r] = sh[r];
+      }
+      // Online softmax: new running max, rescale what was accumulated, exponentiate the tile in place.
+      ops::Vec mv = ops::set1(m[h]);
+      int r = 0;
+      for (; r + L <= nt; r += L) mv = ops::max(mv, ops::load(sh + r));
+      float mt = ops::reduce_max(mv);
+      for (; r < nt; ++r) mt = sh[r] > mt ? sh[r] : mt;
+      if (mt > m[h]) {
+        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mt);
+        l[h] *= alpha;
+        const ops::Vec av = ops::set1(alpha);
+        float* oh = o + h * dv;
+        int c = 0;
+        for (; c + L <= dv; c += L) ops::store(oh + c, ops::mul(ops::load(oh + c), av));
+        for (; c < dv; ++c) oh[c] *= alpha;
+        m[h] = mt;
+      }
+      const ops::Vec mh = ops::set1(m[h]);
+      ops::Vec lv = ops::zero();
+      r = 0;
+      for (; r + L <= nt; r += L) {
+        const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
+        ops::store(sh + r, p);
+        lv = ops::add(lv, p);
+      }
+      float lt = 0.0f;
+      if (r < nt) {
+        ops::store_n(sh + r, ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh)), nt - r);
+        for (; r < nt; ++r) lt += sh[r];
+      }
+      l[h] += ops::reduce_add(lv) + lt;
+    }
+    for (int h0 = 0; h0 < g;) {
+      const int hb = head_block(g - h0);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv);
+      h0 += hb;
+    }
+  }
+}
+
+/// acc[j] += sum_h e^(logits[h][j] - m_h) / l_h for j in [0, n): the group's probabilities, summed, added into a
+/// per-slot accumulator. logits: [g, ld].
+KVCACHE_NOINLINE inline void accumulate_probabilities(float const* logits, int g, std::int64_t ld, std::int64_t n,
+                                                      float const* m, float const* l, float* acc) noexcept {
+  constexpr int L = ops::kLanes;
+  std::int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    ops::Vec sum = ops::load(acc + j);
+    for (int h = 0; h < g; ++h)
+      sum = ops::fma(ops::exp(ops::sub(ops::load(logits + h * ld + j), ops::set1(m[h]))), ops::set1(1.0f / l[h]), sum);
+    ops::store(acc + j, sum);
+  }
+  if (j < n) {
+    const int t = static_cast<int>(n - j);
+    ops::Vec sum = ops::load_n(acc + j, t);
+    for (int h = 0; h < g; ++h)
+      sum = ops::fma(ops::exp(ops::sub(ops::load_n(logits + h * ld + j, t), ops::set1(m[h]))),
+                     ops::set1(1.0f / l[h]), sum);
+    ops::store_n(acc + j, sum, t);
+  }
+}

@@ -1,0 +1,12 @@
+#pragma once
+
+// Everything the generic kernel bodies (*.ipp) use, included before any target region or namespace opens.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "kvcache/core/dtype.hpp"
+#include "kvcache/core/macros.hpp"
+#include "kvcache/attention/detail/tiles.hpp"

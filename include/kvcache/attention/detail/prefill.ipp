@@ -1,0 +1,242 @@
+// Causal prefill (flash) attention for one KV head and one block of query tokens, written once against the op set
+// `ops` of the enclosing ISA namespace. Included inside kernels::<isa> and its target region; no include guard.
+//
+// A block holds the g query heads of the group for up to kPrefillTokens(g) consecutive new tokens: M = tokens * g
+// rows (row i is token i / g, head i % g), so each K/V tile serves the whole group. For every KV tile of
+// kPrefillKvTile keys at or below the block's diagonal (tiles above it are never visited):
+//   pack K^T (f32, [dk_pad][tile]) and V (f32, [tile][dv_pad]) once, S = Q K^T with a register-tiled micro-kernel
+//   (kPrefillMR rows x kPrefillNV vectors: broadcast Q, vector K^T, FMA), mask the diagonal, online softmax per row,
+//   O += P V with the same micro-kernel shape.
+// Q is packed pre-scaled, and rows are padded to whole vectors, so the micro-kernels have no tails.
+
+inline constexpr int kPrefillKvTile = ::kvcache::detail::kPrefillKvTile;
+inline constexpr int kPrefillNV = 4;
+inline constexpr int kPrefillMR = ops::kLanes >= 16 ? 6 : (ops::kLanes >= 8 ? 3 : 4);
+inline constexpr int kPrefillMaxRows = ::kvcache::detail::kPrefillMaxRows;  // a multiple of every kPrefillMR
+
+KVCACHE_INLINE int pad_lanes(int n) noexcept { return (n + ops::kLanes - 1) / ops::kLanes * ops::kLanes; }
+
+// s[i][col0 .. col0 + NV*L) = sum_c q[i][c] kt[c][col0 ..] for MR rows.
+template <int MR>
+KVCACHE_INLINE void qk_micro(float const* KVCACHE_RESTRICT q, int ldq, int kd, float const* KVCACHE_RESTRICT kt,
+                             int col0, float* KVCACHE_RESTRICT s) noexcept {
+  constexpr int L = ops::kLanes, NV = kPrefillNV, B = kPrefillKvTile;
+  ops::Vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = ops::zero();
+  for (int c = 0; c < kd; ++c) {
+    ops::Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = ops::load(kt + c * B + col0 + v * L);
+    for (int i = 0; i < MR; ++i) {
+      const ops::Vec a = ops::set1(q[i * ldq + c]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = ops::fma(a, b[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) ops::store(s + i * B + col0 + v * L, acc[i][v]);
+}
+
+// o[i][col0 .. col0 + NV*L) += sum_{j < nk} p[i][j] vp[j][col0 ..] for MR rows.
+template <int MR, int NV>
+KVCACHE_INLINE void pv_micro(float const* KVCACHE_RESTRICT p, int nk, float const* KVCACHE_RESTRICT vp, int ldv,
+                             int col0, float* KVCACHE_RESTRICT o, int ldo) noexcept {
+  constexpr int L = ops::kLanes, B = kPrefillKvTile;
+  ops::Vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = ops::load(o + i * ldo + col0 + v * L);
+  for (int j = 0; j < nk; ++j) {
+    ops::Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = ops::load(vp + j * ldv + col0 + v * L);
+    for (int i = 0; i < MR; ++i) {
+      const ops::Vec a = ops::set1(p[i * B + j]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = ops::fma(a, b[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) ops::store(o + i * ldo + col0 + v * L, acc[i][v]);
+}
+
+template <int MR>
+KVCACHE_INLINE void qk_rows(float const* q, int ldq, int kd, float const* kt, float* s) noexcept {
+  for (int col0 = 0; col0 < kPrefillKvTile; col0 += kPrefillNV * ops::kLanes) qk_micro<MR>(q, ldq, kd, kt, col0, s);
+}
+template <int MR>
+KVCACHE_INLINE void pv_rows(float const* p, int nk, float const* vp, int ldv, float* o) noexcept {
+  constexpr int W = kPrefillNV * ops::kLanes;
+  int col0 = 0;
+  for (; col0 + W <= ldv; col0 += W) pv_micro<MR, kPrefillNV>(p, nk, vp, ldv, col0, o, ldv);
+  switch ((ldv - col0) / ops::kLanes) {
+    case 1:
+      return pv_micro<MR, 1>(p, nk, vp, ldv, col0, o, ldv);
+    case 2:
+      return pv_micro<MR, 2>(p, nk, vp, ldv, col0, o, ldv);
+    case 3:
+      return pv_micro<MR, 3>(p, nk, vp, ldv, col0, o, ldv);
+    default:
+      return;
+  }
+}
+
+// S = Q K^T for rows [r0, r1) (row stride of q: kd, of s: kPrefillKvTile).
+inline void qk_block(float const* q, int kd, float const* kt, int r0, int r1, float* s) noexcept {
+  constexpr int MR = kPrefillMR, B = kPrefillKvTile;
+  int i = r0;
+  for (; i + MR <= r1; i += MR) qk_rows<MR>(q + i * kd, kd, kd, kt, s + i * B);
+  for (; i < r1; ++i) qk_rows<1>(q + i * kd, kd, kd, kt, s + i * B);
+}
+// O += P V for rows [0, m) (row stride of o: ldv).
+inline void pv_block(float const* p, int m, int nk, float const* vp, int ldv, float* o) noexcept {
+  constexpr int MR = kPrefillMR, B = kPrefillKvTile;
+  int i = 0;
+  for (; i + MR <= m; i += MR) pv_rows<MR>(p + i * B, nk, vp, ldv, o + i * ldv);
+  for (; i < m; ++i) pv_rows<1>(p + i * B, nk, vp, ldv, o + i * ldv);
+}
+
+// Packs keys [j0, j0 + nk) transposed into kt: [kd][kPrefillKvTile] f32, zero beyond nk and dk.
+template <class T>
+inline void pack_kt(T const* k, int dk, int kd, std::int64_t j0, int nk, float* kt) noexcept {
+  constexpr int B = kPrefillKvTile;
+  alignas(64) float row[1024];
+  for (int j = 0; j < nk; ++j) {
+    ops::convert_n(row, k + (j0 + j) * dk, static_cast<std::size_t>(dk));
+    for (int c = 0; c < dk; ++c) kt[c * B + j] = row[c];
+  }
+  for (int c = 0; c < kd; ++c)
+    for (int j = (c < dk ? nk : 0); j < B; ++j) kt[c * B + j] = 0.0f;
+}
+// Packs values [j0, j0 + nk) into vp: [nk][ldv] f32, zero beyond dv.
+template <class T>
+inline void pack_v(T const* v, int dv, int ldv, std::int64_t j0, int nk, float* vp) noexcept {
+  for (int j = 0; j < nk; ++j) {
+    ops::convert_n(vp + j * ldv, v + (j0 + j) * dv, static_cast<std::size_t>(dv));
+    for (int c = dv; c < ldv; ++c) vp[j * ldv + c] = 0.0f;
+  }
+}
+
+/// Scratch of one worker, carved from detail::prefill_scratch_floats(dk, dv) floats (64-byte aligned).
+struct PrefillScratch {
+  float* q;   // [kPrefillMaxRows][kd]
+  float* o;   // [kPrefillMaxRows][ldv]
+  float* s;   // [kPrefillMaxRows][kPrefillKvTile]
+  float* kt;  // [kd][kPrefillKvTile]
+  float* vp;  // [kPrefillKvTile][ldv]
+  float* m;   // [kPrefillMaxRows]
+  float* l;   // [kPrefillMaxRows]
+};
+KVCACHE_INLINE float* take_floats(float*& base, std::size_t n) noexcept {
+  float* p = base;
+  base += (n + 15) / 16 * 16;
+  return p;
+}
+inline PrefillScratch prefill_scratch(float* base, int dk, int dv) noexcept {
+  const std::size_t kd = static_cast<std::size_t>(pad_lanes(dk)), ldv = static_cast<std::size_t>(pad_lanes(dv));
+  const std::size_t R = kPrefillMaxRows, B = kPrefillKvTile;
+  PrefillScratch sc{};
+  sc.q = take_floats(base, R * kd);
+  sc.o = take_floats(base, R * ldv);
+  sc.s = take_floats(base, R * B);
+  sc.kt = take_floats(base, kd * B);
+  sc.vp = take_floats(base, B * ldv);
+  sc.m = take_floats(base, R);
+  sc.l = take_floats(base, R);
+  return sc;
+}
+
+using ::kvcache::detail::PrefillArgs;
+
+template <class T>
+KVCACHE_NOINLINE void prefill_block(PrefillArgs const& a, T const* k, T const* v, PrefillScratch const& sc) noexcept {
+  constexpr int L = ops::kLanes, B = kPrefillKvTile;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int g = a.g, kd = pad_lanes(a.dk), ldv = pad_lanes(a.dv);
+  const int M = static_cast<int>(a.t1 - a.t0) * g;
+
+  for (int i = 0; i < M; ++i) {
+    const std::int64_t t = a.t0 + i / g;
+    float const* src = a.q + (t * a.n_q + a.kv_head * g + i % g) * a.dk;
+    float* dst = sc.q + i * kd;
+    for (int c = 0; c < a.dk; ++c) dst[c] = src[c] * a.scale;
+    for (int c = a.dk; c < kd; ++c) dst[c] = 0.0f;
+    for (int c = 0; c < ldv; ++c) sc.o[i * ldv + c] = 0.0f;
+    sc.m[i] = kNegInf;
+    sc.l[i] = 0.0f;
+  }
+
+  const std::int64_t kv_end = a.n_old + a.t1;  // keys visible to the block's last token
+  for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
+    const int nk = static_cast<int>(kv_end - j0 < B ? kv_end - j0 : B);
+    pack_kt(k, a.dk, kd, j0, nk, sc.kt);
+    pack_v(v, a.dv, ldv, j0, nk, sc.vp);
+    qk_block(sc.q, kd, sc.kt, 0, M, sc.s);
+    for (int i = 0; i < M; ++i) {
+      float* srow = sc.s + i * B;
+      const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;  // causal: keys j <= n_old + t
+      const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
+      float mt = kNegInf;
+      int j = 0;
+      if (lim >= L) {
+        ops::Vec mv = ops::load(srow);
+        for (j = L; j + L <= lim; j += L) mv = ops::max(mv, ops::load(srow + j));
+        mt = ops::reduce_max(mv);
+      }
+      for (; j < lim; ++j) mt = srow[j] > mt ? srow[j] : mt;
+      if (mt > sc.m[i]) {
+        const float alpha = sc.m[i] == kNegInf ? 0.0f : std::exp(sc.m[i] - mt);
+        sc.l[i] *= alpha;
+        const ops::Vec av = ops::set1(alpha);
+        float* orow = sc.o + i * ldv;
+        for (int c = 0; c < ldv; c += L) ops::store(orow + c, ops::mul(ops::load(orow + c), av));
+        sc.m[i] = mt;
+      }
+      const ops::Vec mh = ops::set1(sc.m[i]);
+      ops::Vec lv = ops::zero();
+      float lt = 0.0f;
+      j = 0;
+      for (; j + L <= lim; j += L) {
+        const ops::Vec p = ops::exp(ops::sub(ops::load(srow + j), mh));
+        ops::store(srow + j, p);
+        lv = ops::add(lv, p);
+      }
+      for (; j < lim; ++j) {
+        srow[j] = std::exp(srow[j] - sc.m[i]);
+        lt += srow[j];
+      }
+      for (; j < nk; ++j) srow[j] = 0.0f;
+      sc.l[i] += ops::reduce_add(lv) + lt;
+    }
+    pv_block(sc.s, M, nk, sc.vp, ldv, sc.o);
+  }
+
+  for (int i = 0; i < M; ++i) {
+    const std::int64_t t = a.t0 + i / g;
+    float* dst = a.out + (t * a.n_q + a.kv_head * g + i % g) * a.dv;
+    const ops::Vec inv = ops::set1(sc.l[i] > 0.0f ? 1.0f / sc.l[i] : 0.0f);
+    int c = 0;
+    for (; c + L <= a.dv; c += L) ops::store(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv));
+    if (c < a.dv) ops::store_n(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv), a.dv - c);
+  }
+
+  // Column sums of the final probabilities of the chosen tokens: a second Q K^T sweep over their rows only, with
+  // the row maxima and sums now known (no n x n matrix is kept).
+  if (a.colsum == nullptr) return;
+  const std::int64_t c0 = a.cs0 > a.t0 ? a.cs0 : a.t0, c1 = a.cs1 < a.t1 ? a.cs1 : a.t1;
+  if (c0 >= c1) return;
+  const int r0 = static_cast<int>(c0 - a.t0) * g, r1 = static_cast<int>(c1 - a.t0) * g;
+  const std::int64_t sweep_end = a.n_old + c1;
+  for (std::int64_t j0 = 0; j0 < sweep_end; j0 += B) {
+    const int nk = static_cast<int>(sweep_end - j0 < B ? sweep_end - j0 : B);
+    pack_kt(k, a.dk, kd, j0, nk, sc.kt);
+    qk_block(sc.q, kd, sc.kt, r0, r1, sc.s);
+    for (int i = r0; i < r1; ++i) {
+      float* srow = sc.s + i * B;
+      const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;
+      const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
+      const ops::Vec mh = ops::set1(sc.m[i]), inv = ops::set1(1.0f / sc.l[i]);
+      float* dst = a.colsum + j0;
+      int j = 0;
+      for (; j + L <= lim; j += L)
+        ops::store(dst + j, ops::fma(ops::exp(ops::sub(ops::load(srow + j), mh)), inv, ops::load(dst + j)));
+      for (; j < lim; ++j) dst[j] += std::exp(srow[j] - sc.m[i]) / sc.l[i];
+    }
+  }
+}

@@ -1,0 +1,17 @@
+#pragma once
+
+// Attention kernels compiled for the avx2 op set: the generic bodies of attention/detail/*.ipp instantiated in
+// namespace kvcache::kernels::avx2 inside the ISA's target region.
+
+#include "kvcache/attention/detail/kernel_deps.hpp"
+#include "kvcache/simd/avx2.hpp"
+
+#if KVCACHE_HAVE_AVX2
+KVCACHE_TARGET_AVX2_BEGIN
+namespace kvcache::kernels::avx2 {
+namespace ops = ::kvcache::simd::avx2;
+#include "kvcache/attention/detail/decode.ipp"
+#include "kvcache/attention/detail/prefill.ipp"
+}  // namespace kvcache::kernels::avx2
+KVCACHE_TARGET_END
+#endif

@@ -1,0 +1,105 @@
+#pragma once
+
+// Reference attention in Eigen, in double precision: the oracle every optimised kernel is tested against. Same
+// shapes and semantics as decode.hpp and prefill.hpp; simple and slow (materialises each head's score row).
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+
+#include "kvcache/core/tensor.hpp"
+#include "kvcache/storage/slot_storage.hpp"
+
+namespace kvcache::reference {
+
+namespace detail {
+template <class T>
+Eigen::MatrixXd rows_as_double(T const* p, std::int64_t n, int d) {
+  Eigen::MatrixXd m(n, d);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(to_f32(p[i * d + c]));
+  return m;
+}
+inline void head_rows(LayerSlots const& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
+  const std::int64_t n = kv.length(h);
+  switch (kv.dtype()) {
+    case DType::kF32:
+      k = rows_as_double(kv.k_rows<float>(h), n, kv.head_dim_k());
+      v = rows_as_double(kv.v_rows<float>(h), n, kv.head_dim_v());
+      break;
+    case DType::kF16:
+      k = rows_as_double(kv.k_rows<f16>(h), n, kv.head_dim_k());
+      v = rows_as_double(kv.v_rows<f16>(h), n, kv.head_dim_v());
+      break;
+    case DType::kBF16:
+      k = rows_as_double(kv.k_rows<bf16>(h), n, kv.head_dim_k());
+      v = rows_as_double(kv.v_rows<bf16>(h), n, kv.head_dim_v());
+      break;
+  }
+}
+/// Softmax of scale * (k q) over the first n entries; the rest are 0.
+inline Eigen::VectorXd softmax_prefix(Eigen::MatrixXd const& k, Eigen::VectorXd const& q, double scale,
+                                      std::int64_t n) {
+  Eigen::VectorXd p = Eigen::VectorXd::Zero(k.rows());
+  if (n == 0) return p;
+  p.head(n) = k.topRows(n) * q * scale;
+  const double m = p.head(n).maxCoeff();
+  p.head(n) = (p.head(n).array() - m).exp().matrix();
+  p.head(n) /= p.head(n).sum();
+  return p;
+}
+}  // namespace detail
+
+/// q: [n_q_heads, head_dim_k], out: [n_q_heads, head_dim_v]. probabilities (optional): [n_kv_heads, stride],
+/// += the group's probabilities summed over its query heads.
+inline void decode_attention(LayerSlots const& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
+                             float scale = 0.0f, float* probabilities = nullptr, std::int64_t stride = 0) {
+  const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(0)), g = n_q / n_kv;
+  const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
+  const double s = scale != 0.0f ? scale : 1.0 / std::sqrt(static_cast<double>(dk));
+  for (int h = 0; h < n_kv; ++h) {
+    Eigen::MatrixXd k, v;
+    detail::head_rows(kv, h, k, v);
+    for (int i = 0; i < g; ++i) {
+      const int qh = h * g + i;
+      Eigen::VectorXd qv(dk);
+      for (int c = 0; c < dk; ++c) qv(c) = q(qh, c);
+      const Eigen::VectorXd p = detail::softmax_prefix(k, qv, s, k.rows());
+      const Eigen::VectorXd o = v.transpose() * p;
+      for (int c = 0; c < dv; ++c) out(qh, c) = static_cast<float>(k.rows() > 0 ? o(c) : 0.0);
+      if (probabilities != nullptr)
+        for (std::int64_t j = 0; j < k.rows(); ++j) probabilities[h * stride + j] += static_cast<float>(p(j));
+    }
+  }
+}
+
+/// q: [n_new, n_q_heads, head_dim_k], out: [n_new, n_q_heads, head_dim_v]; the last n_new rows of each head are the
+/// new tokens. column_sums (optional): [n_kv_heads, stride], += probabilities of tokens [begin, end) summed.
+inline void prefill_attention(LayerSlots const& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
+                              float scale = 0.0f, float* column_sums = nullptr, std::int64_t stride = 0,
+                              std::int64_t begin = 0, std::int64_t end = -1) {
+  const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(1)), g = n_q / n_kv;
+  const std::int64_t n_new = q.dimension(0);
+  if (end < 0) end = n_new;
+  const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
+  const double s = scale != 0.0f ? scale : 1.0 / std::sqrt(static_cast<double>(dk));
+  for (int h = 0; h < n_kv; ++h) {
+    Eigen::MatrixXd k, v;
+    detail::head_rows(kv, h, k, v);
+    const std::int64_t n_old = k.rows() - n_new;
+    for (std::int64_t t = 0; t < n_new; ++t) {
+      for (int i = 0; i < g; ++i) {
+        const int qh = h * g + i;
+        Eigen::VectorXd qv(dk);
+        for (int c = 0; c < dk; ++c) qv(c) = q(t, qh, c);
+        const Eigen::VectorXd p = detail::softmax_prefix(k, qv, s, n_old + t + 1);
+        const Eigen::VectorXd o = v.transpose() * p;
+        for (int c = 0; c < dv; ++c) out(t, qh, c) = static_cast<float>(o(c));
+        if (column_sums != nullptr && t >= begin && t < end)
+          for (std::int64_t j = 0; j < k.rows(); ++j) column_sums[h * stride + j] += static_cast<float>(p(j));
+      }
+    }
+  }
+}
+
+}  // namespace kvcache::reference

@@ -1,0 +1,142 @@
+#pragma once
+
+// Element types of the cache and their exact conversions.
+//
+// f16 and bf16 are Eigen::half and Eigen::bfloat16, so storage can be viewed as Eigen tensors with no copy. The
+// conversions here are our own, bit-exact and independent of the floating-point environment:
+//   f32 -> f16 / bf16: round to nearest, ties to even; overflow gives infinity; NaN stays NaN (quiet).
+//   f16 / bf16 -> f32: exact.
+// The SIMD versions in simd/ produce the same bits (tested exhaustively for f16 -> f32 and on edge cases and random
+// inputs for f32 -> f16/bf16).
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+#include <type_traits>
+
+#include "kvcache/core/error.hpp"
+
+namespace kvcache {
+
+using f16 = Eigen::half;
+using bf16 = Eigen::bfloat16;
+
+/// The element type of stored K/V rows.
+enum class DType : std::uint8_t { kF32, kF16, kBF16 };
+
+constexpr std::size_t dtype_size(DType t) noexcept { return t == DType::kF32 ? 4 : 2; }
+
+constexpr std::string_view dtype_name(DType t) noexcept {
+  switch (t) {
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
+  }
+  return "?";
+}
+
+/// Parses "f32", "f16" or "bf16"; throws Error naming the text otherwise.
+inline DType parse_dtype(std::string_view s) {
+  if (s == "f32") return DType::kF32;
+  if (s == "f16") return DType::kF16;
+  if (s == "bf16") return DType::kBF16;
+  detail::throw_error("unknown element type '", s, "'; expected f32, f16 or bf16");
+}
+
+template <class T>
+inline constexpr bool is_element_v = std::is_same_v<T, float> || std::is_same_v<T, f16> || std::is_same_v<T, bf16>;
+
+template <class T>
+constexpr DType dtype_of() noexcept {
+  static_assert(is_element_v<T>, "kvcache: element types are float, kvcache::f16 and kvcache::bf16");
+  if constexpr (std::is_same_v<T, float>) return DType::kF32;
+  if constexpr (std::is_same_v<T, f16>) return DType::kF16;
+  return DType::kBF16;
+}
+
+namespace detail {
+inline std::uint32_t f32_bits(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(std::uint32_t u) noexcept {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace detail
+
+/// f32 -> f16 bits, round to nearest even.
+inline std::uint16_t f32_to_f16_bits(float f) noexcept {
+  std::uint32_t x = detail::f32_bits(f);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) {  // inf or NaN; a NaN keeps its top payload bits and is made quiet
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (x > 0x7f800000u ? 0x200u | ((x >> 13) & 0x3ffu) : 0u));
+  }
+  if (x >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to infinity
+  if (x < 0x38800000u) {                                                    // below 2^-14: f16 subnormal or zero
+    const std::uint32_t e = x >> 23;
+    if (e < 102) return static_cast<std::uint16_t>(sign);  // below 2^-25: rounds to zero
+    const std::uint32_t m = (x & 0x7fffffu) | 0x800000u;
+    const std::uint32_t s = 126 - e;  // 14..24: value = m * 2^-s in units of 2^-24
+    std::uint32_t q = m >> s;
+    const std::uint32_t rem = m & ((1u << s) - 1u), half = 1u << (s - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;  // may carry into the smallest normal, which is exact
+    return static_cast<std::uint16_t>(sign | q);
+  }
+  std::uint32_t h = ((x - 0x38000000u) >> 13);  // rebias exponent 127 -> 15 and drop 13 mantissa bits
+  const std::uint32_t rem = x & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<std::uint16_t>(sign | h);
+}
+
+/// f16 bits -> f32, exact.
+inline float f16_bits_to_f32(std::uint16_t h) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;  // m * 2^-24, exact
+    return sign ? -v : v;
+  }
+  if (e == 31) return detail::bits_f32(sign | 0x7f800000u | (m << 13));
+  return detail::bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/// f32 -> bf16 bits, round to nearest even; NaN stays a quiet NaN.
+inline std::uint16_t f32_to_bf16_bits(float f) noexcept {
+  const std::uint32_t x = detail::f32_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+inline float bf16_bits_to_f32(std::uint16_t b) noexcept { return detail::bits_f32(static_cast<std::uint32_t>(b) << 16); }
+
+inline std::uint16_t bits_of(f16 h) noexcept { return Eigen::numext::bit_cast<std::uint16_t>(h); }
+inline std::uint16_t bits_of(bf16 h) noexcept { return Eigen::numext::bit_cast<std::uint16_t>(h); }
+
+/// Element -> f32 (exact).
+inline float to_f32(float x) noexcept { return x; }
+inline float to_f32(f16 x) noexcept { return f16_bits_to_f32(bits_of(x)); }
+inline float to_f32(bf16 x) noexcept { return bf16_bits_to_f32(bits_of(x)); }
+
+/// f32 -> element T (round to nearest even).
+template <class T>
+inline T from_f32(float x) noexcept {
+  static_assert(is_element_v<T>, "kvcache: element types are float, kvcache::f16 and kvcache::bf16");
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else if constexpr (std::is_same_v<T, f16>) {
+    return Eigen::numext::bit_cast<f16>(f32_to_f16_bits(x));
+  } else {
+    return Eigen::numext::bit_cast<bf16>(f32_to_bf16_bits(x));
+  }
+}
+
+}  // namespace kvcache

@@ -1,0 +1,75 @@
+#pragma once
+
+// Compiler and build-mode macros shared by every header.
+
+#include <cstdio>
+#include <cstdlib>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define KVCACHE_INLINE inline __attribute__((always_inline))
+#define KVCACHE_NOINLINE __attribute__((noinline))
+#define KVCACHE_RESTRICT __restrict__
+#define KVCACHE_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KVCACHE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define KVCACHE_INLINE inline
+#define KVCACHE_NOINLINE
+#define KVCACHE_RESTRICT
+#define KVCACHE_LIKELY(x) (x)
+#define KVCACHE_UNLIKELY(x) (x)
+#endif
+
+// KVCACHE_ASSERT checks preconditions of hot paths (which are noexcept and must not throw).
+// It is on in debug builds and compiled out when NDEBUG is defined, unless KVCACHE_ENABLE_ASSERTS is.
+#if !defined(NDEBUG) || defined(KVCACHE_ENABLE_ASSERTS)
+#define KVCACHE_ASSERT(cond, msg)                                                                \
+  do {                                                                                           \
+    if (KVCACHE_UNLIKELY(!(cond))) {                                                             \
+      std::fprintf(stderr, "kvcache: assertion failed at %s:%d: %s (%s)\n", __FILE__, __LINE__, \
+                   #cond, msg);                                                                  \
+      std::abort();                                                                              \
+    }                                                                                            \
+  } while (0)
+#else
+#define KVCACHE_ASSERT(cond, msg) ((void)0)
+#endif
+
+// Runtime dispatch (default) compiles scalar, AVX2 and AVX-512 kernels under target attributes and picks one per
+// call. Static dispatch (define KVCACHE_DISPATCH_STATIC, or CMake KVCACHE_DISPATCH=static) compiles only the best ISA
+// the compiler flags imply, so a -march=native build carries no unused code.
+#if defined(__x86_64__) || defined(_M_X64)
+#define KVCACHE_X86 1
+#else
+#define KVCACHE_X86 0
+#endif
+
+#if KVCACHE_X86 && (defined(__GNUC__) || defined(__clang__))
+#if defined(KVCACHE_DISPATCH_STATIC)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define KVCACHE_HAVE_AVX2 1
+#else
+#define KVCACHE_HAVE_AVX2 0
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define KVCACHE_HAVE_AVX512 1
+#else
+#define KVCACHE_HAVE_AVX512 0
+#endif
+#else
+#define KVCACHE_HAVE_AVX2 1
+#define KVCACHE_HAVE_AVX512 1
+#endif
+#else
+#define KVCACHE_HAVE_AVX2 0
+#define KVCACHE_HAVE_AVX512 0
+#endif
+
+// Tag of the baseline the translation unit is compiled for; code compiled with the TU's own flags (the scalar ISA)
+// lives in an inline namespace of this name so that TUs with different flags cannot exchange its symbols.
+#if defined(__AVX512F__)
+#define KVCACHE_BASELINE_NS baseline_avx512
+#elif defined(__AVX2__)
+#define KVCACHE_BASELINE_NS baseline_avx2
+#else
+#define KVCACHE_BASELINE_NS baseline
+#endif

@@ -1,0 +1,97 @@
+#pragma once
+
+// The AVX2 op set: 8 float lanes (AVX2 + FMA + F16C). Contract: see simd/scalar.hpp.
+// f16 <-> f32 uses F16C (vcvtph2ps / vcvtps2ph with round-to-nearest-even); bf16 is integer arithmetic.
+// Tails (n < 8) go through a zero-filled stack copy: AVX2 has no 16-bit masked load.
+
+#include "kvcache/core/dtype.hpp"
+#include "kvcache/simd/target.hpp"
+
+#if KVCACHE_HAVE_AVX2
+#include <immintrin.h>
+
+#include <cstddef>
+
+#include <cstring>
+
+KVCACHE_TARGET_AVX2_BEGIN
+namespace kvcache::simd::avx2 {
+
+using Vec = __m256;
+inline constexpr int kLanes = 8;
+
+KVCACHE_INLINE Vec zero() noexcept { return _mm256_setzero_ps(); }
+KVCACHE_INLINE Vec set1(float x) noexcept { return _mm256_set1_ps(x); }
+
+KVCACHE_INLINE Vec load(float const* p) noexcept { return _mm256_loadu_ps(p); }
+KVCACHE_INLINE Vec load(f16 const* p) noexcept {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(p)));
+}
+KVCACHE_INLINE Vec load(bf16 const* p) noexcept {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<__m128i const*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+template <class T>
+KVCACHE_INLINE Vec load_n(T const* p, int n) noexcept {
+  alignas(32) T buf[kLanes] = {};
+  std::memcpy(buf, p, sizeof(T) * static_cast<unsigned>(n));
+  return load(buf);
+}
+
+KVCACHE_INLINE void store(float* p, Vec v) noexcept { _mm256_storeu_ps(p, v); }
+KVCACHE_INLINE void store(f16* p, Vec v) noexcept {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+KVCACHE_INLINE void store(bf16* p, Vec v) noexcept {
+  const __m256i x = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+  r = _mm256_blendv_epi8(r, quiet_nan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+template <class T>
+KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
+  alignas(32) T buf[kLanes];
+  store(buf, v);
+  std::memcpy(p, buf, sizeof(T) * static_cast<unsigned>(n));
+}
+
+KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm256_add_ps(a, b); }
+KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm256_sub_ps(a, b); }
+KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return _mm256_mul_ps(a, b); }
+KVCACHE_INLINE Vec fma(Vec a, Vec b, Vec c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+KVCACHE_INLINE Vec min(Vec a, Vec b) noexcept { return _mm256_min_ps(a, b); }
+KVCACHE_INLINE Vec max(Vec a, Vec b) noexcept { return _mm256_max_ps(a, b); }
+
+KVCACHE_INLINE float reduce_add(Vec v) noexcept {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+KVCACHE_INLINE float reduce_max(Vec v) noexcept {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+KVCACHE_INLINE Vec round_nearest(Vec v) noexcept {
+  return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
+  const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
+  return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+}
+
+#include "kvcache/simd/detail/math.ipp"
+#include "kvcache/simd/detail/bulk.ipp"
+
+}  // namespace kvcache::simd::avx2
+KVCACHE_TARGET_END
+#endif  // KVCACHE_HAVE_AVX2

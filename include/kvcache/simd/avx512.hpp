@@ -1,0 +1,105 @@
+#pragma once
+
+// The AVX-512 op set: 16 float lanes (AVX-512 F/BW/DQ/VL). Contract: see simd/scalar.hpp.
+// Tails use masked loads and stores (16-bit masked moves need BW+VL), so no tail touches memory past n.
+
+#include "kvcache/core/dtype.hpp"
+#include "kvcache/simd/target.hpp"
+
+#if KVCACHE_HAVE_AVX512
+#include <immintrin.h>
+
+#include <cstddef>
+
+KVCACHE_TARGET_AVX512_BEGIN
+namespace kvcache::simd::avx512 {
+
+using Vec = __m512;
+inline constexpr int kLanes = 16;
+
+KVCACHE_INLINE __mmask16 tail_mask(int n) noexcept { return static_cast<__mmask16>((1u << n) - 1u); }
+KVCACHE_INLINE Vec zero() noexcept { return _mm512_setzero_ps(); }
+KVCACHE_INLINE Vec set1(float x) noexcept { return _mm512_set1_ps(x); }
+
+KVCACHE_INLINE Vec widen_bf16(__m256i h) noexcept {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+KVCACHE_INLINE Vec load(float const* p) noexcept { return _mm512_loadu_ps(p); }
+KVCACHE_INLINE Vec load(f16 const* p) noexcept {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+}
+KVCACHE_INLINE Vec load(bf16 const* p) noexcept {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+}
+KVCACHE_INLINE Vec load_n(float const* p, int n) noexcept { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
+KVCACHE_INLINE Vec load_n(f16 const* p, int n) noexcept {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p));
+}
+KVCACHE_INLINE Vec load_n(bf16 const* p, int n) noexcept {
+  return widen_bf16(_mm256_maskz_loadu_epi16(tail_mask(n), p));
+}
+
+KVCACHE_INLINE __m256i narrow_f16(Vec v) noexcept {
+  return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+KVCACHE_INLINE __m256i narrow_bf16(Vec v) noexcept {
+  const __m512i x = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet_nan);
+  return _mm512_cvtepi32_epi16(r);
+}
+KVCACHE_INLINE void store(float* p, Vec v) noexcept { _mm512_storeu_ps(p, v); }
+KVCACHE_INLINE void store(f16* p, Vec v) noexcept {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_f16(v));
+}
+KVCACHE_INLINE void store(bf16* p, Vec v) noexcept {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(v));
+}
+KVCACHE_INLINE void store_n(float* p, Vec v, int n) noexcept { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+KVCACHE_INLINE void store_n(f16* p, Vec v, int n) noexcept {
+  _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_f16(v));
+}
+KVCACHE_INLINE void store_n(bf16* p, Vec v, int n) noexcept {
+  _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_bf16(v));
+}
+
+KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm512_add_ps(a, b); }
+KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm512_sub_ps(a, b); }
+KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return _mm512_mul_ps(a, b); }
+KVCACHE_INLINE Vec fma(Vec a, Vec b, Vec c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+KVCACHE_INLINE Vec min(Vec a, Vec b) noexcept { return _mm512_min_ps(a, b); }
+KVCACHE_INLINE Vec max(Vec a, Vec b) noexcept { return _mm512_max_ps(a, b); }
+KVCACHE_INLINE float reduce_add(Vec v) noexcept {
+  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+KVCACHE_INLINE float reduce_max(Vec v) noexcept {
+  __m256 s8 = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+KVCACHE_INLINE Vec round_nearest(Vec v) noexcept {
+  return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
+  const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+}
+KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);
+}
+
+#include "kvcache/simd/detail/math.ipp"
+#include "kvcache/simd/detail/bulk.ipp"
+
+}  // namespace kvcache::simd::avx512
+KVCACHE_TARGET_END
+#endif  // KVCACHE_HAVE_AVX512

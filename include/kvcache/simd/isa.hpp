@@ -1,0 +1,144 @@
+#pragma once
+
+// Instruction-set selection.
+//
+//   Isa::kScalar  one float lane; runs anywhere, and is the reference the SIMD paths are compared with.
+//   Isa::kAvx2    AVX2 + FMA + F16C, 8 lanes.
+//   Isa::kAvx512  AVX-512 F/BW/DQ/VL, 16 lanes.
+//
+// The CPU is probed once (cached). The choice is, in order: the test hook set_isa_for_testing(); the environment
+// variable KVCACHE_ISA=scalar|avx2|avx512 (read once); the best ISA the CPU has. Forcing an ISA that the CPU or the
+// build lacks throws Error. Public kernels call active_isa() once per call and stay on that ISA for the whole call.
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "kvcache/core/error.hpp"
+#include "kvcache/core/macros.hpp"
+
+namespace kvcache {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+constexpr std::string_view isa_name(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+/// Parses "scalar", "avx2" or "avx512"; throws Error naming the text otherwise.
+inline Isa parse_isa(std::string_view s) {
+  if (s == "scalar") return Isa::kScalar;
+  if (s == "avx2") return Isa::kAvx2;
+  if (s == "avx512") return Isa::kAvx512;
+  detail::throw_error("unknown ISA '", s, "'; expected scalar, avx2 or avx512");
+}
+
+/// Whether this build contains kernels for isa (static dispatch compiles only what the compiler flags imply).
+constexpr bool isa_compiled(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::kScalar:
+      return true;
+    case Isa::kAvx2:
+      return KVCACHE_HAVE_AVX2;
+    case Isa::kAvx512:
+      return KVCACHE_HAVE_AVX512;
+  }
+  return false;
+}
+
+/// Whether the CPU (and the OS, which must save the wider registers) supports isa. Probed once.
+inline bool cpu_supports(Isa isa) noexcept {
+#if KVCACHE_X86 && (defined(__GNUC__) || defined(__clang__))
+  static const std::array<bool, 3> supported = [] {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    return std::array<bool, 3>{true, avx2, avx512};
+  }();
+  return supported[static_cast<int>(isa)];
+#else
+  return isa == Isa::kScalar;
+#endif
+}
+
+/// Whether isa can run here: compiled into this build and supported by the CPU.
+inline bool isa_available(Isa isa) noexcept { return isa_compiled(isa) && cpu_supports(isa); }
+
+/// The best ISA that is available.
+inline Isa best_isa() noexcept {
+  if (isa_available(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa_available(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+namespace detail {
+inline void require_available(Isa isa, std::string_view who) {
+  KVCACHE_REQUIRE(isa_compiled(isa), who, " asks for ISA '", isa_name(isa),
+                  "', which this build does not contain (static dispatch compiles only what the compiler flags imply)");
+  KVCACHE_REQUIRE(cpu_supports(isa), who, " asks for ISA '", isa_name(isa), "', which this CPU does not support");
+}
+
+inline std::atomic<int>& isa_override() noexcept {
+  static std::atomic<int> v{-1};
+  return v;
+}
+
+/// KVCACHE_ISA, parsed and checked once. Throws (on every call) when it names an unknown or unavailable ISA.
+inline Isa env_or_best_isa() {
+  struct Choice {
+    Isa isa = Isa::kScalar;
+    std::optional<Error> error;
+  };
+  static const Choice choice = [] {
+    Choice c;
+    c.isa = best_isa();
+    if (char const* env = std::getenv("KVCACHE_ISA"); env != nullptr && *env != '\0') {
+      try {
+        c.isa = parse_isa(env);
+        require_available(c.isa, "KVCACHE_ISA");
+      } catch (Error const& e) {
+        c.error = e;
+      }
+    }
+    return c;
+  }();
+  if (choice.error) throw *choice.error;
+  return choice.isa;
+}
+}  // namespace detail
+
+/// Test hook: forces isa for every later call in the process (std::nullopt returns to the normal choice). Throws
+/// Error when isa is not available here.
+inline void set_isa_for_testing(std::optional<Isa> isa) {
+  if (isa) detail::require_available(*isa, "set_isa_for_testing");
+  detail::isa_override().store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
+}
+
+/// The ISA the next kernel call will use.
+inline Isa active_isa() {
+  const int forced = detail::isa_override().load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  return detail::env_or_best_isa();
+}
+
+/// Every ISA available here, lowest first (tests iterate over it).
+inline std::vector<Isa> available_isas() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (isa_available(i)) out.push_back(i);
+  return out;
+}
+
+}  // namespace kvcache

@@ -1,0 +1,65 @@
+#pragma once
+
+// The scalar op set: one float lane. It defines the semantics the wider sets must reproduce (and is what runs on
+// non-x86 targets). Op set contract, shared by simd/avx2.hpp and simd/avx512.hpp:
+//   Vec, kLanes                    register type and number of float lanes
+//   zero, set1                     constants
+//   load(p), load_n(p, n)          kLanes (or n < kLanes, zero-filled) elements of float, f16 or bf16 -> f32
+//   store(p, v), store_n(p, v, n)  f32 -> float, f16 or bf16 (round to nearest even), kLanes or n elements
+//   add, sub, mul, fma(a, b, c) = a * b + c, min, max
+//   reduce_add, reduce_max         horizontal
+//   exp                            see detail/math.ipp
+
+#include <cmath>
+#include <cstddef>
+
+#include "kvcache/core/dtype.hpp"
+#include "kvcache/core/macros.hpp"
+
+namespace kvcache::simd::scalar {
+inline namespace KVCACHE_BASELINE_NS {  // see attention/kernels/scalar.hpp
+
+using Vec = float;
+inline constexpr int kLanes = 1;
+
+KVCACHE_INLINE Vec zero() noexcept { return 0.0f; }
+KVCACHE_INLINE Vec set1(float x) noexcept { return x; }
+
+KVCACHE_INLINE Vec load(float const* p) noexcept { return *p; }
+KVCACHE_INLINE Vec load(f16 const* p) noexcept { return to_f32(*p); }
+KVCACHE_INLINE Vec load(bf16 const* p) noexcept { return to_f32(*p); }
+template <class T>
+KVCACHE_INLINE Vec load_n(T const* p, int n) noexcept {
+  return n > 0 ? load(p) : 0.0f;
+}
+
+KVCACHE_INLINE void store(float* p, Vec v) noexcept { *p = v; }
+KVCACHE_INLINE void store(f16* p, Vec v) noexcept { *p = from_f32<f16>(v); }
+KVCACHE_INLINE void store(bf16* p, Vec v) noexcept { *p = from_f32<bf16>(v); }
+template <class T>
+KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
+  if (n > 0) store(p, v);
+}
+
+KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return a + b; }
+KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return a - b; }
+KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return a * b; }
+// std::fma keeps the single rounding of the hardware FMA the SIMD sets use.
+KVCACHE_INLINE Vec fma(Vec a, Vec b, Vec c) noexcept { return std::fma(a, b, c); }
+KVCACHE_INLINE Vec min(Vec a, Vec b) noexcept { return b < a ? b : a; }
+KVCACHE_INLINE Vec max(Vec a, Vec b) noexcept { return a < b ? b : a; }
+KVCACHE_INLINE float reduce_add(Vec v) noexcept { return v; }
+KVCACHE_INLINE float reduce_max(Vec v) noexcept { return v; }
+
+KVCACHE_INLINE Vec round_nearest(Vec v) noexcept { return std::nearbyint(v); }
+/// 2^n for an integral n in [-126, 127], built in the exponent bits.
+KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
+  return detail::bits_f32(static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23);
+}
+KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept { return a < b ? if_lt : otherwise; }
+
+#include "kvcache/simd/detail/math.ipp"
+#include "kvcache/simd/detail/bulk.ipp"
+
+}  // namespace KVCACHE_BASELINE_NS
+}  // namespace kvcache::simd::scalar

@@ -1,0 +1,292 @@
+#pragma once
+
+// Dense slot storage (design.md 3.1).
+//
+// One LayerSlots holds every KV head of one layer. KV head h owns rows [0, length(h)) of
+//   K: [n_kv_heads, capacity, head_dim_k]   V: [n_kv_heads, capacity, head_dim_v]   positions: [n_kv_heads, capacity]
+// in the element type chosen at construction (f32, f16 or bf16). Heads may hold different numbers of rows. Rows are
+// appended at the end; remove() deletes any set of slots by moving the last surviving rows into the holes, so the
+// live rows stay dense (kernels need no mask), each surviving row moves at most once, and removing r rows moves at
+// most r rows. Slot order therefore carries no meaning after a removal: the original position travels with each row.
+//
+// Nothing allocates after construction. Mutating calls validate their arguments and throw kvcache::Error naming
+// the bad value, before touching any row (a failed call changes nothing).
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "kvcache/core/aligned_buffer.hpp"
+#include "kvcache/core/config.hpp"
+#include "kvcache/core/dtype.hpp"
+#include "kvcache/core/error.hpp"
+#include "kvcache/core/tensor.hpp"
+#include "kvcache/simd/convert.hpp"
+
+namespace kvcache {
+
+class LayerSlots {
+ public:
+  LayerSlots(AttentionShape const& shape, std::int64_t capacity, DType dtype)
+      : n_kv_heads_(shape.n_kv_heads), dk_(shape.head_dim_k), dv_(shape.dim_v()), capacity_(capacity), dtype_(dtype) {
+    shape.validate();
+    KVCACHE_REQUIRE(capacity > 0 && capacity <= CacheConfig::kMaxCapacity, "capacity must be in [1, ",
+                    CacheConfig::kMaxCapacity, "], got ", capacity);
+    const std::size_t cap = static_cast<std::size_t>(capacity);
+    head_stride_k_ = round_up(cap * static_cast<std::size_t>(dk_) * elem_size(), kCacheLine);
+    head_stride_v_ = round_up(cap * static_cast<std::size_t>(dv_) * elem_size(), kCacheLine);
+    head_stride_pos_ = round_up(cap * sizeof(Position), kCacheLine);
+    k_ = AlignedBuffer(head_stride_k_ * static_cast<std::size_t>(n_kv_heads_));
+    v_ = AlignedBuffer(head_stride_v_ * static_cast<std::size_t>(n_kv_heads_));
+    pos_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
+    length_.assign(static_cast<std::size_t>(n_kv_heads_), 0);
+    mark_.assign(cap, 0);
+  }
+
+  [[nodiscard]] DType dtype() const noexcept { return dtype_; }
+  [[nodiscard]] std::size_t elem_size() const noexcept { return dtype_size(dtype_); }
+  [[nodiscard]] int n_kv_heads() const noexcept { return n_kv_heads_; }
+  [[nodiscard]] int head_dim_k() const noexcept { return dk_; }
+  [[nodiscard]] int head_dim_v() const noexcept { return dv_; }
+  [[nodiscard]] std::int64_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] std::int64_t length(int h) const noexcept { return length_[static_cast<std::size_t>(h)]; }
+  [[nodiscard]] std::int64_t max_length() const noexcept {
+    std::int64_t m = 0;
+    for (std::int64_t l : length_) m = l > m ? l : m;
+    return m;
+  }
+
+  /// Bytes of one cached token in one head: its key and value rows.
+  [[nodiscard]] std::size_t row_bytes() const noexcept { return static_cast<std::size_t>(dk_ + dv_) * elem_size(); }
+  /// K and V bytes that head h holds now (length(h) rows).
+  [[nodiscard]] std::size_t kv_bytes(int h) const noexcept {
+    return static_cast<std::size_t>(length(h)) * row_bytes();
+  }
+  /// K and V bytes that the layer holds now, summed over its heads.
+  [[nodiscard]] std::size_t kv_bytes() const noexcept {
+    std::size_t b = 0;
+    for (int h = 0; h < n_kv_heads_; ++h) b += kv_bytes(h);
+    return b;
+  }
+  /// Bytes of the positions of the live rows (4 per row).
+  [[nodiscard]] std::size_t position_bytes() const noexcept {
+    std::size_t b = 0;
+    for (std::int64_t l : length_) b += static_cast<std::size_t>(l) * sizeof(Position);
+    return b;
+  }
+  /// Bytes allocated for this layer: K, V and positions at full capacity (each head padded to 64 bytes).
+  [[nodiscard]] std::size_t bytes_reserved() const noexcept { return k_.size() + v_.size() + pos_.size(); }
+
+  /// Raw rows of head h (row stride head_dim_k / head_dim_v elements of dtype()).
+  [[nodiscard]] void const* k_data(int h) const noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
+  [[nodiscard]] void const* v_data(int h) const noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
+  [[nodiscard]] void* k_data(int h) noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
+  [[nodiscard]] void* v_data(int h) noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
+
+  template <class T>
+  [[nodiscard]] T const* k_rows(int h) const {
+    require_type<T>();
+    return static_cast<T const*>(k_data(h));
+  }
+  template <class T>
+  [[nodiscard]] T const* v_rows(int h) const {
+    require_type<T>();
+    return static_cast<T const*>(v_data(h));
+  }
+  /// Mutable rows, for code that rewrites keys in place (RoPE re-rotation, merging). Length does not change.
+  template <class T>
+  [[nodiscard]] T* k_rows_mut(int h) {
+    require_type<T>();
+    return static_cast<T*>(k_data(h));
+  }
+  template <class T>
+  [[nodiscard]] T* v_rows_mut(int h) {
+    require_type<T>();
+    return static_cast<T*>(v_data(h));
+  }
+
+  /// Views of the live rows of head h, no copy. k: [length(h), head_dim_k], v: [length(h), head_dim_v].
+  /// T must be the storage element type (float, kvcache::f16 = Eigen::half, kvcache::bf16 = Eigen::bfloat16).
+  template <class T>
+  [[nodiscard]] ConstTensorView<T, 2> k(int h) const {
+    return ConstTensorView<T, 2>(k_rows<T>(h), length(h), dk_);
+  }
+  template <class T>
+  [[nodiscard]] ConstTensorView<T, 2> v(int h) const {
+    return ConstTensorView<T, 2>(v_rows<T>(h), length(h), dv_);
+  }
+  /// Original positions of the live rows of head h: [length(h)].
+  [[nodiscard]] std::span<Position const> positions(int h) const noexcept {
+    return {pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h),
+            static_cast<std::size_t>(length(h))};
+  }
+
+  /// Appends m rows to head h. k: [m, head_dim_k], v: [m, head_dim_v], positions: [m]. S may be any element type;
+  /// rows are converted to dtype() (round to nearest even when narrowing).
+  template <class S>
+  void append(int h, ConstTensorView<S, 2> k, ConstTensorView<S, 2> v, std::span<Position const> positions) {
+    check_head(h, "append");
+    const Eigen::Index m = k.dimension(0);
+    KVCACHE_REQUIRE(k.dimension(1) == dk_, "append: keys have width ", k.dimension(1), ", head_dim_k is ", dk_);
+    KVCACHE_REQUIRE(v.dimension(1) == dv_, "append: values have width ", v.dimension(1), ", head_dim_v is ", dv_);
+    KVCACHE_REQUIRE(v.dimension(0) == m, "append: ", m, " key rows but ", v.dimension(0), " value rows");
+    KVCACHE_REQUIRE(static_cast<Eigen::Index>(positions.size()) == m, "append: ", m, " rows but ", positions.size(),
+                    " positions");
+    KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
+                    " more exceed the capacity of ", capacity_);
+    append_rows(h, k.data(), v.data(), positions.data(), m);
+  }
+
+  /// Appends m rows to every head, all at the same positions. k: [n_kv_heads, m, head_dim_k],
+  /// v: [n_kv_heads, m, head_dim_v], positions: [m].
+  template <class S>
+  void append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<Position const> positions) {
+    KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && v.dimension(0) == n_kv_heads_, "append: keys have ",
+                    k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ", n_kv_heads_);
+    const Eigen::Index m = k.dimension(1);
+    KVCACHE_REQUIRE(k.dimension(2) == dk_, "append: keys have width ", k.dimension(2), ", head_dim_k is ", dk_);
+    KVCACHE_REQUIRE(v.dimension(2) == dv_, "append: values have width ", v.dimension(2), ", head_dim_v is ", dv_);
+    KVCACHE_REQUIRE(v.dimension(1) == m, "append: ", m, " key rows but ", v.dimension(1), " value rows");
+    KVCACHE_REQUIRE(static_cast<Eigen::Index>(positions.size()) == m, "append: ", m, " rows but ", positions.size(),
+                    " positions");
+    for (int h = 0; h < n_kv_heads_; ++h)
+      KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
+                      " more exceed the capacity of ", capacity_);
+    for (int h = 0; h < n_kv_heads_; ++h)
+      append_rows(h, k.data() + h * m * dk_, v.data() + h * m * dv_, positions.data(), m);
+  }
+
+  /// Removes the given slots of head h: distinct, each in [0, length(h)), in any order. The last surviving rows move
+  /// into the holes (each at most once), so length(h) drops by slots.size() and the survivors stay dense.
+  void remove(int h, std::span<std::int32_t const> slots) {
+    check_head(h, "remove");
+    const std::int64_t len = length(h);
+    KVCACHE_REQUIRE(static_cast<std::int64_t>(slots.size()) <= len, "remove: ", slots.size(), " slots from head ", h,
+                    ", which holds ", len);
+    std::size_t marked = 0;
+    for (; marked < slots.size(); ++marked) {
+      const std::int32_t s = slots[marked];
+      if (s < 0 || s >= len || mark_[static_cast<std::size_t>(s)] != 0) break;
+      mark_[static_cast<std::size_t>(s)] = 1;
+    }
+    if (marked != slots.size()) [[unlikely]] {
+      const std::int32_t bad = slots[marked];
+      const bool duplicate = bad >= 0 && bad < len;
+      for (std::size_t i = 0; i < marked; ++i) mark_[static_cast<std::size_t>(slots[i])] = 0;
+      if (duplicate) detail::throw_error("remove: slot ", bad, " of head ", h, " is listed twice");
+      detail::throw_error("remove: slot ", bad, " does not exist in head ", h, ", which holds ", len, " rows");
+    }
+    const std::int64_t new_len = len - static_cast<std::int64_t>(slots.size());
+    std::int64_t src = len;  // scans [new_len, len) downwards for survivors
+    for (std::int32_t hole : slots) {
+      if (hole >= new_len) continue;
+      do --src;
+      while (mark_[static_cast<std::size_t>(src)] != 0);
+      move_row(h, src, hole);
+    }
+    for (std::int32_t s : slots) mark_[static_cast<std::size_t>(s)] = 0;
+    length_[static_cast<std::size_t>(h)] = new_len;
+  }
+
+  /// Drops every row of head h (or of every head). Memory stays allocated.
+  void clear(int h) noexcept { length_[static_cast<std::size_t>(h)] = 0; }
+  void clear() noexcept {
+    for (auto& l : length_) l = 0;
+  }
+
+ private:
+  template <class T>
+  void require_type() const {
+    KVCACHE_REQUIRE(dtype_of<T>() == dtype_, "rows are stored as ", dtype_name(dtype_), ", not as ",
+                    dtype_name(dtype_of<T>()));
+  }
+  void check_head(int h, char const* who) const {
+    KVCACHE_REQUIRE(h >= 0 && h < n_kv_heads_, who, ": KV head ", h, " does not exist (the layer has ", n_kv_heads_,
+                    ")");
+  }
+  Position* pos_rows(int h) noexcept {
+    return pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h);
+  }
+
+  template <class S>
+  void append_rows(int h, S const* k, S const* v, Position const* pos, std::int64_t m) {
+    const std::size_t len = static_cast<std::size_t>(length(h));
+    const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
+    const std::size_t nv = static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
+    const Isa isa = active_isa();
+    switch (dtype_) {
+      case DType::kF32:
+        convert(static_cast<float*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
+        convert(static_cast<float*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
+        break;
+      case DType::kF16:
+        convert(static_cast<f16*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
+        convert(static_cast<f16*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
+        break;
+      case DType::kBF16:
+        convert(static_cast<bf16*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
+        convert(static_cast<bf16*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
+        break;
+    }
+    std::memcpy(pos_rows(h) + len, pos, static_cast<std::size_t>(m) * sizeof(Position));
+    length_[static_cast<std::size_t>(h)] += m;
+  }
+
+  void move_row(int h, std::int64_t from, std::int64_t to) noexcept {
+    const std::size_t kb = std::size_t(dk_) * elem_size(), vb = std::size_t(dv_) * elem_size();
+    auto* kd = static_cast<std::byte*>(k_data(h));
+    auto* vd = static_cast<std::byte*>(v_data(h));
+    std::memcpy(kd + std::size_t(to) * kb, kd + std::size_t(from) * kb, kb);
+    std::memcpy(vd + std::size_t(to) * vb, vd + std::size_t(from) * vb, vb);
+    pos_rows(h)[to] = pos_rows(h)[from];
+  }
+
+  int n_kv_heads_, dk_, dv_;
+  std::int64_t capacity_;
+  DType dtype_;
+  std::size_t head_stride_k_ = 0, head_stride_v_ = 0, head_stride_pos_ = 0;  // bytes between heads
+  AlignedBuffer k_, v_, pos_;
+  std::vector<std::int64_t> length_;
+  std::vector<std::uint8_t> mark_;  // scratch of remove(): all zero between calls
+};
+
+/// Slot storage of one sequence: one LayerSlots per layer, all of one shape, capacity and element type.
+class SlotStorage {
+ public:
+  explicit SlotStorage(CacheConfig const& config) : config_(config) {
+    config.validate();
+    layers_.reserve(static_cast<std::size_t>(config.n_layers));
+    for (int l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.shape, config.capacity, config.dtype);
+  }
+  [[nodiscard]] CacheConfig const& config() const noexcept { return config_; }
+  [[nodiscard]] int n_layers() const noexcept { return config_.n_layers; }
+  [[nodiscard]] LayerSlots& layer(int l) {
+    KVCACHE_REQUIRE(l >= 0 && l < n_layers(), "layer ", l, " does not exist (the cache has ", n_layers(), ")");
+    return layers_[static_cast<std::size_t>(l)];
+  }
+  [[nodiscard]] LayerSlots const& layer(int l) const {
+    KVCACHE_REQUIRE(l >= 0 && l < n_layers(), "layer ", l, " does not exist (the cache has ", n_layers(), ")");
+    return layers_[static_cast<std::size_t>(l)];
+  }
+  [[nodiscard]] std::size_t kv_bytes() const noexcept {
+    std::size_t b = 0;
+    for (auto const& l : layers_) b += l.kv_bytes();
+    return b;
+  }
+  [[nodiscard]] std::size_t bytes_reserved() const noexcept {
+    std::size_t b = 0;
+    for (auto const& l : layers_) b += l.bytes_reserved();
+    return b;
+  }
+  void clear() noexcept {
+    for (auto& l : layers_) l.clear();
+  }
+
+ private:
+  CacheConfig config_;
+  std::vector<LayerSlots> layers_;
+};
+
+}  // namespace kvcache
