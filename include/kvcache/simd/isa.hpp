@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -109,7 +110,7 @@ inline Isa env_or_best_isa() {
         c.isa = parse_isa(env);
         require_available(c.isa, "KVCACHE_ISA");
       } catch (Error const& e) {
-        c.error = e;
+        c.error = Error(std::string("KVCACHE_ISA=") + env + ": " + (e.what() + 9));  // drop the "kvcache: " prefix
       }
     }
     return c;

@@ -1,0 +1,199 @@
+// Decode attention against the Eigen reference (double precision), for every ISA this CPU has, every storage type,
+// awkward lengths and group sizes, exported probabilities, splits and threads.
+//
+// Tolerances: outputs are convex combinations of V rows (|v| ~ 1), accumulated in fp32 over up to 4099 rows:
+// max abs error 2e-5. Probabilities (summed over at most 8 heads, each <= 1): max abs error 2e-6. Both readings of
+// a stored f16/bf16 row are exact, so the storage type does not loosen either bound.
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace {
+
+using kvcache::AttentionShape;
+using kvcache::ConstTensorView;
+using kvcache::DType;
+using kvcache::LayerSlots;
+using kvcache::TensorView;
+
+struct DecodeCase {
+  AttentionShape shape;
+  std::int64_t length;
+  DType dtype;
+  int max_splits = 1;
+  bool probabilities = true;
+};
+
+template <class Exec = kvcache::SerialExecutor>
+void check_decode(DecodeCase const& c, Exec const& ex = Exec{}, LayerSlots* given = nullptr) {
+  const int n_q = c.shape.n_q_heads, dk = c.shape.head_dim_k, dv = c.shape.dim_v(), n_kv = c.shape.n_kv_heads;
+  const std::int64_t cap = std::max<std::int64_t>(c.length, 1) + 8;
+  LayerSlots own(c.shape, cap, c.dtype);
+  LayerSlots& kv = given != nullptr ? *given : own;
+  if (given == nullptr && c.length > 0) kvtest::fill_random(kv, c.length, 11u + static_cast<std::uint32_t>(c.length));
+  const auto q = kvtest::random_vector(static_cast<std::size_t>(n_q * dk), 99, 2.0f);
+  std::vector<float> out(static_cast<std::size_t>(n_q * dv), 123.0f), ref(out.size());
+  const std::int64_t stride = kv.capacity() + 3;
+  std::vector<float> probs(static_cast<std::size_t>(n_kv * stride), 0.5f), ref_probs(probs);
+
+  kvcache::reference::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk),
+                                       TensorView<float, 2>(ref.data(), n_q, dv), 0.0f, ref_probs.data(), stride);
+  kvcache::DecodeWorkspace ws(c.shape, kv.capacity(), c.max_splits, c.probabilities);
+  kvcache::DecodeOptions opt;
+  opt.max_splits = c.max_splits;
+  if (c.probabilities) {
+    opt.probabilities = probs.data();
+    opt.probabilities_stride = stride;
+  }
+  kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk), TensorView<float, 2>(out.data(), n_q, dv),
+                            ws, opt, ex);
+  const std::string what = "n_q " + std::to_string(n_q) + " n_kv " + std::to_string(n_kv) + " dk " +
+                           std::to_string(dk) + " dv " + std::to_string(dv) + " len " + std::to_string(c.length) +
+                           " " + std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits);
+  EXPECT_LE(kvtest::max_abs_diff(out, ref), 2e-5) << what;
+  if (c.probabilities) {
+    EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6) << what;
+    // Entries past each head's length are untouched.
+    for (int h = 0; h < n_kv; ++h)
+      for (std::int64_t j = kv.length(h); j < stride; ++j) ASSERT_EQ(probs[h * stride + j], 0.5f) << what;
+  }
+}
+
+class DecodeTest : public testing::TestWithParam<kvcache::Isa> {
+ protected:
+  kvtest::ScopedIsa isa_{GetParam()};
+};
+
+TEST_P(DecodeTest, AwkwardLengthsAndGroupSizes) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int g : {1, 2, 3, 8})
+      for (std::int64_t len : {1, 7, 15, 17, 1000, 4099}) check_decode({{2 * g, 2, 64, 64}, len, dt});
+}
+
+TEST_P(DecodeTest, HeadDims) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int d : {64, 80, 96, 128, 256})
+      for (std::int64_t len : {17, 300}) check_decode({{8, 2, d, d}, len, dt});
+}
+
+TEST_P(DecodeTest, DimsThatAreNotMultiplesOfTheVectorWidth) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    check_decode({{3, 1, 72, 40}, 33, dt});
+    check_decode({{4, 2, 5, 3}, 70, dt});
+    check_decode({{2, 2, 1, 1}, 9, dt});
+  }
+}
+
+TEST_P(DecodeTest, LargeGroupsAreChunked) {
+  check_decode({{16, 1, 64, 64}, 130, DType::kF16});   // the largest group one kernel call serves
+  check_decode({{40, 2, 64, 64}, 130, DType::kF16});   // 20 per KV head: two chunks
+}
+
+TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {
+  for (int splits : {2, 3, 7}) check_decode({{8, 2, 64, 64}, 4099, DType::kF16, splits});
+  check_decode({{8, 1, 128, 128}, 2000, DType::kBF16, 4}, kvtest::ThreadExecutor{2});
+  check_decode({{8, 8, 64, 64}, 1000, DType::kF32, 2}, kvtest::ThreadExecutor{2});
+}
+
+TEST_P(DecodeTest, WithoutProbabilityExport) { check_decode({{8, 2, 64, 64}, 517, DType::kF16, 1, false}); }
+
+TEST_P(DecodeTest, HeadsOfDifferentLengthsAndEmptyHeads) {
+  AttentionShape shape{6, 3, 64, 64};
+  LayerSlots kv(shape, 600, DType::kF16);
+  kvtest::fill_random(kv, 600, 4);
+  std::vector<std::int32_t> drop(450);
+  for (int i = 0; i < 450; ++i) drop[i] = 2 * i % 600 + (2 * i >= 600 ? 1 : 0);
+  kv.remove(1, drop);
+  kv.clear(2);
+  ASSERT_EQ(kv.length(1), 150);
+  check_decode({shape, 600, DType::kF16, 3}, kvcache::SerialExecutor{}, &kv);
+  // An empty head gives a zero output.
+  const auto q = kvtest::random_vector(6 * 64, 1);
+  std::vector<float> out(6 * 64, 7.0f);
+  kvcache::DecodeWorkspace ws(shape, 600);
+  kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 6, 64), TensorView<float, 2>(out.data(), 6, 64),
+                            ws);
+  for (int i = 4 * 64; i < 6 * 64; ++i) ASSERT_EQ(out[i], 0.0f);
+}
+
+TEST_P(DecodeTest, OneTokenIsItsOwnValue) {
+  AttentionShape shape{3, 1, 16, 16};
+  LayerSlots kv(shape, 4, DType::kF32);
+  kvtest::fill_random(kv, 1, 8);
+  const auto q = kvtest::random_vector(3 * 16, 2);
+  std::vector<float> out(3 * 16);
+  kvcache::DecodeWorkspace ws(shape, 4);
+  kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 3, 16), TensorView<float, 2>(out.data(), 3, 16),
+                            ws);
+  for (int h = 0; h < 3; ++h)
+    for (int c = 0; c < 16; ++c) ASSERT_EQ(out[h * 16 + c], kv.v<float>(0)(0, c));
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, DecodeTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
+
+template <class F>
+void expect_error_mentioning(F&& f, std::string const& needle) {
+  try {
+    f();
+    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
+  } catch (kvcache::Error const& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(DecodeErrorsTest, BadShapesAreClearErrors) {
+  AttentionShape shape{4, 2, 16, 16};
+  LayerSlots kv(shape, 8, DType::kF32);
+  kvtest::fill_random(kv, 3, 1);
+  kvcache::DecodeWorkspace ws(shape, 8);
+  std::vector<float> q(5 * 17), out(5 * 17), probs(100);
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 3, 16),
+                                  TensorView<float, 2>(out.data(), 3, 16), ws);
+      },
+      "3 query heads are not a multiple of the 2 KV heads");
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 17),
+                                  TensorView<float, 2>(out.data(), 4, 16), ws);
+      },
+      "queries have width 17");
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 16),
+                                  TensorView<float, 2>(out.data(), 4, 15), ws);
+      },
+      "output is [4, 15]");
+  kvcache::DecodeOptions opt;
+  opt.probabilities = probs.data();
+  opt.probabilities_stride = 8;
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 16),
+                                  TensorView<float, 2>(out.data(), 4, 16), ws, opt);
+      },
+      "workspace was made without");
+  kvcache::DecodeWorkspace other({8, 2, 16, 16}, 8);
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 16),
+                                  TensorView<float, 2>(out.data(), 4, 16), other);
+      },
+      "group 4");
+  opt.probabilities_stride = 2;
+  kvcache::DecodeWorkspace wsp(shape, 8, 1, true);
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 16),
+                                  TensorView<float, 2>(out.data(), 4, 16), wsp, opt);
+      },
+      "probabilities_stride 2");
+}
+
+}  // namespace

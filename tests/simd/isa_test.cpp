@@ -1,0 +1,64 @@
+// ISA selection: probe, test hook, the KVCACHE_ISA variable (the env cases run as separate ctest entries, since
+// the variable is read once per process).
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "kvcache/simd/isa.hpp"
+
+namespace {
+
+TEST(IsaTest, BestIsAvailableAndScalarAlwaysIs) {
+  EXPECT_TRUE(kvcache::isa_available(kvcache::Isa::kScalar));
+  EXPECT_TRUE(kvcache::isa_available(kvcache::best_isa()));
+  EXPECT_FALSE(kvcache::available_isas().empty());
+}
+
+TEST(IsaTest, TestHookForcesEveryAvailableIsa) {
+  for (kvcache::Isa isa : kvcache::available_isas()) {
+    kvcache::set_isa_for_testing(isa);
+    EXPECT_EQ(kvcache::active_isa(), isa);
+  }
+  kvcache::set_isa_for_testing(std::nullopt);
+}
+
+TEST(IsaTest, ParseRejectsUnknownNames) {
+  EXPECT_EQ(kvcache::parse_isa("avx2"), kvcache::Isa::kAvx2);
+  try {
+    (void)kvcache::parse_isa("sse9");
+    FAIL() << "no throw";
+  } catch (kvcache::Error const& e) {
+    EXPECT_NE(std::string(e.what()).find("sse9"), std::string::npos) << e.what();
+  }
+}
+
+TEST(IsaTest, ForcingAnUnavailableIsaIsAClearError) {
+  for (kvcache::Isa isa : {kvcache::Isa::kAvx2, kvcache::Isa::kAvx512}) {
+    if (kvcache::isa_available(isa)) continue;
+    EXPECT_THROW(kvcache::set_isa_for_testing(isa), kvcache::Error);
+  }
+  SUCCEED();
+}
+
+// Run by ctest with KVCACHE_ISA set and KVCACHE_TEST_EXPECT naming the expected outcome: an ISA name, or "error".
+TEST(IsaEnvTest, EnvironmentVariableChoosesIsa) {
+  char const* expect = std::getenv("KVCACHE_TEST_EXPECT");
+  if (expect == nullptr) GTEST_SKIP() << "run through ctest with KVCACHE_ISA set";
+  const std::string e = expect;
+  if (e == "error") {
+    try {
+      (void)kvcache::active_isa();
+      FAIL() << "KVCACHE_ISA=" << std::getenv("KVCACHE_ISA") << " did not throw";
+    } catch (kvcache::Error const& err) {
+      EXPECT_NE(std::string(err.what()).find("KVCACHE_ISA"), std::string::npos) << err.what();
+    }
+    return;
+  }
+  const kvcache::Isa want = kvcache::parse_isa(e);
+  if (!kvcache::isa_available(want)) GTEST_SKIP() << e << " not available here";
+  EXPECT_EQ(kvcache::active_isa(), want);
+}
+
+}  // namespace
