@@ -55,6 +55,8 @@ class DecodeWorkspace {
     partials_ = AlignedBuffer(sizeof(float) * partial_stride_ * std::size_t(n_kv_) * std::size_t(max_splits));
     if (probabilities)
       logits_ = AlignedBuffer(sizeof(float) * std::size_t(n_kv_) * std::size_t(g_) * std::size_t(capacity));
+    query_stride_ = detail::pad_to(static_cast<std::size_t>(shape.head_dim_k), 16);
+    queries_ = AlignedBuffer(sizeof(float) * query_stride_ * std::size_t(shape.n_q_heads));
   }
 
   [[nodiscard]] int max_splits() const noexcept { return max_splits_; }
@@ -65,6 +67,10 @@ class DecodeWorkspace {
   float* partial(int h, int split) noexcept {
     return partials_.as<float>() + partial_stride_ * (std::size_t(h) * std::size_t(max_splits_) + std::size_t(split));
   }
+  // Query head i, pre-scaled, 64-byte aligned (a query loaded across two cache lines costs the score loop a third
+  // of its speed). Row stride query_stride().
+  float* query(int i) noexcept { return queries_.as<float>() + query_stride_ * std::size_t(i); }
+  [[nodiscard]] std::size_t query_stride() const noexcept { return query_stride_; }
   // [g, capacity]
   float* logits(int h) noexcept {
     return logits_.as<float>() + std::size_t(h) * std::size_t(g_) * std::size_t(capacity_);
@@ -82,17 +88,17 @@ class DecodeWorkspace {
   std::int64_t capacity_;
   int max_splits_;
   bool probabilities_;
-  std::size_t partial_stride_ = 0;
-  AlignedBuffer partials_, logits_;
+  std::size_t partial_stride_ = 0, query_stride_ = 0;
+  AlignedBuffer partials_, logits_, queries_;
 };
 
 namespace detail {
 
 template <class T>
-void decode_head_range(Isa isa, float const* q, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
-                       std::int64_t r1, float scale, float* o, float* m, float* l, float* logits,
+void decode_head_range(Isa isa, float const* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
+                       std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* logits,
                        std::int64_t ld) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, g, dk, dv, k, v, r0, r1, scale, o, m, l, logits, ld))
+  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, ldq, g, dk, dv, k, v, r0, r1, o, m, l, logits, ld))
 }
 inline void decode_probabilities(Isa isa, float const* logits, int g, std::int64_t ld, std::int64_t n, float const* m,
                                  float const* l, float* acc) noexcept {
@@ -104,6 +110,9 @@ void decode_run(Isa isa, LayerSlots const& kv, float const* q, float* out, int n
                 DecodeOptions const& opt, float scale, int splits, Exec const& ex) {
   const int n_kv = kv.n_kv_heads(), g = n_q / n_kv, dk = kv.head_dim_k(), dv = kv.head_dim_v();
   const bool probs = opt.probabilities != nullptr;
+  const int ldq = static_cast<int>(ws.query_stride());
+  for (int i = 0; i < n_q; ++i)
+    for (int c = 0; c < dk; ++c) ws.query(i)[c] = q[std::size_t(i) * std::size_t(dk) + std::size_t(c)] * scale;
   // Split s of head h covers rows [len * s / splits, len * (s + 1) / splits). Group heads go in chunks of kMaxGroup.
   ex.parallel_for(n_kv * splits, [&](int item) noexcept {
     const int h = item / splits, s = item % splits;
@@ -114,7 +123,7 @@ void decode_run(Isa isa, LayerSlots const& kv, float const* q, float* out, int n
     float* part = ws.partial(h, s);
     for (int c0 = 0; c0 < g; c0 += kMaxGroup) {
       const int gc = std::min(kMaxGroup, g - c0);
-      decode_head_range(isa, q + std::size_t(h * g + c0) * std::size_t(dk), gc, dk, dv, k, v, r0, r1, scale,
+      decode_head_range(isa, ws.query(h * g + c0), ldq, gc, dk, dv, k, v, r0, r1,
                         part + std::size_t(c0) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + c0,
                         part + std::size_t(g) * std::size_t(dv) + g + c0,
                         probs ? ws.logits(h) + std::int64_t(c0) * ws.capacity() : nullptr, ws.capacity());

@@ -58,6 +58,9 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
   std::memcpy(p, buf, sizeof(T) * static_cast<unsigned>(n));
 }
 
+/// Hint: bring the cache line holding p into L1 (no fault on any address).
+KVCACHE_INLINE void prefetch(void const* p) noexcept { _mm_prefetch(static_cast<char const*>(p), _MM_HINT_T0); }
+
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm256_add_ps(a, b); }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm256_sub_ps(a, b); }
 KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return _mm256_mul_ps(a, b); }
@@ -70,6 +73,11 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
+  const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // [a b c d] partials in each 128-bit half
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
 }
 KVCACHE_INLINE float reduce_max(Vec v) noexcept {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -65,6 +65,9 @@ KVCACHE_INLINE void store_n(bf16* p, Vec v, int n) noexcept {
   _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_bf16(v));
 }
 
+/// Hint: bring the cache line holding p into L1 (no fault on any address).
+KVCACHE_INLINE void prefetch(void const* p) noexcept { _mm_prefetch(static_cast<char const*>(p), _MM_HINT_T0); }
+
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm512_add_ps(a, b); }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm512_sub_ps(a, b); }
 KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return _mm512_mul_ps(a, b); }
@@ -77,6 +80,16 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
+  // Fold 512 -> 256 bits pairwise: ab = [a_lo + a_hi | b_lo + b_hi], then 256 -> 128: [a | b | c | d] partials.
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+  const __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+  // Within each 128-bit lane: 4 -> 1; lane k of the result's low 128 bits then holds the sum for input k.
+  const __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4e));
+  const __m512 w = _mm512_add_ps(u, _mm512_permute_ps(u, 0xb1));
+  _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, w)));
 }
 KVCACHE_INLINE float reduce_max(Vec v) noexcept {
   __m256 s8 = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));

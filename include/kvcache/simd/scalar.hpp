@@ -8,7 +8,9 @@
 //   store(p, v), store_n(p, v, n)  f32 -> float, f16 or bf16 (round to nearest even), kLanes or n elements
 //   add, sub, mul, fma(a, b, c) = a * b + c, min, max
 //   reduce_add, reduce_max         horizontal
+//   reduce_add_4(a, b, c, d, out)  out[0..4) = the horizontal sums of a, b, c, d (shares the shuffles)
 //   exp                            see detail/math.ipp
+//   prefetch(p)                    cache hint
 
 #include <cmath>
 #include <cstddef>
@@ -41,6 +43,9 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
   if (n > 0) store(p, v);
 }
 
+/// Hint: bring the cache line holding p into L1 (no fault on any address).
+KVCACHE_INLINE void prefetch(void const* p) noexcept { __builtin_prefetch(p, 0, 3); }
+
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return a + b; }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return a - b; }
 KVCACHE_INLINE Vec mul(Vec a, Vec b) noexcept { return a * b; }
@@ -50,6 +55,12 @@ KVCACHE_INLINE Vec min(Vec a, Vec b) noexcept { return b < a ? b : a; }
 KVCACHE_INLINE Vec max(Vec a, Vec b) noexcept { return a < b ? b : a; }
 KVCACHE_INLINE float reduce_add(Vec v) noexcept { return v; }
 KVCACHE_INLINE float reduce_max(Vec v) noexcept { return v; }
+KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
+  out[0] = a;
+  out[1] = b;
+  out[2] = c;
+  out[3] = d;
+}
 
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept { return std::nearbyint(v); }
 /// 2^n for an integral n in [-126, 127], built in the exponent bits.

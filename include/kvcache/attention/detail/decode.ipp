@@ -8,80 +8,122 @@
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
 inline constexpr int kMaxGroup = ::kvcache::detail::kMaxGroup;
 
-// Scores of HB query heads against rows [r0, r1) of k, scaled: s[h * kDecodeTile + (r - r0)].
+// Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
+// s[h * kDecodeTile + (r - r0)].
+// Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
+// read bandwidth): while the scores of a tile are computed, K rows kPrefetchRows ahead and the tile's own V rows are
+// prefetched (v not null); while its P.V runs, the next tile's K rows are, one cache line every other row step so
+// the requests are spread out rather than issued in a burst (k_next not null).
 template <int HB, class T>
-KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int dk, T const* KVCACHE_RESTRICT k,
-                                  std::int64_t r0, std::int64_t r1, float scale, float* KVCACHE_RESTRICT s) noexcept {
+KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int ldq, int dk, T const* KVCACHE_RESTRICT k,
+                                  std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s,
+                                  T const* v, int dv, std::int64_t r_end) noexcept {
   constexpr int L = ops::kLanes;
+  constexpr std::int64_t kPrefetchRows = 8;
   const int full = dk / L * L, tail = dk - full;
   for (std::int64_t r = r0; r < r1; ++r) {
     T const* kr = k + r * dk;
+    if (v != nullptr) {
+      if (r + kPrefetchRows < r_end) {
+        char const* kn = reinterpret_cast<char const*>(kr + kPrefetchRows * dk);
+        for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
+      }
+      char const* vr = reinterpret_cast<char const*>(v + r * dv);
+      for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
+    }
     ops::Vec acc[HB];
     for (int h = 0; h < HB; ++h) acc[h] = ops::zero();
     for (int c = 0; c < full; c += L) {
       const ops::Vec kv = ops::load(kr + c);
-      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load(q + h * dk + c), kv, acc[h]);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load(q + h * ldq + c), kv, acc[h]);
     }
     if (tail != 0) {
       const ops::Vec kv = ops::load_n(kr + full, tail);
-      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load_n(q + h * dk + full, tail), kv, acc[h]);
+      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load_n(q + h * ldq + full, tail), kv, acc[h]);
     }
-    for (int h = 0; h < HB; ++h) s[h * kDecodeTile + (r - r0)] = ops::reduce_add(acc[h]) * scale;
+    if constexpr (HB % 4 == 0) {
+      alignas(16) float sum[4];
+      for (int h = 0; h < HB; h += 4) {
+        ops::reduce_add_4(acc[h], acc[h + 1], acc[h + 2], acc[h + 3], sum);
+        for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r - r0)] = sum[i];
+      }
+    } else {
+      for (int h = 0; h < HB; ++h) s[h * kDecodeTile + (r - r0)] = ops::reduce_add(acc[h]);
+    }
   }
 }
 
 // o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv.
+// o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv.
+// Each head keeps NA = 8 / HB accumulators that take alternate rows, so about 8 independent FMA chains are in flight
+// whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
+// k_next (if not null): n_next K rows of width dk to prefetch while this runs.
 template <int HB, class T>
 KVCACHE_INLINE void decode_pv(float const* KVCACHE_RESTRICT p, int dv, T const* KVCACHE_RESTRICT v, std::int64_t r0,
-                              std::int64_t r1, float* KVCACHE_RESTRICT o) noexcept {
+                              std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
+                              int dk) noexcept {
   constexpr int L = ops::kLanes;
+  constexpr int NA = HB >= 8 ? 1 : 8 / HB;
   const int full = dv / L * L, tail = dv - full;
-  for (int c = 0; c < full; c += L) {
-    ops::Vec acc[HB];
-    for (int h = 0; h < HB; ++h) acc[h] = ops::load(o + h * dv + c);
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const ops::Vec vv = ops::load(v + r * dv + c);
-      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h]);
+  const std::size_t next_bytes = k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
+  char const* kn = reinterpret_cast<char const*>(k_next);
+  std::size_t step = 0;
+  for (int c = 0; c < dv; c += L) {
+    const int w = c < full ? L : tail;  // lanes in this chunk
+    ops::Vec acc[HB][NA];
+    for (int h = 0; h < HB; ++h) {
+      acc[h][0] = w == L ? ops::load(o + h * dv + c) : ops::load_n(o + h * dv + c, w);
+      for (int a = 1; a < NA; ++a) acc[h][a] = ops::zero();
     }
-    for (int h = 0; h < HB; ++h) ops::store(o + h * dv + c, acc[h]);
-  }
-  if (tail != 0) {
-    ops::Vec acc[HB];
-    for (int h = 0; h < HB; ++h) acc[h] = ops::load_n(o + h * dv + full, tail);
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const ops::Vec vv = ops::load_n(v + r * dv + full, tail);
-      for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h]);
+    std::int64_t r = r0;
+    for (; r + NA <= r1; r += NA, step += NA) {
+      if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+      for (int a = 0; a < NA; ++a) {
+        const ops::Vec vv = w == L ? ops::load(v + (r + a) * dv + c) : ops::load_n(v + (r + a) * dv + c, w);
+        for (int h = 0; h < HB; ++h)
+          acc[h][a] = ops::fma(ops::set1(p[h * kDecodeTile + (r + a - r0)]), vv, acc[h][a]);
+      }
     }
-    for (int h = 0; h < HB; ++h) ops::store_n(o + h * dv + full, acc[h], tail);
+    for (; r < r1; ++r) {
+      const ops::Vec vv = w == L ? ops::load(v + r * dv + c) : ops::load_n(v + r * dv + c, w);
+      for (int h = 0; h < HB; ++h) acc[h][0] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h][0]);
+    }
+    for (int h = 0; h < HB; ++h) {
+      for (int a = 1; a < NA; ++a) acc[h][0] = ops::add(acc[h][0], acc[h][a]);
+      if (w == L)
+        ops::store(o + h * dv + c, acc[h][0]);
+      else
+        ops::store_n(o + h * dv + c, acc[h][0], w);
+    }
   }
 }
 
 template <class T>
-KVCACHE_INLINE void decode_scores_any(int hb, float const* q, int dk, T const* k, std::int64_t r0, std::int64_t r1,
-                                      float scale, float* s) noexcept {
+KVCACHE_INLINE void decode_scores_any(int hb, float const* q, int ldq, int dk, T const* k, std::int64_t r0,
+                                      std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end) noexcept {
   switch (hb) {
     case 1:
-      return decode_scores<1>(q, dk, k, r0, r1, scale, s);
+      return decode_scores<1>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
     case 2:
-      return decode_scores<2>(q, dk, k, r0, r1, scale, s);
+      return decode_scores<2>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
     case 4:
-      return decode_scores<4>(q, dk, k, r0, r1, scale, s);
+      return decode_scores<4>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
     default:
-      return decode_scores<8>(q, dk, k, r0, r1, scale, s);
+      return decode_scores<8>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
   }
 }
 template <class T>
 KVCACHE_INLINE void decode_pv_any(int hb, float const* p, int dv, T const* v, std::int64_t r0, std::int64_t r1,
-                                  float* o) noexcept {
+                                  float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
-      return decode_pv<1>(p, dv, v, r0, r1, o);
+      return decode_pv<1>(p, dv, v, r0, r1, o, k_next, n_next, dk);
     case 2:
-      return decode_pv<2>(p, dv, v, r0, r1, o);
+      return decode_pv<2>(p, dv, v, r0, r1, o, k_next, n_next, dk);
     case 4:
-      return decode_pv<4>(p, dv, v, r0, r1, o);
+      return decode_pv<4>(p, dv, v, r0, r1, o, k_next, n_next, dk);
     default:
-      return decode_pv<8>(p, dv, v, r0, r1, o);
+      return decode_pv<8>(p, dv, v, r0, r1, o, k_next, n_next, dk);
   }
 }
 
@@ -89,12 +131,13 @@ KVCACHE_INLINE void decode_pv_any(int hb, float const* p, int dv, T const* v, st
 KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
-/// q: [g, dk] f32; k: rows of width dk; v: rows of width dv; g <= kMaxGroup.
+/// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
+/// k: rows of width dk; v: rows of width dv; g <= kMaxGroup.
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
-/// with s_hj = scale * q_h . k_j. logits, if not null: [g, ld], receives s_hj at column j.
+/// with s_hj = q_h . k_j. logits, if not null: [g, ld], receives s_hj at column j.
 template <class T>
-KVCACHE_NOINLINE void decode_partial(float const* q, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
-                                     std::int64_t r1, float scale, float* o, float* m, float* l, float* logits,
+KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
+                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* logits,
                                      std::int64_t ld) noexcept {
   constexpr int L = ops::kLanes;
   alignas(64) float s[kMaxGroup * kDecodeTile];
@@ -109,7 +152,7 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int g, int dk, int dv, T co
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_scores_any(hb, q + h0 * dk, dk, k, t0, t1, scale, s + h0 * kDecodeTile);
+      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? v : nullptr, dv, r1);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
@@ -151,7 +194,8 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int g, int dk, int dv, T co
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1,
+                    dk);
       h0 += hb;
     }
   }

@@ -1,0 +1,126 @@
+// Decode attention speed against this machine's measured read bandwidth.
+//
+// A case is one layer step of decode_attention: 8 KV heads, group g (8 g query heads), context N, head dim d,
+// storage f32/f16/bf16, a forced ISA and 1 or 2 threads. Counters:
+//   GBps         K+V bytes read per step / step time (1e9 bytes)
+//   bw_fraction  GBps / the read bandwidth measured in this run with the same number of threads
+// The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough
+// distinct layers to span the working set (>= 1 GiB; see machine.hpp): every step streams from DRAM, as in a
+// real decode over many layers.
+
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_main.hpp"
+#include "kvcache/kvcache.hpp"
+#include "machine.hpp"
+
+namespace {
+
+using kvcache::DType;
+using kvcache::Isa;
+
+constexpr int kKvHeads = 8;
+
+std::map<int, double> g_read_bw;  // threads -> GB/s
+
+// Layers filled with random rows, kept while consecutive cases share (context, dim, dtype).
+struct LayerSet {
+  std::int64_t ctx = -1;
+  int dim = 0;
+  DType dtype = DType::kF32;
+  std::vector<std::unique_ptr<kvcache::LayerSlots>> layers;
+};
+LayerSet g_layers;
+
+std::vector<std::unique_ptr<kvcache::LayerSlots>> const& layers_for(std::int64_t ctx, int d, DType dt) {
+  if (g_layers.ctx == ctx && g_layers.dim == d && g_layers.dtype == dt) return g_layers.layers;
+  g_layers.layers.clear();
+  const std::size_t per_layer = std::size_t(kKvHeads) * std::size_t(ctx) * std::size_t(2 * d) * kvcache::dtype_size(dt);
+  const std::size_t n_layers = std::max<std::size_t>(2, (kvbench::working_set_bytes() + per_layer - 1) / per_layer);
+  const std::int64_t chunk = std::min<std::int64_t>(ctx, 1024);
+  std::vector<float> k(std::size_t(kKvHeads * chunk * d)), v(k.size());
+  std::uint32_t x = 12345;
+  for (auto& e : k) e = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  for (auto& e : v) e = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  std::vector<kvcache::Position> pos(static_cast<std::size_t>(chunk));
+  for (std::size_t l = 0; l < n_layers; ++l) {
+    auto kv = std::make_unique<kvcache::LayerSlots>(kvcache::AttentionShape{kKvHeads, kKvHeads, d, d}, ctx, dt);
+    for (std::int64_t done = 0; done < ctx; done += chunk) {
+      const std::int64_t m = std::min(chunk, ctx - done);
+      kv->append(kvcache::ConstTensorView<float, 3>(k.data(), kKvHeads, m, d),
+                 kvcache::ConstTensorView<float, 3>(v.data(), kKvHeads, m, d),
+                 std::span<kvcache::Position const>(pos.data(), static_cast<std::size_t>(m)));
+    }
+    g_layers.layers.push_back(std::move(kv));
+  }
+  g_layers.ctx = ctx;
+  g_layers.dim = d;
+  g_layers.dtype = dt;
+  return g_layers.layers;
+}
+
+template <class Exec>
+void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, Exec const& ex) {
+  auto const& layers = layers_for(ctx, d, dt);
+  kvcache::set_isa_for_testing(isa);
+  const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
+  std::vector<float> q(std::size_t(shape.n_q_heads * d), 0.01f), out(q.size());
+  kvcache::DecodeWorkspace ws(shape, ctx, std::max(1, ex.concurrency()));
+  std::size_t i = 0;
+  for (auto _ : st) {
+    kvcache::decode_attention(*layers[i], kvcache::ConstTensorView<float, 2>(q.data(), shape.n_q_heads, d),
+                              kvcache::TensorView<float, 2>(out.data(), shape.n_q_heads, d), ws, {}, ex);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    i = (i + 1) % layers.size();
+  }
+  kvcache::set_isa_for_testing(std::nullopt);
+  const double gb = static_cast<double>(layers[0]->kv_bytes()) / 1e9;
+  const double bw = g_read_bw.at(ex.concurrency());
+  st.counters["GBps"] = benchmark::Counter(gb, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["bw_fraction"] = benchmark::Counter(gb / bw, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["read_bw_GBps"] = bw;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const kvbench::Options opt = kvbench::parse_options(argc, argv);
+  for (int t : opt.threads) {
+    const double bw = t == 1 ? kvbench::read_bandwidth_gbps(kvcache::SerialExecutor{})
+                             : kvbench::read_bandwidth_gbps(kvcache::OpenMPExecutor{t});
+    g_read_bw[t] = bw;
+    benchmark::AddCustomContext("read_bw_" + std::to_string(t) + "t_GBps", std::to_string(bw));
+    std::fprintf(stderr, "measured read bandwidth, %d thread(s): %.2f GB/s\n", t, bw);
+  }
+  benchmark::AddCustomContext("working_set_MiB", std::to_string(kvbench::working_set_bytes() >> 20));
+
+  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32})
+    for (int d : {128, 64})
+      for (std::int64_t ctx : {32768, 4096, 1024})
+        for (Isa isa : kvcache::available_isas())
+          for (int g : {1, 4, 8})
+            for (int t : opt.threads) {
+              const std::string name = "Decode/" + std::string(kvcache::dtype_name(dt)) + "/d" + std::to_string(d) +
+                                       "/ctx" + std::to_string(ctx) + "/g" + std::to_string(g) + "/" +
+                                       std::string(kvcache::isa_name(isa)) + "/threads" + std::to_string(t);
+              auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+                if (t == 1)
+                  run_decode(st, ctx, d, g, dt, isa, kvcache::SerialExecutor{});
+                else
+                  run_decode(st, ctx, d, g, dt, isa, kvcache::OpenMPExecutor{t});
+              });
+              kvbench::configure(b, opt);
+            }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,142 @@
+#pragma once
+
+// This machine's limits, measured in the same process as the kernels they judge:
+//   read bandwidth: threads stream disjoint slices of a buffer far larger than the last-level cache (1 GiB by
+//                   default; KVCACHE_BENCH_WORKING_SET_MB changes it), summing with the widest op set; median of 7.
+//   FMA peak:       per ISA, 12 independent FMA chains per thread in registers; median of 7.
+// Both use the executor the kernels use, so "2 threads" means the same thing on both sides of a ratio.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "kvcache/kvcache.hpp"
+
+namespace kvbench {
+
+inline std::size_t working_set_bytes() {
+  if (char const* mb = std::getenv("KVCACHE_BENCH_WORKING_SET_MB")) return std::size_t(std::atoll(mb)) << 20;
+  return std::size_t{1} << 30;
+}
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace kvbench
+
+// The measuring loops are written against the op sets, in their target regions, like the kernels.
+#define KVBENCH_LOOPS                                                                           \
+  inline float sum_floats(float const* p, std::size_t n) noexcept {                             \
+    constexpr int L = ops::kLanes;                                                              \
+    ops::Vec a0 = ops::zero(), a1 = a0, a2 = a0, a3 = a0;                                       \
+    for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {                                       \
+      a0 = ops::add(a0, ops::load(p + i));                                                      \
+      a1 = ops::add(a1, ops::load(p + i + L));                                                  \
+      a2 = ops::add(a2, ops::load(p + i + 2 * L));                                              \
+      a3 = ops::add(a3, ops::load(p + i + 3 * L));                                              \
+    }                                                                                           \
+    return ops::reduce_add(ops::add(ops::add(a0, a1), ops::add(a2, a3)));                       \
+  }                                                                                             \
+  /* 12 chains x iters FMAs; returns a value that depends on all of them. */                    \
+  inline float fma_chains(std::int64_t iters, float seed) noexcept {                            \
+    ops::Vec acc[12];                                                                           \
+    for (int i = 0; i < 12; ++i) acc[i] = ops::set1(seed + static_cast<float>(i));              \
+    const ops::Vec a = ops::set1(0.999999f), b = ops::set1(1e-7f);                              \
+    for (std::int64_t it = 0; it < iters; ++it)                                                 \
+      for (int i = 0; i < 12; ++i) acc[i] = ops::fma(acc[i], a, b);                             \
+    ops::Vec s = acc[0];                                                                        \
+    for (int i = 1; i < 12; ++i) s = ops::add(s, acc[i]);                                       \
+    return ops::reduce_add(s);                                                                  \
+  }
+
+namespace kvbench::scalar {
+namespace ops = ::kvcache::simd::scalar;
+KVBENCH_LOOPS
+}  // namespace kvbench::scalar
+KVCACHE_TARGET_AVX2_BEGIN
+namespace kvbench::avx2 {
+namespace ops = ::kvcache::simd::avx2;
+KVBENCH_LOOPS
+}  // namespace kvbench::avx2
+KVCACHE_TARGET_END
+KVCACHE_TARGET_AVX512_BEGIN
+namespace kvbench::avx512 {
+namespace ops = ::kvcache::simd::avx512;
+KVBENCH_LOOPS
+}  // namespace kvbench::avx512
+KVCACHE_TARGET_END
+
+namespace kvbench {
+
+inline int lanes(kvcache::Isa isa) { return isa == kvcache::Isa::kAvx512 ? 16 : isa == kvcache::Isa::kAvx2 ? 8 : 1; }
+
+inline float sum_floats(kvcache::Isa isa, float const* p, std::size_t n) {
+  switch (isa) {
+    case kvcache::Isa::kAvx512:
+      return avx512::sum_floats(p, n);
+    case kvcache::Isa::kAvx2:
+      return avx2::sum_floats(p, n);
+    default:
+      return scalar::sum_floats(p, n);
+  }
+}
+inline float fma_chains(kvcache::Isa isa, std::int64_t iters, float seed) {
+  switch (isa) {
+    case kvcache::Isa::kAvx512:
+      return avx512::fma_chains(iters, seed);
+    case kvcache::Isa::kAvx2:
+      return avx2::fma_chains(iters, seed);
+    default:
+      return scalar::fma_chains(iters, seed);
+  }
+}
+
+/// Read bandwidth in GB/s (1e9 bytes) with `threads` threads, median of 7 passes.
+template <class Exec>
+double read_bandwidth_gbps(Exec const& ex) {
+  static std::vector<float> buf;  // shared by every measurement of the process
+  const std::size_t n = working_set_bytes() / sizeof(float);
+  if (buf.size() != n) buf.assign(n, 1.0f);
+  const int t = ex.concurrency();
+  std::vector<double> runs;
+  std::vector<float> sink(static_cast<std::size_t>(t));
+  const kvcache::Isa isa = kvcache::best_isa();
+  for (int r = 0; r < 8; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ex.parallel_for(t, [&](int i) noexcept {
+      const std::size_t b = n / std::size_t(t) * std::size_t(i), e = n / std::size_t(t) * std::size_t(i + 1);
+      sink[std::size_t(i)] += sum_floats(isa, buf.data() + b, e - b);
+    });
+    const double s = seconds_since(t0);
+    if (r > 0) runs.push_back(static_cast<double>(n * sizeof(float)) / s / 1e9);  // the first pass warms up
+  }
+  if (sink[0] == 12345.0f) std::abort();  // keeps the sums alive
+  return median(runs);
+}
+
+/// fp32 FMA peak of isa in GFLOP/s with ex's threads (2 FLOPs per lane per FMA), median of 7.
+template <class Exec>
+double fma_peak_gflops(kvcache::Isa isa, Exec const& ex) {
+  const int t = ex.concurrency();
+  const std::int64_t iters = 20'000'000 / lanes(isa) * 4;
+  std::vector<double> runs;
+  std::vector<float> sink(static_cast<std::size_t>(t));
+  for (int r = 0; r < 8; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ex.parallel_for(t, [&](int i) noexcept { sink[std::size_t(i)] += fma_chains(isa, iters, float(r + i)); });
+    const double s = seconds_since(t0);
+    if (r > 0) runs.push_back(12.0 * double(iters) * lanes(isa) * 2.0 * t / s / 1e9);
+  }
+  if (sink[0] == 12345.0f) std::abort();
+  return median(runs);
+}
+
+}  // namespace kvbench
