@@ -41,7 +41,7 @@ inline Options parse_options(int& argc, char** argv) {
   return o;
 }
 
-inline void configure(benchmark::internal::Benchmark* b, Options const& o) {
+inline void configure(benchmark::internal::Benchmark* b, const Options& o) {
   b->UseRealTime()->Unit(benchmark::kMicrosecond)->MinTime(o.min_time())->Repetitions(o.repetitions());
   if (o.repetitions() > 1) b->ReportAggregatesOnly(true);
 }

@@ -10,6 +10,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -38,7 +39,7 @@ struct LayerSet {
 };
 LayerSet g_layers;
 
-std::vector<std::unique_ptr<kvcache::LayerSlots>> const& layers_for(std::int64_t ctx, int d, DType dt) {
+const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t ctx, int d, DType dt) {
   if (g_layers.ctx == ctx && g_layers.dim == d && g_layers.dtype == dt) return g_layers.layers;
   g_layers.layers.clear();
   const std::size_t per_layer = std::size_t(kKvHeads) * std::size_t(ctx) * std::size_t(2 * d) * kvcache::dtype_size(dt);
@@ -66,25 +67,29 @@ std::vector<std::unique_ptr<kvcache::LayerSlots>> const& layers_for(std::int64_t
 }
 
 template <class Exec>
-void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, Exec const& ex) {
-  auto const& layers = layers_for(ctx, d, dt);
+void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, const Exec& ex) {
+  const auto& layers = layers_for(ctx, d, dt);
   kvcache::set_isa_for_testing(isa);
   const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
   std::vector<float> q(std::size_t(shape.n_q_heads * d), 0.01f), out(q.size());
   kvcache::DecodeWorkspace ws(shape, ctx, std::max(1, ex.concurrency()));
   std::size_t i = 0;
+  double seconds = 0;
   for (auto _ : st) {
+    const auto t0 = std::chrono::steady_clock::now();
     kvcache::decode_attention(*layers[i], kvcache::ConstTensorView<float, 2>(q.data(), shape.n_q_heads, d),
                               kvcache::TensorView<float, 2>(out.data(), shape.n_q_heads, d), ws, {}, ex);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
+    seconds += kvbench::seconds_since(t0);
     i = (i + 1) % layers.size();
   }
   kvcache::set_isa_for_testing(std::nullopt);
   const double gb = static_cast<double>(layers[0]->kv_bytes()) / 1e9;
   const double bw = g_read_bw.at(ex.concurrency());
-  st.counters["GBps"] = benchmark::Counter(gb, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["bw_fraction"] = benchmark::Counter(gb / bw, benchmark::Counter::kIsIterationInvariantRate);
+  const double gbps = gb * static_cast<double>(st.iterations()) / seconds;
+  st.counters["GBps"] = gbps;
+  st.counters["bw_fraction"] = gbps / bw;
   st.counters["read_bw_GBps"] = bw;
 }
 

@@ -17,7 +17,7 @@
 namespace kvbench {
 
 inline std::size_t working_set_bytes() {
-  if (char const* mb = std::getenv("KVCACHE_BENCH_WORKING_SET_MB")) return std::size_t(std::atoll(mb)) << 20;
+  if (const char* mb = std::getenv("KVCACHE_BENCH_WORKING_SET_MB")) return std::size_t(std::atoll(mb)) << 20;
   return std::size_t{1} << 30;
 }
 
@@ -33,28 +33,28 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace kvbench
 
 // The measuring loops are written against the op sets, in their target regions, like the kernels.
-#define KVBENCH_LOOPS                                                                           \
-  inline float sum_floats(float const* p, std::size_t n) noexcept {                             \
-    constexpr int L = ops::kLanes;                                                              \
-    ops::Vec a0 = ops::zero(), a1 = a0, a2 = a0, a3 = a0;                                       \
-    for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {                                       \
-      a0 = ops::add(a0, ops::load(p + i));                                                      \
-      a1 = ops::add(a1, ops::load(p + i + L));                                                  \
-      a2 = ops::add(a2, ops::load(p + i + 2 * L));                                              \
-      a3 = ops::add(a3, ops::load(p + i + 3 * L));                                              \
-    }                                                                                           \
-    return ops::reduce_add(ops::add(ops::add(a0, a1), ops::add(a2, a3)));                       \
-  }                                                                                             \
-  /* 12 chains x iters FMAs; returns a value that depends on all of them. */                    \
-  inline float fma_chains(std::int64_t iters, float seed) noexcept {                            \
-    ops::Vec acc[12];                                                                           \
-    for (int i = 0; i < 12; ++i) acc[i] = ops::set1(seed + static_cast<float>(i));              \
-    const ops::Vec a = ops::set1(0.999999f), b = ops::set1(1e-7f);                              \
-    for (std::int64_t it = 0; it < iters; ++it)                                                 \
-      for (int i = 0; i < 12; ++i) acc[i] = ops::fma(acc[i], a, b);                             \
-    ops::Vec s = acc[0];                                                                        \
-    for (int i = 1; i < 12; ++i) s = ops::add(s, acc[i]);                                       \
-    return ops::reduce_add(s);                                                                  \
+#define KVBENCH_LOOPS                                                              \
+  inline float sum_floats(const float* p, std::size_t n) noexcept {                \
+    constexpr int L = ops::kLanes;                                                 \
+    ops::Vec a0 = ops::zero(), a1 = a0, a2 = a0, a3 = a0;                          \
+    for (std::size_t i = 0; i + 4 * L <= n; i += 4 * L) {                          \
+      a0 = ops::add(a0, ops::load(p + i));                                         \
+      a1 = ops::add(a1, ops::load(p + i + L));                                     \
+      a2 = ops::add(a2, ops::load(p + i + 2 * L));                                 \
+      a3 = ops::add(a3, ops::load(p + i + 3 * L));                                 \
+    }                                                                              \
+    return ops::reduce_add(ops::add(ops::add(a0, a1), ops::add(a2, a3)));          \
+  }                                                                                \
+  /* 12 chains x iters FMAs; returns a value that depends on all of them. */       \
+  inline float fma_chains(std::int64_t iters, float seed) noexcept {               \
+    ops::Vec acc[12];                                                              \
+    for (int i = 0; i < 12; ++i) acc[i] = ops::set1(seed + static_cast<float>(i)); \
+    const ops::Vec a = ops::set1(0.999999f), b = ops::set1(1e-7f);                 \
+    for (std::int64_t it = 0; it < iters; ++it)                                    \
+      for (int i = 0; i < 12; ++i) acc[i] = ops::fma(acc[i], a, b);                \
+    ops::Vec s = acc[0];                                                           \
+    for (int i = 1; i < 12; ++i) s = ops::add(s, acc[i]);                          \
+    return ops::reduce_add(s);                                                     \
   }
 
 namespace kvbench::scalar {
@@ -78,7 +78,7 @@ namespace kvbench {
 
 inline int lanes(kvcache::Isa isa) { return isa == kvcache::Isa::kAvx512 ? 16 : isa == kvcache::Isa::kAvx2 ? 8 : 1; }
 
-inline float sum_floats(kvcache::Isa isa, float const* p, std::size_t n) {
+inline float sum_floats(kvcache::Isa isa, const float* p, std::size_t n) {
   switch (isa) {
     case kvcache::Isa::kAvx512:
       return avx512::sum_floats(p, n);
@@ -101,7 +101,7 @@ inline float fma_chains(kvcache::Isa isa, std::int64_t iters, float seed) {
 
 /// Read bandwidth in GB/s (1e9 bytes) with `threads` threads, median of 7 passes.
 template <class Exec>
-double read_bandwidth_gbps(Exec const& ex) {
+double read_bandwidth_gbps(const Exec& ex) {
   static std::vector<float> buf;  // shared by every measurement of the process
   const std::size_t n = working_set_bytes() / sizeof(float);
   if (buf.size() != n) buf.assign(n, 1.0f);
@@ -124,7 +124,7 @@ double read_bandwidth_gbps(Exec const& ex) {
 
 /// fp32 FMA peak of isa in GFLOP/s with ex's threads (2 FLOPs per lane per FMA), median of 7.
 template <class Exec>
-double fma_peak_gflops(kvcache::Isa isa, Exec const& ex) {
+double fma_peak_gflops(kvcache::Isa isa, const Exec& ex) {
   const int t = ex.concurrency();
   const std::int64_t iters = 20'000'000 / lanes(isa) * 4;
   std::vector<double> runs;

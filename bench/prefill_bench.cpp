@@ -10,6 +10,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -29,7 +30,7 @@ constexpr int kKvHeads = 8;
 std::map<std::pair<int, int>, double> g_peak;  // (isa, threads) -> GFLOP/s
 
 template <class Exec>
-void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, Isa isa, Exec const& ex) {
+void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, Isa isa, const Exec& ex) {
   const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
   kvcache::LayerSlots kv(shape, n, dt);
   std::vector<float> k(std::size_t(kKvHeads * n * d)), q(std::size_t(n * shape.n_q_heads * d)), out(q.size());
@@ -41,17 +42,21 @@ void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, I
             kvcache::ConstTensorView<float, 3>(k.data(), kKvHeads, n, d), pos);
   kvcache::PrefillWorkspace ws(shape, std::max(1, ex.concurrency()));
   kvcache::set_isa_for_testing(isa);
+  double seconds = 0;
   for (auto _ : st) {
+    const auto t0 = std::chrono::steady_clock::now();
     kvcache::prefill_attention(kv, kvcache::ConstTensorView<float, 3>(q.data(), n, shape.n_q_heads, d),
                                kvcache::TensorView<float, 3>(out.data(), n, shape.n_q_heads, d), ws, {}, ex);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
+    seconds += kvbench::seconds_since(t0);
   }
   kvcache::set_isa_for_testing(std::nullopt);
   const double gflop = 2.0 * (2 * d) * shape.n_q_heads * (static_cast<double>(n) * (n + 1) / 2) / 1e9;
   const double peak = g_peak.at({static_cast<int>(isa), ex.concurrency()});
-  st.counters["GFLOPs"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
-  st.counters["peak_fraction"] = benchmark::Counter(gflop / peak, benchmark::Counter::kIsIterationInvariantRate);
+  const double gflops = gflop * static_cast<double>(st.iterations()) / seconds;
+  st.counters["GFLOPs"] = gflops;
+  st.counters["peak_fraction"] = gflops / peak;
   st.counters["fma_peak_GFLOPs"] = peak;
 }
 
@@ -64,9 +69,9 @@ int main(int argc, char** argv) {
       const double p = t == 1 ? kvbench::fma_peak_gflops(isa, kvcache::SerialExecutor{})
                               : kvbench::fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
       g_peak[{static_cast<int>(isa), t}] = p;
-      benchmark::AddCustomContext(std::string("fma_peak_") + std::string(kvcache::isa_name(isa)) + "_" +
-                                      std::to_string(t) + "t_GFLOPs",
-                                  std::to_string(p));
+      benchmark::AddCustomContext(
+          std::string("fma_peak_") + std::string(kvcache::isa_name(isa)) + "_" + std::to_string(t) + "t_GFLOPs",
+          std::to_string(p));
       std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
                    std::string(kvcache::isa_name(isa)).c_str(), t, p);
     }

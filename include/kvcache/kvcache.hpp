@@ -3,19 +3,15 @@
 // kvcache: KV-cache storage, attention kernels and (soon) eviction policies for C++ inference engines.
 // Include this umbrella, or one family header.
 
-#include "kvcache/version.hpp"
-
+#include "kvcache/attention/decode.hpp"
+#include "kvcache/attention/prefill.hpp"
+#include "kvcache/attention/reference.hpp"
 #include "kvcache/core/config.hpp"
 #include "kvcache/core/dtype.hpp"
 #include "kvcache/core/error.hpp"
 #include "kvcache/core/executor.hpp"
 #include "kvcache/core/tensor.hpp"
-
 #include "kvcache/simd/convert.hpp"
 #include "kvcache/simd/isa.hpp"
-
 #include "kvcache/storage/slot_storage.hpp"
-
-#include "kvcache/attention/decode.hpp"
-#include "kvcache/attention/prefill.hpp"
-#include "kvcache/attention/reference.hpp"
+#include "kvcache/version.hpp"

@@ -30,7 +30,7 @@ struct DecodeCase {
 };
 
 template <class Exec = kvcache::SerialExecutor>
-void check_decode(DecodeCase const& c, Exec const& ex = Exec{}, LayerSlots* given = nullptr) {
+void check_decode(const DecodeCase& c, const Exec& ex = Exec{}, LayerSlots* given = nullptr) {
   const int n_q = c.shape.n_q_heads, dk = c.shape.head_dim_k, dv = c.shape.dim_v(), n_kv = c.shape.n_kv_heads;
   const std::int64_t cap = std::max<std::int64_t>(c.length, 1) + 8;
   LayerSlots own(c.shape, cap, c.dtype);
@@ -53,8 +53,8 @@ void check_decode(DecodeCase const& c, Exec const& ex = Exec{}, LayerSlots* give
   kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk), TensorView<float, 2>(out.data(), n_q, dv),
                             ws, opt, ex);
   const std::string what = "n_q " + std::to_string(n_q) + " n_kv " + std::to_string(n_kv) + " dk " +
-                           std::to_string(dk) + " dv " + std::to_string(dv) + " len " + std::to_string(c.length) +
-                           " " + std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits);
+                           std::to_string(dk) + " dv " + std::to_string(dv) + " len " + std::to_string(c.length) + " " +
+                           std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits);
   EXPECT_LE(kvtest::max_abs_diff(out, ref), 2e-5) << what;
   if (c.probabilities) {
     EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6) << what;
@@ -90,8 +90,8 @@ TEST_P(DecodeTest, DimsThatAreNotMultiplesOfTheVectorWidth) {
 }
 
 TEST_P(DecodeTest, LargeGroupsAreChunked) {
-  check_decode({{16, 1, 64, 64}, 130, DType::kF16});   // the largest group one kernel call serves
-  check_decode({{40, 2, 64, 64}, 130, DType::kF16});   // 20 per KV head: two chunks
+  check_decode({{16, 1, 64, 64}, 130, DType::kF16});  // the largest group one kernel call serves
+  check_decode({{40, 2, 64, 64}, 130, DType::kF16});  // 20 per KV head: two chunks
 }
 
 TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {
@@ -137,11 +137,11 @@ TEST_P(DecodeTest, OneTokenIsItsOwnValue) {
 INSTANTIATE_TEST_SUITE_P(Isa, DecodeTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
 
 template <class F>
-void expect_error_mentioning(F&& f, std::string const& needle) {
+void expect_error_mentioning(F&& f, const std::string& needle) {
   try {
     f();
     FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
 }

@@ -28,7 +28,7 @@ struct PrefillCase {
 };
 
 template <class Exec = kvcache::SerialExecutor>
-void check_prefill(PrefillCase const& c, Exec const& ex = Exec{}, int workers = 1) {
+void check_prefill(const PrefillCase& c, const Exec& ex = Exec{}, int workers = 1) {
   const int n_q = c.shape.n_q_heads, dk = c.shape.head_dim_k, dv = c.shape.dim_v(), n_kv = c.shape.n_kv_heads;
   LayerSlots kv(c.shape, c.n_old + c.n_new + 5, c.dtype);
   if (c.n_old > 0) kvtest::fill_random(kv, c.n_old, 21);
@@ -109,11 +109,11 @@ TEST_P(PrefillTest, ThreadsGiveTheSameAnswer) {
 INSTANTIATE_TEST_SUITE_P(Isa, PrefillTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
 
 template <class F>
-void expect_error_mentioning(F&& f, std::string const& needle) {
+void expect_error_mentioning(F&& f, const std::string& needle) {
   try {
     f();
     FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
 }
@@ -124,7 +124,7 @@ TEST(PrefillErrorsTest, BadShapesAreClearErrors) {
   kvtest::fill_random(kv, 5, 1);
   kvcache::PrefillWorkspace ws(shape);
   std::vector<float> q(10 * 4 * 17), out(10 * 4 * 17), sums(64);
-  auto run = [&](std::int64_t n, int nq, int dk, int dv, kvcache::PrefillOptions const& o = {}) {
+  auto run = [&](std::int64_t n, int nq, int dk, int dv, const kvcache::PrefillOptions& o = {}) {
     kvcache::prefill_attention(kv, ConstTensorView<float, 3>(q.data(), n, nq, dk),
                                TensorView<float, 3>(out.data(), n, nq, dv), ws, o);
   };

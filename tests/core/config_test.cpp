@@ -1,17 +1,17 @@
 // Configuration validation and the error type.
 
+#include "kvcache/core/config.hpp"
+
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "kvcache/core/config.hpp"
-
 namespace {
 
-std::string error_of(kvcache::AttentionShape const& s) {
+std::string error_of(const kvcache::AttentionShape& s) {
   try {
     s.validate();
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     return e.what();
   }
   return "";
@@ -36,7 +36,7 @@ TEST(ConfigTest, ErrorsNameTheBadValue) {
   try {
     c.validate();
     FAIL();
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_STREQ(e.what(), "kvcache: n_layers must be positive, got -1");
   }
 }

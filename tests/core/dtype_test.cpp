@@ -1,6 +1,8 @@
 // Element-type conversions: the scalar ones against Eigen's independent implementation (exhaustively for the
 // 16-bit -> f32 direction), and every SIMD op set against the scalar bits.
 
+#include "kvcache/core/dtype.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 #include <limits>
 #include <vector>
 
-#include "kvcache/core/dtype.hpp"
 #include "kvcache/simd/convert.hpp"
 #include "test_util.hpp"
 
@@ -21,13 +22,28 @@ std::uint32_t bits(float f) { return kvcache::detail::f32_bits(f); }
 
 // Floats that stress rounding: ties, halfway points, subnormal boundaries, overflow, specials.
 std::vector<float> edge_floats() {
-  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, 65536.0f, 1e10f, -1e10f,
-                          6.103515625e-05f,                        // smallest normal f16
-                          5.9604644775390625e-08f,                 // smallest subnormal f16
-                          2.98023223876953125e-08f,                // half of it: ties to 0
-                          4.4703483581542969e-08f,                 // 1.5 x smallest: rounds to 2
-                          1e-30f, -1e-30f, 1.17549435e-38f, 1e-45f, std::numeric_limits<float>::infinity(),
-                          -std::numeric_limits<float>::infinity(), 3.4028235e38f, -3.4028235e38f};
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          65504.0f,
+                          65519.99f,
+                          65520.0f,
+                          65536.0f,
+                          1e10f,
+                          -1e10f,
+                          6.103515625e-05f,          // smallest normal f16
+                          5.9604644775390625e-08f,   // smallest subnormal f16
+                          2.98023223876953125e-08f,  // half of it: ties to 0
+                          4.4703483581542969e-08f,   // 1.5 x smallest: rounds to 2
+                          1e-30f,
+                          -1e-30f,
+                          1.17549435e-38f,
+                          1e-45f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          3.4028235e38f,
+                          -3.4028235e38f};
   // Exact ties of f16 (13 dropped bits = 0x1000) and bf16 (16 dropped bits = 0x8000), with odd and even kept lsb.
   for (std::uint32_t base : {0x3f800000u, 0x3f802000u, 0x40490000u, 0x38800000u, 0x477fe000u, 0x3f810000u}) {
     for (std::uint32_t low : {0x1000u, 0x0fffu, 0x1001u, 0x8000u, 0x7fffu, 0x8001u, 0x3000u}) {
@@ -71,10 +87,10 @@ TEST(DTypeTest, F32ToF16RoundsToNearestEven) {
     const std::uint16_t eigen = Eigen::numext::bit_cast<std::uint16_t>(f16(f));
     ASSERT_EQ(ours, eigen) << "f = " << f << " bits " << std::hex << bits(f);
   }
-  EXPECT_EQ(kvcache::f32_to_f16_bits(65520.0f), 0x7c00);      // tie above the largest finite -> infinity
+  EXPECT_EQ(kvcache::f32_to_f16_bits(65520.0f), 0x7c00);                  // tie above the largest finite -> infinity
   EXPECT_EQ(kvcache::f32_to_f16_bits(2.98023223876953125e-08f), 0x0000);  // tie at half the smallest -> 0 (even)
-  EXPECT_EQ(kvcache::f32_to_f16_bits(1.0f + 1.0f / 2048), 0x3c00);           // tie, lsb 0 stays
-  EXPECT_EQ(kvcache::f32_to_f16_bits(1.0f + 3.0f / 2048), 0x3c02);           // tie, lsb 1 rounds up
+  EXPECT_EQ(kvcache::f32_to_f16_bits(1.0f + 1.0f / 2048), 0x3c00);        // tie, lsb 0 stays
+  EXPECT_EQ(kvcache::f32_to_f16_bits(1.0f + 3.0f / 2048), 0x3c02);        // tie, lsb 1 rounds up
   const std::uint16_t nan = kvcache::f32_to_f16_bits(std::numeric_limits<float>::quiet_NaN());
   EXPECT_EQ(nan & 0x7c00, 0x7c00);
   EXPECT_NE(nan & 0x3ff, 0);
@@ -86,8 +102,8 @@ TEST(DTypeTest, F32ToBF16RoundsToNearestEven) {
     const std::uint16_t eigen = Eigen::numext::bit_cast<std::uint16_t>(bf16(f));
     ASSERT_EQ(ours, eigen) << "f = " << f;
   }
-  EXPECT_EQ(kvcache::f32_to_bf16_bits(kvcache::detail::bits_f32(0x3f808000u)), 0x3f80);  // tie, even stays
-  EXPECT_EQ(kvcache::f32_to_bf16_bits(kvcache::detail::bits_f32(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(kvcache::f32_to_bf16_bits(kvcache::detail::bits_f32(0x3f808000u)), 0x3f80);         // tie, even stays
+  EXPECT_EQ(kvcache::f32_to_bf16_bits(kvcache::detail::bits_f32(0x3f818000u)), 0x3f82);         // tie, odd rounds up
   const std::uint16_t nan = kvcache::f32_to_bf16_bits(kvcache::detail::bits_f32(0x7f800001u));  // signalling NaN
   EXPECT_EQ(nan & 0x7f80, 0x7f80);
   EXPECT_NE(nan & 0x7f, 0);  // still a NaN after narrowing
@@ -154,7 +170,7 @@ TEST_P(SimdConvertTest, ExpIsAccurate) {
     ASSERT_NEAR(y[i] / ref, 1.0, 5e-7) << "x = " << x[i];  // about 4 ulp at most
   }
   EXPECT_EQ(y[x.size() - 2], 1.0f);  // exp(0) is exact
-  EXPECT_EQ(y.back(), 0.0f);          // exp(-inf)
+  EXPECT_EQ(y.back(), 0.0f);         // exp(-inf)
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, SimdConvertTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);

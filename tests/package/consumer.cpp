@@ -1,9 +1,8 @@
 // A consumer: decode attention over a tiny cache, checked against the reference. Exit code 0 on success.
 
-#include <kvcache/kvcache.hpp>
-
 #include <cmath>
 #include <cstdio>
+#include <kvcache/kvcache.hpp>
 #include <vector>
 
 int main() {
@@ -13,8 +12,8 @@ int main() {
   for (std::size_t i = 0; i < k.size(); ++i) k[i] = std::sin(0.1f * static_cast<float>(i)), v[i] = std::cos(0.3f * i);
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = std::cos(0.7f * static_cast<float>(i));
   std::vector<kvcache::Position> pos = {0, 1, 2};
-  kv.append(kvcache::ConstTensorView<float, 3>(k.data(), 2, 3, 16), kvcache::ConstTensorView<float, 3>(v.data(), 2, 3, 16),
-            pos);
+  kv.append(kvcache::ConstTensorView<float, 3>(k.data(), 2, 3, 16),
+            kvcache::ConstTensorView<float, 3>(v.data(), 2, 3, 16), pos);
   kvcache::DecodeWorkspace ws(shape, 8);
   kvcache::decode_attention(kv, kvcache::ConstTensorView<float, 2>(q.data(), 4, 16),
                             kvcache::TensorView<float, 2>(out.data(), 4, 16), ws);

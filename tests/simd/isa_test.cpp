@@ -1,12 +1,12 @@
 // ISA selection: probe, test hook, the KVCACHE_ISA variable (the env cases run as separate ctest entries, since
 // the variable is read once per process).
 
+#include "kvcache/simd/isa.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <string>
-
-#include "kvcache/simd/isa.hpp"
 
 namespace {
 
@@ -29,7 +29,7 @@ TEST(IsaTest, ParseRejectsUnknownNames) {
   try {
     (void)kvcache::parse_isa("sse9");
     FAIL() << "no throw";
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_NE(std::string(e.what()).find("sse9"), std::string::npos) << e.what();
   }
 }
@@ -44,14 +44,14 @@ TEST(IsaTest, ForcingAnUnavailableIsaIsAClearError) {
 
 // Run by ctest with KVCACHE_ISA set and KVCACHE_TEST_EXPECT naming the expected outcome: an ISA name, or "error".
 TEST(IsaEnvTest, EnvironmentVariableChoosesIsa) {
-  char const* expect = std::getenv("KVCACHE_TEST_EXPECT");
+  const char* expect = std::getenv("KVCACHE_TEST_EXPECT");
   if (expect == nullptr) GTEST_SKIP() << "run through ctest with KVCACHE_ISA set";
   const std::string e = expect;
   if (e == "error") {
     try {
       (void)kvcache::active_isa();
       FAIL() << "KVCACHE_ISA=" << std::getenv("KVCACHE_ISA") << " did not throw";
-    } catch (kvcache::Error const& err) {
+    } catch (const kvcache::Error& err) {
       EXPECT_NE(std::string(err.what()).find("KVCACHE_ISA"), std::string::npos) << err.what();
     }
     return;

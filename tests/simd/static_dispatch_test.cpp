@@ -22,7 +22,7 @@ TEST(StaticDispatchTest, OnlyTheFlagsIsaIsCompiled) {
   try {
     kvcache::set_isa_for_testing(kvcache::Isa::kAvx512);
     FAIL() << "forcing AVX-512 in a scalar-only build did not throw";
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_NE(std::string(e.what()).find("avx512"), std::string::npos) << e.what();
   }
 #endif

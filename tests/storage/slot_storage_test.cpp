@@ -1,5 +1,7 @@
 // Dense slot storage: append, compaction on remove, per-head lengths, byte accounting, errors.
 
+#include "kvcache/storage/slot_storage.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "kvcache/storage/slot_storage.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -31,7 +32,7 @@ void append_tagged(LayerSlots& kv, int h, std::int32_t first, std::int64_t n) {
   kv.append(h, ConstTensorView<float, 2>(k.data(), n, dk), ConstTensorView<float, 2>(v.data(), n, dv), pos);
 }
 
-void expect_rows_match_positions(LayerSlots const& kv, int h) {
+void expect_rows_match_positions(const LayerSlots& kv, int h) {
   auto k = kv.k<float>(h);
   auto v = kv.v<float>(h);
   auto pos = kv.positions(h);
@@ -132,11 +133,11 @@ TEST(SlotStorageTest, PerHeadLengthsAndExactBytes) {
 }
 
 template <class F>
-void expect_error_mentioning(F&& f, std::string const& needle) {
+void expect_error_mentioning(F&& f, const std::string& needle) {
   try {
     f();
     FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (kvcache::Error const& e) {
+  } catch (const kvcache::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
 }
@@ -156,9 +157,7 @@ TEST(SlotStorageTest, BadInputIsAClearError) {
   std::vector<float> k(2 * 7);
   std::vector<Position> pos(2);
   expect_error_mentioning(
-      [&] {
-        kv.append(1, ConstTensorView<float, 2>(k.data(), 2, 7), ConstTensorView<float, 2>(k.data(), 2, 7), pos);
-      },
+      [&] { kv.append(1, ConstTensorView<float, 2>(k.data(), 2, 7), ConstTensorView<float, 2>(k.data(), 2, 7), pos); },
       "keys have width 7");
   expect_error_mentioning([&] { (void)kv.k<kvcache::f16>(0); }, "stored as f32");
   expect_error_mentioning([] { LayerSlots bad({6, 4, 8, 8}, 4, DType::kF32); }, "does not divide");

@@ -6,11 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvcache/kvcache.hpp"
@@ -37,7 +37,7 @@ inline void fill_random(kvcache::LayerSlots& kv, std::int64_t n, std::uint32_t s
             kvcache::ConstTensorView<float, 3>(v.data(), n_kv, n, dv), pos);
 }
 
-inline double max_abs_diff(std::vector<float> const& a, std::vector<float> const& b) {
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0;
   for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, static_cast<double>(std::abs(a[i] - b[i])));
   return m;
@@ -47,11 +47,11 @@ inline double max_abs_diff(std::vector<float> const& a, std::vector<float> const
 struct ScopedIsa {
   explicit ScopedIsa(kvcache::Isa isa) { kvcache::set_isa_for_testing(isa); }
   ~ScopedIsa() { kvcache::set_isa_for_testing(std::nullopt); }
-  ScopedIsa(ScopedIsa const&) = delete;
-  ScopedIsa& operator=(ScopedIsa const&) = delete;
+  ScopedIsa(const ScopedIsa&) = delete;
+  ScopedIsa& operator=(const ScopedIsa&) = delete;
 };
 
-inline std::string isa_param_name(testing::TestParamInfo<kvcache::Isa> const& info) {
+inline std::string isa_param_name(const testing::TestParamInfo<kvcache::Isa>& info) {
   return std::string(kvcache::isa_name(info.param));
 }
 

@@ -45,9 +45,13 @@ struct DecodeOptions {
 class DecodeWorkspace {
  public:
   /// max_splits: the most splits per head any call will use. probabilities: whether calls may export them.
-  DecodeWorkspace(AttentionShape const& shape, std::int64_t capacity, int max_splits = 1, bool probabilities = false)
-      : n_kv_(shape.n_kv_heads), g_(shape.group_size()), dv_(shape.dim_v()), capacity_(capacity),
-        max_splits_(max_splits), probabilities_(probabilities) {
+  DecodeWorkspace(const AttentionShape& shape, std::int64_t capacity, int max_splits = 1, bool probabilities = false)
+      : n_kv_(shape.n_kv_heads),
+        g_(shape.group_size()),
+        dv_(shape.dim_v()),
+        capacity_(capacity),
+        max_splits_(max_splits),
+        probabilities_(probabilities) {
     shape.validate();
     KVCACHE_REQUIRE(max_splits >= 1 && max_splits <= 1024, "max_splits must be in [1, 1024], got ", max_splits);
     KVCACHE_REQUIRE(capacity > 0, "capacity must be positive, got ", capacity);
@@ -76,8 +80,8 @@ class DecodeWorkspace {
     return logits_.as<float>() + std::size_t(h) * std::size_t(g_) * std::size_t(capacity_);
   }
   void check(int n_kv, int g, int dv, std::int64_t max_len, bool probs) const {
-    KVCACHE_REQUIRE(n_kv == n_kv_ && g == g_ && dv == dv_, "decode workspace was made for ", n_kv_,
-                    " KV heads, group ", g_, ", head_dim_v ", dv_, "; the call has ", n_kv, ", ", g, ", ", dv);
+    KVCACHE_REQUIRE(n_kv == n_kv_ && g == g_ && dv == dv_, "decode workspace was made for ", n_kv_, " KV heads, group ",
+                    g_, ", head_dim_v ", dv_, "; the call has ", n_kv, ", ", g, ", ", dv);
     KVCACHE_REQUIRE(!probs || probabilities_, "decode asks for probabilities, but its workspace was made without");
     KVCACHE_REQUIRE(!probs || max_len <= capacity_, "decode workspace holds logits for ", capacity_,
                     " rows, a head has ", max_len);
@@ -95,19 +99,18 @@ class DecodeWorkspace {
 namespace detail {
 
 template <class T>
-void decode_head_range(Isa isa, float const* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
-                       std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* logits,
-                       std::int64_t ld) noexcept {
+void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
+                       std::int64_t r1, float* o, float* m, float* l, float* logits, std::int64_t ld) noexcept {
   KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, ldq, g, dk, dv, k, v, r0, r1, o, m, l, logits, ld))
 }
-inline void decode_probabilities(Isa isa, float const* logits, int g, std::int64_t ld, std::int64_t n, float const* m,
-                                 float const* l, float* acc) noexcept {
+inline void decode_probabilities(Isa isa, const float* logits, int g, std::int64_t ld, std::int64_t n, const float* m,
+                                 const float* l, float* acc) noexcept {
   KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (logits, g, ld, n, m, l, acc))
 }
 
 template <class T, class Exec>
-void decode_run(Isa isa, LayerSlots const& kv, float const* q, float* out, int n_q, DecodeWorkspace& ws,
-                DecodeOptions const& opt, float scale, int splits, Exec const& ex) {
+void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n_q, DecodeWorkspace& ws,
+                const DecodeOptions& opt, float scale, int splits, const Exec& ex) {
   const int n_kv = kv.n_kv_heads(), g = n_q / n_kv, dk = kv.head_dim_k(), dv = kv.head_dim_v();
   const bool probs = opt.probabilities != nullptr;
   const int ldq = static_cast<int>(ws.query_stride());
@@ -162,15 +165,15 @@ void decode_run(Isa isa, LayerSlots const& kv, float const* q, float* out, int n
 
 /// Decode attention of one layer step; see the top of this header for shapes and semantics.
 template <class Exec = SerialExecutor>
-void decode_attention(LayerSlots const& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
-                      DecodeWorkspace& ws, DecodeOptions const& opt = {}, Exec const& ex = Exec{}) {
+void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out, DecodeWorkspace& ws,
+                      const DecodeOptions& opt = {}, const Exec& ex = Exec{}) {
   const int n_kv = kv.n_kv_heads();
   const auto n_q = static_cast<int>(q.dimension(0));
   KVCACHE_REQUIRE(n_q > 0 && n_q % n_kv == 0, "decode: ", n_q, " query heads are not a multiple of the ", n_kv,
                   " KV heads");
   KVCACHE_REQUIRE(n_q / n_kv <= 1024, "decode: group size ", n_q / n_kv, " exceeds 1024");
-  KVCACHE_REQUIRE(q.dimension(1) == kv.head_dim_k(), "decode: queries have width ", q.dimension(1),
-                  ", head_dim_k is ", kv.head_dim_k());
+  KVCACHE_REQUIRE(q.dimension(1) == kv.head_dim_k(), "decode: queries have width ", q.dimension(1), ", head_dim_k is ",
+                  kv.head_dim_k());
   KVCACHE_REQUIRE(out.dimension(0) == n_q && out.dimension(1) == kv.head_dim_v(), "decode: output is [",
                   out.dimension(0), ", ", out.dimension(1), "], expected [", n_q, ", ", kv.head_dim_v(), "]");
   const bool probs = opt.probabilities != nullptr;

@@ -9,16 +9,16 @@
 #include "kvcache/simd/isa.hpp"
 
 // Expands to a switch that calls kernels::<isa>::FN ARGS for the given ISA.
-#define KVCACHE_DISPATCH_ISA(ISA, FN, ARGS)              \
-  switch (ISA) {                                         \
-    case ::kvcache::Isa::kAvx512:                        \
+#define KVCACHE_DISPATCH_ISA(ISA, FN, ARGS)                          \
+  switch (ISA) {                                                     \
+    case ::kvcache::Isa::kAvx512:                                    \
       KVCACHE_IF_AVX512(return ::kvcache::kernels::avx512::FN ARGS;) \
-      [[fallthrough]];                                   \
-    case ::kvcache::Isa::kAvx2:                          \
-      KVCACHE_IF_AVX2(return ::kvcache::kernels::avx2::FN ARGS;) \
-      [[fallthrough]];                                   \
-    default:                                             \
-      return ::kvcache::kernels::scalar::FN ARGS;        \
+      [[fallthrough]];                                               \
+    case ::kvcache::Isa::kAvx2:                                      \
+      KVCACHE_IF_AVX2(return ::kvcache::kernels::avx2::FN ARGS;)     \
+      [[fallthrough]];                                               \
+    default:                                                         \
+      return ::kvcache::kernels::scalar::FN ARGS;                    \
   }
 
 #if KVCACHE_HAVE_AVX512

@@ -40,7 +40,7 @@ struct PrefillOptions {
 /// Scratch memory of prefill_attention: one slice per worker, sized once for a head shape.
 class PrefillWorkspace {
  public:
-  explicit PrefillWorkspace(AttentionShape const& shape, int max_workers = 1)
+  explicit PrefillWorkspace(const AttentionShape& shape, int max_workers = 1)
       : dk_(shape.head_dim_k), dv_(shape.dim_v()), max_workers_(max_workers) {
     shape.validate();
     KVCACHE_REQUIRE(max_workers >= 1 && max_workers <= 1024, "max_workers must be in [1, 1024], got ", max_workers);
@@ -63,7 +63,7 @@ class PrefillWorkspace {
 namespace detail {
 
 template <class T>
-void prefill_unit(Isa isa, PrefillArgs const& a, T const* k, T const* v, float* scratch) noexcept {
+void prefill_unit(Isa isa, const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
   switch (isa) {
 #if KVCACHE_HAVE_AVX512
     case Isa::kAvx512:
@@ -79,16 +79,16 @@ void prefill_unit(Isa isa, PrefillArgs const& a, T const* k, T const* v, float* 
 }
 
 template <class T, class Exec>
-void prefill_run(Isa isa, LayerSlots const& kv, float const* q, float* out, std::int64_t n_new, int n_q,
-                 PrefillWorkspace& ws, PrefillOptions const& opt, float scale, Exec const& ex) {
+void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std::int64_t n_new, int n_q,
+                 PrefillWorkspace& ws, const PrefillOptions& opt, float scale, const Exec& ex) {
   const int n_kv = kv.n_kv_heads(), g = n_q / n_kv;
   const std::int64_t tokens = prefill_tokens_per_block(g);
   const std::int64_t n_blocks = (n_new + tokens - 1) / tokens;
   const bool sums = opt.column_sums != nullptr;
   const std::int64_t cs_end = opt.column_sums_end < 0 ? n_new : opt.column_sums_end;
   const std::int64_t units = sums ? n_kv : n_kv * n_blocks;
-  const int workers = static_cast<int>(std::clamp<std::int64_t>(ex.concurrency(), 1, std::min<std::int64_t>(
-                                                                                         ws.max_workers(), units)));
+  const int workers =
+      static_cast<int>(std::clamp<std::int64_t>(ex.concurrency(), 1, std::min<std::int64_t>(ws.max_workers(), units)));
   ex.parallel_for(workers, [&](int w) noexcept {
     float* scratch = ws.worker(w);
     for (std::int64_t u = w; u < units; u += workers) {
@@ -120,8 +120,8 @@ void prefill_run(Isa isa, LayerSlots const& kv, float const* q, float* out, std:
 
 /// Causal prefill attention of one layer; see the top of this header for shapes and semantics.
 template <class Exec = SerialExecutor>
-void prefill_attention(LayerSlots const& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
-                       PrefillWorkspace& ws, PrefillOptions const& opt = {}, Exec const& ex = Exec{}) {
+void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
+                       PrefillWorkspace& ws, const PrefillOptions& opt = {}, const Exec& ex = Exec{}) {
   const int n_kv = kv.n_kv_heads();
   const std::int64_t n_new = q.dimension(0);
   const auto n_q = static_cast<int>(q.dimension(1));
@@ -129,8 +129,8 @@ void prefill_attention(LayerSlots const& kv, ConstTensorView<float, 3> q, Tensor
                   " KV heads");
   KVCACHE_REQUIRE(n_q / n_kv <= detail::kPrefillMaxRows, "prefill: group size ", n_q / n_kv, " exceeds ",
                   detail::kPrefillMaxRows);
-  KVCACHE_REQUIRE(q.dimension(2) == kv.head_dim_k(), "prefill: queries have width ", q.dimension(2),
-                  ", head_dim_k is ", kv.head_dim_k());
+  KVCACHE_REQUIRE(q.dimension(2) == kv.head_dim_k(), "prefill: queries have width ", q.dimension(2), ", head_dim_k is ",
+                  kv.head_dim_k());
   KVCACHE_REQUIRE(out.dimension(0) == n_new && out.dimension(1) == n_q && out.dimension(2) == kv.head_dim_v(),
                   "prefill: output is [", out.dimension(0), ", ", out.dimension(1), ", ", out.dimension(2),
                   "], expected [", n_new, ", ", n_q, ", ", kv.head_dim_v(), "]");
@@ -143,8 +143,8 @@ void prefill_attention(LayerSlots const& kv, ConstTensorView<float, 3> q, Tensor
     KVCACHE_REQUIRE(opt.column_sums_begin >= 0 && opt.column_sums_begin <= end && end <= n_new,
                     "prefill: column-sum tokens [", opt.column_sums_begin, ", ", end, ") are not inside [0, ", n_new,
                     ")");
-    KVCACHE_REQUIRE(opt.column_sums_stride >= kv.max_length(), "prefill: column_sums_stride ",
-                    opt.column_sums_stride, " is below the longest head (", kv.max_length(), " rows)");
+    KVCACHE_REQUIRE(opt.column_sums_stride >= kv.max_length(), "prefill: column_sums_stride ", opt.column_sums_stride,
+                    " is below the longest head (", kv.max_length(), " rows)");
   }
   if (n_new == 0) return;
   const float scale = opt.scale != 0.0f ? opt.scale : 1.0f / std::sqrt(static_cast<float>(kv.head_dim_k()));

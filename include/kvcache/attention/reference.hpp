@@ -20,7 +20,7 @@ Eigen::MatrixXd rows_as_double(T const* p, std::int64_t n, int d) {
     for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(to_f32(p[i * d + c]));
   return m;
 }
-inline void head_rows(LayerSlots const& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
+inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   const std::int64_t n = kv.length(h);
   switch (kv.dtype()) {
     case DType::kF32:
@@ -38,7 +38,7 @@ inline void head_rows(LayerSlots const& kv, int h, Eigen::MatrixXd& k, Eigen::Ma
   }
 }
 /// Softmax of scale * (k q) over the first n entries; the rest are 0.
-inline Eigen::VectorXd softmax_prefix(Eigen::MatrixXd const& k, Eigen::VectorXd const& q, double scale,
+inline Eigen::VectorXd softmax_prefix(const Eigen::MatrixXd& k, const Eigen::VectorXd& q, double scale,
                                       std::int64_t n) {
   Eigen::VectorXd p = Eigen::VectorXd::Zero(k.rows());
   if (n == 0) return p;
@@ -52,7 +52,7 @@ inline Eigen::VectorXd softmax_prefix(Eigen::MatrixXd const& k, Eigen::VectorXd 
 
 /// q: [n_q_heads, head_dim_k], out: [n_q_heads, head_dim_v]. probabilities (optional): [n_kv_heads, stride],
 /// += the group's probabilities summed over its query heads.
-inline void decode_attention(LayerSlots const& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
+inline void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
                              float scale = 0.0f, float* probabilities = nullptr, std::int64_t stride = 0) {
   const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(0)), g = n_q / n_kv;
   const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
@@ -75,7 +75,7 @@ inline void decode_attention(LayerSlots const& kv, ConstTensorView<float, 2> q, 
 
 /// q: [n_new, n_q_heads, head_dim_k], out: [n_new, n_q_heads, head_dim_v]; the last n_new rows of each head are the
 /// new tokens. column_sums (optional): [n_kv_heads, stride], += probabilities of tokens [begin, end) summed.
-inline void prefill_attention(LayerSlots const& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
+inline void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
                               float scale = 0.0f, float* column_sums = nullptr, std::int64_t stride = 0,
                               std::int64_t begin = 0, std::int64_t end = -1) {
   const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(1)), g = n_q / n_kv;

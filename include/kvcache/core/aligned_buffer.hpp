@@ -19,12 +19,12 @@ class AlignedBuffer {
   AlignedBuffer() = default;
   explicit AlignedBuffer(std::size_t bytes) : size_(bytes) {
     if (bytes == 0) return;
-    data_.reset(static_cast<std::byte*>(::operator new(round_up(bytes, kCacheLine), std::align_val_t{kCacheLine})));
+    data_.reset(static_cast<std::byte*>(::operator new (round_up(bytes, kCacheLine), std::align_val_t{kCacheLine})));
     std::memset(data_.get(), 0, bytes);
   }
 
   [[nodiscard]] std::byte* data() noexcept { return data_.get(); }
-  [[nodiscard]] std::byte const* data() const noexcept { return data_.get(); }
+  [[nodiscard]] const std::byte* data() const noexcept { return data_.get(); }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   template <class T>
   [[nodiscard]] T* as() noexcept {
@@ -32,12 +32,12 @@ class AlignedBuffer {
   }
   template <class T>
   [[nodiscard]] T const* as() const noexcept {
-    return reinterpret_cast<T const*>(data_.get());
+    return reinterpret_cast<const T*>(data_.get());
   }
 
  private:
   struct Free {
-    void operator()(std::byte* p) const noexcept { ::operator delete(p, std::align_val_t{kCacheLine}); }
+    void operator()(std::byte* p) const noexcept { ::operator delete (p, std::align_val_t{kCacheLine}); }
   };
   std::unique_ptr<std::byte[], Free> data_;
   std::size_t size_ = 0;

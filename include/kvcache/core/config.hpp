@@ -24,10 +24,10 @@ struct AttentionShape {
   void validate() const {
     KVCACHE_REQUIRE(n_q_heads > 0, "n_q_heads must be positive, got ", n_q_heads);
     KVCACHE_REQUIRE(n_kv_heads > 0, "n_kv_heads must be positive, got ", n_kv_heads);
-    KVCACHE_REQUIRE(n_q_heads % n_kv_heads == 0, "n_kv_heads = ", n_kv_heads, " does not divide n_q_heads = ",
-                    n_q_heads);
-    KVCACHE_REQUIRE(head_dim_k > 0 && head_dim_k <= kMaxHeadDim, "head_dim_k must be in [1, ", kMaxHeadDim,
-                    "], got ", head_dim_k);
+    KVCACHE_REQUIRE(n_q_heads % n_kv_heads == 0, "n_kv_heads = ", n_kv_heads,
+                    " does not divide n_q_heads = ", n_q_heads);
+    KVCACHE_REQUIRE(head_dim_k > 0 && head_dim_k <= kMaxHeadDim, "head_dim_k must be in [1, ", kMaxHeadDim, "], got ",
+                    head_dim_k);
     KVCACHE_REQUIRE(head_dim_v >= 0 && head_dim_v <= kMaxHeadDim, "head_dim_v must be in [0, ", kMaxHeadDim,
                     "] (0 = same as head_dim_k), got ", head_dim_v);
   }

@@ -116,7 +116,9 @@ inline std::uint16_t f32_to_bf16_bits(float f) noexcept {
   return static_cast<std::uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
-inline float bf16_bits_to_f32(std::uint16_t b) noexcept { return detail::bits_f32(static_cast<std::uint32_t>(b) << 16); }
+inline float bf16_bits_to_f32(std::uint16_t b) noexcept {
+  return detail::bits_f32(static_cast<std::uint32_t>(b) << 16);
+}
 
 inline std::uint16_t bits_of(f16 h) noexcept { return Eigen::numext::bit_cast<std::uint16_t>(h); }
 inline std::uint16_t bits_of(bf16 h) noexcept { return Eigen::numext::bit_cast<std::uint16_t>(h); }

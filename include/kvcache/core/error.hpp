@@ -16,7 +16,7 @@ class Error : public std::runtime_error {
 namespace detail {
 /// Builds the message from its parts and throws. Out of line so that the checks it serves stay small.
 template <class... Parts>
-[[noreturn]] __attribute__((noinline, cold)) void throw_error(Parts const&... parts) {
+[[noreturn]] __attribute__((noinline, cold)) void throw_error(const Parts&... parts) {
   std::ostringstream os;
   (os << ... << parts);
   throw Error(os.str());
@@ -27,7 +27,8 @@ template <class... Parts>
 
 /// Throws kvcache::Error built from the remaining arguments when cond is false; the message is only formatted on
 /// failure, so a check costs one branch on the good path.
-#define KVCACHE_REQUIRE(cond, ...)                                  \
-  do {                                                              \
-    if (!(cond)) [[unlikely]] ::kvcache::detail::throw_error(__VA_ARGS__); \
+#define KVCACHE_REQUIRE(cond, ...)                 \
+  do {                                             \
+    if (!(cond)) [[unlikely]]                      \
+      ::kvcache::detail::throw_error(__VA_ARGS__); \
   } while (0)

@@ -22,13 +22,12 @@
 // KVCACHE_ASSERT checks preconditions of hot paths (which are noexcept and must not throw).
 // It is on in debug builds and compiled out when NDEBUG is defined, unless KVCACHE_ENABLE_ASSERTS is.
 #if !defined(NDEBUG) || defined(KVCACHE_ENABLE_ASSERTS)
-#define KVCACHE_ASSERT(cond, msg)                                                                \
-  do {                                                                                           \
-    if (KVCACHE_UNLIKELY(!(cond))) {                                                             \
-      std::fprintf(stderr, "kvcache: assertion failed at %s:%d: %s (%s)\n", __FILE__, __LINE__, \
-                   #cond, msg);                                                                  \
-      std::abort();                                                                              \
-    }                                                                                            \
+#define KVCACHE_ASSERT(cond, msg)                                                                            \
+  do {                                                                                                       \
+    if (KVCACHE_UNLIKELY(!(cond))) {                                                                         \
+      std::fprintf(stderr, "kvcache: assertion failed at %s:%d: %s (%s)\n", __FILE__, __LINE__, #cond, msg); \
+      std::abort();                                                                                          \
+    }                                                                                                        \
   } while (0)
 #else
 #define KVCACHE_ASSERT(cond, msg) ((void)0)

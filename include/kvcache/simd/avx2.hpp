@@ -11,7 +11,6 @@
 #include <immintrin.h>
 
 #include <cstddef>
-
 #include <cstring>
 
 KVCACHE_TARGET_AVX2_BEGIN
@@ -23,12 +22,12 @@ inline constexpr int kLanes = 8;
 KVCACHE_INLINE Vec zero() noexcept { return _mm256_setzero_ps(); }
 KVCACHE_INLINE Vec set1(float x) noexcept { return _mm256_set1_ps(x); }
 
-KVCACHE_INLINE Vec load(float const* p) noexcept { return _mm256_loadu_ps(p); }
-KVCACHE_INLINE Vec load(f16 const* p) noexcept {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(p)));
+KVCACHE_INLINE Vec load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+KVCACHE_INLINE Vec load(const f16* p) noexcept {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-KVCACHE_INLINE Vec load(bf16 const* p) noexcept {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<__m128i const*>(p)));
+KVCACHE_INLINE Vec load(const bf16* p) noexcept {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
 template <class T>
@@ -59,7 +58,7 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
 }
 
 /// Hint: bring the cache line holding p into L1 (no fault on any address).
-KVCACHE_INLINE void prefetch(void const* p) noexcept { _mm_prefetch(static_cast<char const*>(p), _MM_HINT_T0); }
+KVCACHE_INLINE void prefetch(const void* p) noexcept { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm256_add_ps(a, b); }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm256_sub_ps(a, b); }
@@ -97,8 +96,8 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
 }
 
-#include "kvcache/simd/detail/math.ipp"
 #include "kvcache/simd/detail/bulk.ipp"
+#include "kvcache/simd/detail/math.ipp"
 
 }  // namespace kvcache::simd::avx2
 KVCACHE_TARGET_END

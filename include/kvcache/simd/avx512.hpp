@@ -24,18 +24,18 @@ KVCACHE_INLINE Vec set1(float x) noexcept { return _mm512_set1_ps(x); }
 KVCACHE_INLINE Vec widen_bf16(__m256i h) noexcept {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
-KVCACHE_INLINE Vec load(float const* p) noexcept { return _mm512_loadu_ps(p); }
-KVCACHE_INLINE Vec load(f16 const* p) noexcept {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+KVCACHE_INLINE Vec load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+KVCACHE_INLINE Vec load(const f16* p) noexcept {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-KVCACHE_INLINE Vec load(bf16 const* p) noexcept {
-  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<__m256i const*>(p)));
+KVCACHE_INLINE Vec load(const bf16* p) noexcept {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-KVCACHE_INLINE Vec load_n(float const* p, int n) noexcept { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
-KVCACHE_INLINE Vec load_n(f16 const* p, int n) noexcept {
+KVCACHE_INLINE Vec load_n(const float* p, int n) noexcept { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
+KVCACHE_INLINE Vec load_n(const f16* p, int n) noexcept {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p));
 }
-KVCACHE_INLINE Vec load_n(bf16 const* p, int n) noexcept {
+KVCACHE_INLINE Vec load_n(const bf16* p, int n) noexcept {
   return widen_bf16(_mm256_maskz_loadu_epi16(tail_mask(n), p));
 }
 
@@ -51,22 +51,18 @@ KVCACHE_INLINE __m256i narrow_bf16(Vec v) noexcept {
   return _mm512_cvtepi32_epi16(r);
 }
 KVCACHE_INLINE void store(float* p, Vec v) noexcept { _mm512_storeu_ps(p, v); }
-KVCACHE_INLINE void store(f16* p, Vec v) noexcept {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_f16(v));
-}
+KVCACHE_INLINE void store(f16* p, Vec v) noexcept { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_f16(v)); }
 KVCACHE_INLINE void store(bf16* p, Vec v) noexcept {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow_bf16(v));
 }
 KVCACHE_INLINE void store_n(float* p, Vec v, int n) noexcept { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
-KVCACHE_INLINE void store_n(f16* p, Vec v, int n) noexcept {
-  _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_f16(v));
-}
+KVCACHE_INLINE void store_n(f16* p, Vec v, int n) noexcept { _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_f16(v)); }
 KVCACHE_INLINE void store_n(bf16* p, Vec v, int n) noexcept {
   _mm256_mask_storeu_epi16(p, tail_mask(n), narrow_bf16(v));
 }
 
 /// Hint: bring the cache line holding p into L1 (no fault on any address).
-KVCACHE_INLINE void prefetch(void const* p) noexcept { _mm_prefetch(static_cast<char const*>(p), _MM_HINT_T0); }
+KVCACHE_INLINE void prefetch(const void* p) noexcept { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return _mm512_add_ps(a, b); }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return _mm512_sub_ps(a, b); }
@@ -110,8 +106,8 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);
 }
 
-#include "kvcache/simd/detail/math.ipp"
 #include "kvcache/simd/detail/bulk.ipp"
+#include "kvcache/simd/detail/math.ipp"
 
 }  // namespace kvcache::simd::avx512
 KVCACHE_TARGET_END

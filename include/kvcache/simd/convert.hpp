@@ -34,7 +34,7 @@ void convert(D* dst, S const* src, std::size_t n) {
 }
 
 /// dst[i] = exp(src[i]) with the library's vector exp (about 2 ulp; inputs below -87 give 0).
-inline void exp(float* dst, float const* src, std::size_t n, Isa isa) noexcept {
+inline void exp(float* dst, const float* src, std::size_t n, Isa isa) noexcept {
   switch (isa) {
 #if KVCACHE_HAVE_AVX512
     case Isa::kAvx512:

@@ -27,9 +27,9 @@ inline constexpr int kLanes = 1;
 KVCACHE_INLINE Vec zero() noexcept { return 0.0f; }
 KVCACHE_INLINE Vec set1(float x) noexcept { return x; }
 
-KVCACHE_INLINE Vec load(float const* p) noexcept { return *p; }
-KVCACHE_INLINE Vec load(f16 const* p) noexcept { return to_f32(*p); }
-KVCACHE_INLINE Vec load(bf16 const* p) noexcept { return to_f32(*p); }
+KVCACHE_INLINE Vec load(const float* p) noexcept { return *p; }
+KVCACHE_INLINE Vec load(const f16* p) noexcept { return to_f32(*p); }
+KVCACHE_INLINE Vec load(const bf16* p) noexcept { return to_f32(*p); }
 template <class T>
 KVCACHE_INLINE Vec load_n(T const* p, int n) noexcept {
   return n > 0 ? load(p) : 0.0f;
@@ -44,7 +44,7 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
 }
 
 /// Hint: bring the cache line holding p into L1 (no fault on any address).
-KVCACHE_INLINE void prefetch(void const* p) noexcept { __builtin_prefetch(p, 0, 3); }
+KVCACHE_INLINE void prefetch(const void* p) noexcept { __builtin_prefetch(p, 0, 3); }
 
 KVCACHE_INLINE Vec add(Vec a, Vec b) noexcept { return a + b; }
 KVCACHE_INLINE Vec sub(Vec a, Vec b) noexcept { return a - b; }
@@ -69,8 +69,8 @@ KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
 }
 KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept { return a < b ? if_lt : otherwise; }
 
-#include "kvcache/simd/detail/math.ipp"
 #include "kvcache/simd/detail/bulk.ipp"
+#include "kvcache/simd/detail/math.ipp"
 
 }  // namespace KVCACHE_BASELINE_NS
 }  // namespace kvcache::simd::scalar

@@ -29,7 +29,7 @@ namespace kvcache {
 
 class LayerSlots {
  public:
-  LayerSlots(AttentionShape const& shape, std::int64_t capacity, DType dtype)
+  LayerSlots(const AttentionShape& shape, std::int64_t capacity, DType dtype)
       : n_kv_heads_(shape.n_kv_heads), dk_(shape.head_dim_k), dv_(shape.dim_v()), capacity_(capacity), dtype_(dtype) {
     shape.validate();
     KVCACHE_REQUIRE(capacity > 0 && capacity <= CacheConfig::kMaxCapacity, "capacity must be in [1, ",
@@ -61,9 +61,7 @@ class LayerSlots {
   /// Bytes of one cached token in one head: its key and value rows.
   [[nodiscard]] std::size_t row_bytes() const noexcept { return static_cast<std::size_t>(dk_ + dv_) * elem_size(); }
   /// K and V bytes that head h holds now (length(h) rows).
-  [[nodiscard]] std::size_t kv_bytes(int h) const noexcept {
-    return static_cast<std::size_t>(length(h)) * row_bytes();
-  }
+  [[nodiscard]] std::size_t kv_bytes(int h) const noexcept { return static_cast<std::size_t>(length(h)) * row_bytes(); }
   /// K and V bytes that the layer holds now, summed over its heads.
   [[nodiscard]] std::size_t kv_bytes() const noexcept {
     std::size_t b = 0;
@@ -80,20 +78,20 @@ class LayerSlots {
   [[nodiscard]] std::size_t bytes_reserved() const noexcept { return k_.size() + v_.size() + pos_.size(); }
 
   /// Raw rows of head h (row stride head_dim_k / head_dim_v elements of dtype()).
-  [[nodiscard]] void const* k_data(int h) const noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
-  [[nodiscard]] void const* v_data(int h) const noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
+  [[nodiscard]] const void* k_data(int h) const noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
+  [[nodiscard]] const void* v_data(int h) const noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
   [[nodiscard]] void* k_data(int h) noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
   [[nodiscard]] void* v_data(int h) noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
 
   template <class T>
   [[nodiscard]] T const* k_rows(int h) const {
     require_type<T>();
-    return static_cast<T const*>(k_data(h));
+    return static_cast<const T*>(k_data(h));
   }
   template <class T>
   [[nodiscard]] T const* v_rows(int h) const {
     require_type<T>();
-    return static_cast<T const*>(v_data(h));
+    return static_cast<const T*>(v_data(h));
   }
   /// Mutable rows, for code that rewrites keys in place (RoPE re-rotation, merging). Length does not change.
   template <class T>
@@ -118,7 +116,7 @@ class LayerSlots {
     return ConstTensorView<T, 2>(v_rows<T>(h), length(h), dv_);
   }
   /// Original positions of the live rows of head h: [length(h)].
-  [[nodiscard]] std::span<Position const> positions(int h) const noexcept {
+  [[nodiscard]] std::span<const Position> positions(int h) const noexcept {
     return {pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h),
             static_cast<std::size_t>(length(h))};
   }
@@ -126,7 +124,7 @@ class LayerSlots {
   /// Appends m rows to head h. k: [m, head_dim_k], v: [m, head_dim_v], positions: [m]. S may be any element type;
   /// rows are converted to dtype() (round to nearest even when narrowing).
   template <class S>
-  void append(int h, ConstTensorView<S, 2> k, ConstTensorView<S, 2> v, std::span<Position const> positions) {
+  void append(int h, ConstTensorView<S, 2> k, ConstTensorView<S, 2> v, std::span<const Position> positions) {
     check_head(h, "append");
     const Eigen::Index m = k.dimension(0);
     KVCACHE_REQUIRE(k.dimension(1) == dk_, "append: keys have width ", k.dimension(1), ", head_dim_k is ", dk_);
@@ -142,7 +140,7 @@ class LayerSlots {
   /// Appends m rows to every head, all at the same positions. k: [n_kv_heads, m, head_dim_k],
   /// v: [n_kv_heads, m, head_dim_v], positions: [m].
   template <class S>
-  void append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<Position const> positions) {
+  void append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) {
     KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && v.dimension(0) == n_kv_heads_, "append: keys have ",
                     k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ", n_kv_heads_);
     const Eigen::Index m = k.dimension(1);
@@ -202,7 +200,7 @@ class LayerSlots {
     KVCACHE_REQUIRE(dtype_of<T>() == dtype_, "rows are stored as ", dtype_name(dtype_), ", not as ",
                     dtype_name(dtype_of<T>()));
   }
-  void check_head(int h, char const* who) const {
+  void check_head(int h, const char* who) const {
     KVCACHE_REQUIRE(h >= 0 && h < n_kv_heads_, who, ": KV head ", h, " does not exist (the layer has ", n_kv_heads_,
                     ")");
   }
@@ -211,7 +209,7 @@ class LayerSlots {
   }
 
   template <class S>
-  void append_rows(int h, S const* k, S const* v, Position const* pos, std::int64_t m) {
+  void append_rows(int h, S const* k, S const* v, const Position* pos, std::int64_t m) {
     const std::size_t len = static_cast<std::size_t>(length(h));
     const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
     const std::size_t nv = static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
@@ -255,29 +253,29 @@ class LayerSlots {
 /// Slot storage of one sequence: one LayerSlots per layer, all of one shape, capacity and element type.
 class SlotStorage {
  public:
-  explicit SlotStorage(CacheConfig const& config) : config_(config) {
+  explicit SlotStorage(const CacheConfig& config) : config_(config) {
     config.validate();
     layers_.reserve(static_cast<std::size_t>(config.n_layers));
     for (int l = 0; l < config.n_layers; ++l) layers_.emplace_back(config.shape, config.capacity, config.dtype);
   }
-  [[nodiscard]] CacheConfig const& config() const noexcept { return config_; }
+  [[nodiscard]] const CacheConfig& config() const noexcept { return config_; }
   [[nodiscard]] int n_layers() const noexcept { return config_.n_layers; }
   [[nodiscard]] LayerSlots& layer(int l) {
     KVCACHE_REQUIRE(l >= 0 && l < n_layers(), "layer ", l, " does not exist (the cache has ", n_layers(), ")");
     return layers_[static_cast<std::size_t>(l)];
   }
-  [[nodiscard]] LayerSlots const& layer(int l) const {
+  [[nodiscard]] const LayerSlots& layer(int l) const {
     KVCACHE_REQUIRE(l >= 0 && l < n_layers(), "layer ", l, " does not exist (the cache has ", n_layers(), ")");
     return layers_[static_cast<std::size_t>(l)];
   }
   [[nodiscard]] std::size_t kv_bytes() const noexcept {
     std::size_t b = 0;
-    for (auto const& l : layers_) b += l.kv_bytes();
+    for (const auto& l : layers_) b += l.kv_bytes();
     return b;
   }
   [[nodiscard]] std::size_t bytes_reserved() const noexcept {
     std::size_t b = 0;
-    for (auto const& l : layers_) b += l.bytes_reserved();
+    for (const auto& l : layers_) b += l.bytes_reserved();
     return b;
   }
   void clear() noexcept {

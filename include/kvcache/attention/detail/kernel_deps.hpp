@@ -7,6 +7,6 @@
 #include <cstdint>
 #include <limits>
 
+#include "kvcache/attention/detail/tiles.hpp"
 #include "kvcache/core/dtype.hpp"
 #include "kvcache/core/macros.hpp"
-#include "kvcache/attention/detail/tiles.hpp"

@@ -7,11 +7,11 @@
 
 namespace kvcache::detail {
 
-inline constexpr int kDecodeTile = 64;       ///< KV rows per online-softmax step of decode
-inline constexpr int kMaxGroup = 16;         ///< query heads one decode kernel call serves (larger groups are chunked)
-inline constexpr int kPrefillKvTile = 64;    ///< keys per prefill tile
-inline constexpr int kPrefillMaxRows = 96;   ///< query rows (tokens x group heads) per prefill block
-inline constexpr int kMaxLanes = 16;         ///< widest op set (AVX-512)
+inline constexpr int kDecodeTile = 64;      ///< KV rows per online-softmax step of decode
+inline constexpr int kMaxGroup = 16;        ///< query heads one decode kernel call serves (larger groups are chunked)
+inline constexpr int kPrefillKvTile = 64;   ///< keys per prefill tile
+inline constexpr int kPrefillMaxRows = 96;  ///< query rows (tokens x group heads) per prefill block
+inline constexpr int kMaxLanes = 16;        ///< widest op set (AVX-512)
 
 constexpr std::size_t pad_to(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
 
@@ -29,14 +29,14 @@ constexpr int prefill_tokens_per_block(int g) noexcept { return g >= kPrefillMax
 
 /// Arguments of one (KV head, token block) unit of prefill work.
 struct PrefillArgs {
-  float const* q;  // [n_new, n_q, dk], token-major
+  const float* q;  // [n_new, n_q, dk], token-major
   float* out;      // [n_new, n_q, dv]
   int n_q, g, dk, dv, kv_head;
   std::int64_t n_old;   // rows of this head before the new tokens; new token t is row n_old + t
   std::int64_t t0, t1;  // token block
   float scale;
-  float* colsum;               // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
-  std::int64_t cs0, cs1;       // token range whose probabilities are summed
+  float* colsum;          // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
+  std::int64_t cs0, cs1;  // token range whose probabilities are summed
 };
 
 }  // namespace kvcache::detail
