@@ -96,8 +96,10 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
 }
 
-#include "kvcache/simd/detail/bulk.ipp"
 #include "kvcache/simd/detail/math.ipp"
+
+// after math.ipp, whose exp it uses
+#include "kvcache/simd/detail/bulk.ipp"
 
 }  // namespace kvcache::simd::avx2
 KVCACHE_TARGET_END

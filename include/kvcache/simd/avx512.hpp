@@ -106,8 +106,10 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);
 }
 
-#include "kvcache/simd/detail/bulk.ipp"
 #include "kvcache/simd/detail/math.ipp"
+
+// after math.ipp, whose exp it uses
+#include "kvcache/simd/detail/bulk.ipp"
 
 }  // namespace kvcache::simd::avx512
 KVCACHE_TARGET_END

@@ -69,8 +69,10 @@ KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
 }
 KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept { return a < b ? if_lt : otherwise; }
 
-#include "kvcache/simd/detail/bulk.ipp"
 #include "kvcache/simd/detail/math.ipp"
+
+// after math.ipp, whose exp it uses
+#include "kvcache/simd/detail/bulk.ipp"
 
 }  // namespace KVCACHE_BASELINE_NS
 }  // namespace kvcache::simd::scalar
