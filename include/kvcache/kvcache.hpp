@@ -1,16 +1,20 @@
 #pragma once
 
-// kvcache: KV-cache storage, attention kernels and (soon) eviction policies for C++ inference engines.
+// kvcache: KV-cache storage, attention kernels, eviction policies and KVCache<Policy> for C++ inference engines.
 // Include this umbrella, or one family header.
 
 #include "kvcache/attention/decode.hpp"
 #include "kvcache/attention/prefill.hpp"
 #include "kvcache/attention/reference.hpp"
+#include "kvcache/cache/kv_cache.hpp"
+#include "kvcache/core/budget.hpp"
 #include "kvcache/core/config.hpp"
 #include "kvcache/core/dtype.hpp"
 #include "kvcache/core/error.hpp"
 #include "kvcache/core/executor.hpp"
+#include "kvcache/core/rope.hpp"
 #include "kvcache/core/tensor.hpp"
+#include "kvcache/policy/policies.hpp"
 #include "kvcache/simd/convert.hpp"
 #include "kvcache/simd/isa.hpp"
 #include "kvcache/storage/slot_storage.hpp"

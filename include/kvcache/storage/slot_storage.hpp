@@ -29,6 +29,11 @@ namespace kvcache {
 
 class LayerSlots {
  public:
+  /// The default on_move of remove(): nothing else to move.
+  struct NoMove {
+    void operator()(std::int64_t, std::int64_t) const noexcept {}
+  };
+
   LayerSlots(const AttentionShape& shape, std::int64_t capacity, DType dtype)
       : n_kv_heads_(shape.n_kv_heads), dk_(shape.head_dim_k), dv_(shape.dim_v()), capacity_(capacity), dtype_(dtype) {
     shape.validate();
@@ -158,7 +163,9 @@ class LayerSlots {
 
   /// Removes the given slots of head h: distinct, each in [0, length(h)), in any order. The last surviving rows move
   /// into the holes (each at most once), so length(h) drops by slots.size() and the survivors stay dense.
-  void remove(int h, std::span<std::int32_t const> slots) {
+  /// on_move(from, to) is called for each row moved, so per-slot data kept elsewhere (scores, norms) can follow.
+  template <class OnMove = NoMove>
+  void remove(int h, std::span<std::int32_t const> slots, OnMove&& on_move = {}) {
     check_head(h, "remove");
     const std::int64_t len = length(h);
     KVCACHE_REQUIRE(static_cast<std::int64_t>(slots.size()) <= len, "remove: ", slots.size(), " slots from head ", h,
@@ -183,6 +190,7 @@ class LayerSlots {
       do --src;
       while (mark_[static_cast<std::size_t>(src)] != 0);
       move_row(h, src, hole);
+      on_move(src, static_cast<std::int64_t>(hole));
     }
     for (std::int32_t s : slots) mark_[static_cast<std::size_t>(s)] = 0;
     length_[static_cast<std::size_t>(h)] = new_len;

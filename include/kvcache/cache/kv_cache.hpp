@@ -1,0 +1,350 @@
+#pragma once
+
+// KVCache<Policy>: the engine-facing cache of one sequence across all layers (design.md 3 and 4).
+//
+// Per layer and step the engine calls prefill() (once per prompt chunk) or decode() with the step's projected,
+// already-rotated (RoPE at the token's original position) keys, values and queries; the cache appends the rows,
+// runs attention with the library's kernels, feeds the policy what it declared it needs (scores exported by the
+// kernels, value or key norms taken at append), and evicts down to the budget:
+//   prefill: append -> prefill attention (column sums if needed) -> [last chunk] rank -> select -> compact
+//   decode:  append -> decode attention (probabilities if needed) -> if over budget + slack: rank -> select -> compact
+// Per-slot data (positions in storage; scores and norms here) moves with the rows when storage compacts.
+//
+// Shapes: prefill k, v: [n_kv_heads, m, head_dim]; q, out: [m, n_q_heads, head_dim]; positions: [m].
+//         decode  k, v: [n_kv_heads, head_dim];    q, out: [n_q_heads, head_dim];    one position.
+// Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk) and, during
+// decode, budget + slack + 1 rows. Errors in shapes or budgets throw kvcache::Error before anything changes.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "kvcache/attention/decode.hpp"
+#include "kvcache/attention/prefill.hpp"
+#include "kvcache/core/budget.hpp"
+#include "kvcache/core/config.hpp"
+#include "kvcache/core/executor.hpp"
+#include "kvcache/core/rope.hpp"
+#include "kvcache/policy/policy.hpp"
+#include "kvcache/policy/select.hpp"
+#include "kvcache/storage/slot_storage.hpp"
+
+namespace kvcache {
+
+struct KVCacheOptions {
+  /// Batched eviction (design.md 3.6): during decode a head may grow to budget + slack before it is cut back to the
+  /// budget. 0 evicts every step, as the papers do.
+  std::int64_t eviction_slack = 0;
+  /// Needed only by policies with in-cache positions (StreamingLLM's default mode).
+  RopeConfig rope{};
+  bool has_rope = false;
+  /// Optional per-(layer, KV head) override of the policy's budget, e.g. to give some layers more.
+  std::function<ResolvedBudget(int layer, int kv_head, ResolvedBudget policy_budget)> budget_override;
+  /// Threads the kernels may use (the executor's concurrency is capped by this when sizing workspaces).
+  int max_threads = 1;
+};
+
+template <Policy P, class Exec = SerialExecutor>
+class KVCache {
+ public:
+  KVCache(const CacheConfig& config, P policy = P{}, KVCacheOptions options = {}, Exec exec = Exec{})
+      : config_((config.validate(), config)),
+        policy_(std::move(policy)),
+        needs_(policy_.needs()),
+        options_(std::move(options)),
+        exec_(std::move(exec)),
+        storage_(config),
+        prefill_ws_(config.shape, std::max(1, options_.max_threads)),
+        decode_ws_(config.shape, config.capacity, std::max(1, options_.max_threads), needs_.decode_scores) {
+    KVCACHE_REQUIRE(options_.eviction_slack >= 0, "eviction_slack must be >= 0, got ", options_.eviction_slack);
+    KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.has_rope, "policy '", P::kName,
+                    "' keeps positions inside the cache and needs KVCacheOptions::rope (set has_rope = true)");
+    if (needs_.in_cache_positions) rope_ = Rope(options_.rope, config.shape.head_dim_k);
+    const std::size_t n_kv = std::size_t(config.shape.n_kv_heads), cap = std::size_t(config.capacity);
+    const bool scores = needs_.prefill_scores || needs_.prefill_window > 0 || needs_.decode_scores;
+    layers_.resize(std::size_t(config.n_layers));
+    for (auto& l : layers_) {
+      if (scores) l.scores.assign(n_kv * cap, 0.0f);
+      if (needs_.value_norms) l.value_norms.assign(n_kv * cap, 0.0f);
+      if (needs_.key_norms) l.key_norms.assign(n_kv * cap, 0.0f);
+      l.budgets.assign(n_kv, ResolvedBudget{});
+      if (needs_.in_cache_positions) l.rotated_at.assign(n_kv * cap, 0);
+    }
+    priority_.assign(cap, 0.0f);
+    scratch_.assign(cap, 0);
+    removals_.assign(cap, 0);
+    row_.assign(std::size_t(std::max(config.shape.head_dim_k, config.shape.dim_v())), 0.0f);
+  }
+
+  [[nodiscard]] const CacheConfig& config() const noexcept { return config_; }
+  [[nodiscard]] P const& policy() const noexcept { return policy_; }
+  [[nodiscard]] const LayerSlots& layer(int l) const { return storage_.layer(l); }
+  [[nodiscard]] std::int64_t length(int l, int kv_head) const { return storage_.layer(l).length(kv_head); }
+  [[nodiscard]] std::size_t kv_bytes() const noexcept { return storage_.kv_bytes(); }
+  [[nodiscard]] std::size_t kv_bytes(int l) const { return storage_.layer(l).kv_bytes(); }
+  [[nodiscard]] std::size_t kv_bytes(int l, int kv_head) const { return storage_.layer(l).kv_bytes(kv_head); }
+  /// The budget in force for (layer, KV head): resolved after the layer's prompt (or first decode step).
+  [[nodiscard]] ResolvedBudget budget(int l, int kv_head) const { return state(l).budgets[std::size_t(kv_head)]; }
+  /// Accumulated scores of (layer, KV head), per slot (empty for policies that need none).
+  [[nodiscard]] std::span<const float> scores(int l, int kv_head) const {
+    const auto& s = state(l).scores;
+    if (s.empty()) return {};
+    return {s.data() + std::size_t(kv_head) * std::size_t(config_.capacity), std::size_t(length(l, kv_head))};
+  }
+  [[nodiscard]] std::int64_t prompt_length(int l) const { return state(l).prompt_length; }
+
+  /// Forgets the sequence; the next prefill starts a new one. Nothing carries over (scores, budgets, positions).
+  void reset() noexcept {
+    storage_.clear();
+    for (auto& l : layers_) {
+      std::fill(l.scores.begin(), l.scores.end(), 0.0f);
+      std::fill(l.value_norms.begin(), l.value_norms.end(), 0.0f);
+      std::fill(l.key_norms.begin(), l.key_norms.end(), 0.0f);
+      std::fill(l.rotated_at.begin(), l.rotated_at.end(), 0);
+      std::fill(l.budgets.begin(), l.budgets.end(), ResolvedBudget{});
+      l.sink_keys.clear();
+      l.prompt_length = 0;
+      l.resolved = false;
+    }
+  }
+
+  /// One chunk of the prompt for one layer. last_chunk: the prompt is complete, so the policy compresses now.
+  void prefill(int l, ConstTensorView<float, 3> k, ConstTensorView<float, 3> v, std::span<const Position> positions,
+               ConstTensorView<float, 3> q, TensorView<float, 3> out, bool last_chunk = true) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    const std::int64_t m = k.dimension(1);
+    KVCACHE_REQUIRE(q.dimension(0) == m, "prefill: ", m, " key rows but ", q.dimension(0), " query tokens");
+    const std::int64_t window = needs_.prefill_window;
+    KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
+                    window, " prompt queries, but the last chunk has ", m, " tokens");
+    const std::int64_t before = kv.length(0);
+    append_rows(l, k, v, positions);
+    PrefillOptions opt;
+    const bool sums = needs_.prefill_scores || (last_chunk && window > 0);
+    if (sums) {
+      opt.column_sums = st.scores.data();
+      opt.column_sums_stride = config_.capacity;
+      opt.column_sums_begin = needs_.prefill_scores ? 0 : m - window;
+    }
+    try {
+      prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
+    } catch (...) {
+      for (int h = 0; h < kv.n_kv_heads(); ++h) truncate(l, h, before);  // a rejected call changes nothing
+      throw;
+    }
+    st.prompt_length += m;
+    if (last_chunk) {
+      resolve_budgets(l);
+      if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
+    }
+  }
+
+  /// One decode step for one layer: the new token's k, v at `position`, then attention for q.
+  void decode(int l, ConstTensorView<float, 2> k, ConstTensorView<float, 2> v, Position position,
+              ConstTensorView<float, 2> q, TensorView<float, 2> out) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    KVCACHE_REQUIRE(k.dimension(0) == kv.n_kv_heads() && v.dimension(0) == kv.n_kv_heads(),
+                    "decode: keys and values need one row per KV head (", kv.n_kv_heads(), ")");
+    if (!st.resolved) resolve_budgets(l);
+    const Position pos[1] = {position};
+    append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
+                ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
+    if (needs_.in_cache_positions) place_sinks(l, position);
+    DecodeOptions opt;
+    if (needs_.decode_scores) {
+      opt.probabilities = st.scores.data();
+      opt.probabilities_stride = config_.capacity;
+    }
+    decode_attention(kv, q, out, decode_ws_, opt, exec_);
+    if (needs_.evict_during_decode) evict(l, options_.eviction_slack, /*after_prefill=*/false);
+  }
+
+ private:
+  struct LayerState {
+    std::vector<float> scores, value_norms, key_norms;  // [n_kv, capacity] each, present when needed
+    std::vector<double> rotated_at;                     // in-cache mode: position each stored key is rotated at
+    std::vector<std::vector<float>> sink_keys;          // in-cache mode: [n_kv][sinks x dk] f32, at original rotation
+    std::vector<ResolvedBudget> budgets;
+    std::int64_t prompt_length = 0;
+    bool resolved = false;
+  };
+
+  const LayerState& state(int l) const {
+    KVCACHE_REQUIRE(l >= 0 && l < config_.n_layers, "layer ", l, " does not exist (the cache has ", config_.n_layers,
+                    ")");
+    return layers_[std::size_t(l)];
+  }
+
+  void resolve_budgets(int l) {
+    LayerState& st = layers_[std::size_t(l)];
+    for (int h = 0; h < config_.shape.n_kv_heads; ++h) {
+      ResolvedBudget b = policy_.budget(l, h, st.prompt_length);
+      if (options_.budget_override) b = options_.budget_override(l, h, b);
+      if (!b.unlimited()) {
+        KVCACHE_REQUIRE(b.total >= 1, "policy '", P::kName, "': layer ", l, " head ", h, " has a budget of ", b.total,
+                        " rows (prompt of ", st.prompt_length, " tokens)");
+        KVCACHE_REQUIRE(b.sinks + b.recent <= b.total, "policy '", P::kName, "': layer ", l, " head ", h,
+                        " has a budget of ", b.total, " rows, smaller than its ", b.sinks, " sinks + ", b.recent,
+                        " recent rows");
+      }
+      st.budgets[std::size_t(h)] = b;
+    }
+    st.resolved = true;
+  }
+
+  template <class T>
+  static float row_norm(T const* x, int d, bool l1) noexcept {
+    double s = 0;
+    for (int c = 0; c < d; ++c) {
+      const double e = to_f32(x[c]);
+      s += l1 ? std::abs(e) : e * e;
+    }
+    return static_cast<float>(l1 ? s : std::sqrt(s));
+  }
+
+  void append_rows(int l, ConstTensorView<float, 3> k, ConstTensorView<float, 3> v,
+                   std::span<const Position> positions) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    const std::int64_t m = k.dimension(1);
+    std::vector<std::int64_t> first(std::size_t(kv.n_kv_heads()));
+    for (int h = 0; h < kv.n_kv_heads(); ++h) first[std::size_t(h)] = kv.length(h);
+    kv.append(k, v, positions);  // validates shapes and capacity
+    const std::size_t cap = std::size_t(config_.capacity);
+    const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
+    for (int h = 0; h < kv.n_kv_heads(); ++h) {
+      for (std::int64_t i = 0; i < m; ++i) {
+        const std::size_t slot = std::size_t(h) * cap + std::size_t(first[std::size_t(h)] + i);
+        if (!st.scores.empty()) st.scores[slot] = 0.0f;
+        // Norms come from the values and keys as given (fp32), before any rounding to the storage type.
+        const float* krow = k.data() + (std::int64_t(h) * m + i) * dk;
+        const float* vrow = v.data() + (std::int64_t(h) * m + i) * dv;
+        if (needs_.value_norms) st.value_norms[slot] = row_norm(vrow, dv, true);
+        if (needs_.key_norms) st.key_norms[slot] = row_norm(krow, dk, false);
+        if (needs_.in_cache_positions) {
+          st.rotated_at[slot] = positions[std::size_t(i)];
+          if (positions[std::size_t(i)] < sink_count()) {
+            if (st.sink_keys.empty()) st.sink_keys.resize(std::size_t(kv.n_kv_heads()));
+            auto& sk = st.sink_keys[std::size_t(h)];
+            const std::size_t at = std::size_t(positions[std::size_t(i)]) * std::size_t(dk);
+            if (sk.size() < at + std::size_t(dk)) sk.resize(at + std::size_t(dk), 0.0f);
+            std::copy(krow, krow + dk, sk.begin() + std::ptrdiff_t(at));
+          }
+        }
+      }
+    }
+  }
+
+  [[nodiscard]] std::int64_t sink_count() const noexcept {
+    if constexpr (requires(P const& p) { p.sinks; }) return policy_.sinks;
+    return 0;
+  }
+
+  // In-cache positions: rotate each sink key so that its distance to the query (rotated at `query_position`) is the
+  // paper's n - 1 - rank, from its f32 copy at the original rotation (no drift). Window keys keep their original
+  // rotation: for a contiguous window ending at the query their distance already equals the in-cache one.
+  void place_sinks(int l, Position query_position) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    if (st.sink_keys.empty()) return;
+    const int dk = kv.head_dim_k();
+    const std::size_t cap = std::size_t(config_.capacity);
+    for (int h = 0; h < kv.n_kv_heads(); ++h) {
+      const std::int64_t n = kv.length(h);
+      auto pos = kv.positions(h);
+      for (std::int64_t s = 0; s < n; ++s) {
+        const Position p = pos[std::size_t(s)];
+        if (p >= sink_count()) continue;
+        // Sinks are positions 0..S-1, all kept, so a sink's rank is its position.
+        const double target = double(query_position) - double(n - 1 - p);
+        double& at = st.rotated_at[std::size_t(h) * cap + std::size_t(s)];
+        if (target == at) continue;
+        float* x = row_.data();
+        const float* orig = st.sink_keys[std::size_t(h)].data() + std::size_t(p) * std::size_t(dk);
+        std::copy(orig, orig + dk, x);
+        rope_.shift(x, target - double(p));
+        store_key_row(kv, h, s, x);
+        at = target;
+      }
+    }
+  }
+
+  static void store_key_row(LayerSlots& kv, int h, std::int64_t slot, const float* x) {
+    const int dk = kv.head_dim_k();
+    switch (kv.dtype()) {
+      case DType::kF32:
+        std::copy(x, x + dk, kv.k_rows_mut<float>(h) + slot * dk);
+        break;
+      case DType::kF16:
+        for (int c = 0; c < dk; ++c) kv.k_rows_mut<f16>(h)[slot * dk + c] = from_f32<f16>(x[c]);
+        break;
+      case DType::kBF16:
+        for (int c = 0; c < dk; ++c) kv.k_rows_mut<bf16>(h)[slot * dk + c] = from_f32<bf16>(x[c]);
+        break;
+    }
+  }
+
+  void truncate(int l, int h, std::int64_t length) {
+    LayerSlots& kv = storage_.layer(l);
+    const std::int64_t n = kv.length(h);
+    if (n <= length) return;
+    std::vector<std::int32_t> drop;
+    for (std::int64_t s = length; s < n; ++s) drop.push_back(static_cast<std::int32_t>(s));
+    kv.remove(h, drop);
+  }
+
+  void evict(int l, std::int64_t slack, bool after_prefill) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    const std::size_t cap = std::size_t(config_.capacity);
+    for (int h = 0; h < kv.n_kv_heads(); ++h) {
+      const ResolvedBudget& b = st.budgets[std::size_t(h)];
+      const std::int64_t n = kv.length(h);
+      if (b.unlimited() || n <= b.total + slack) continue;
+      const std::size_t base = std::size_t(h) * cap, un = std::size_t(n);
+      RankInput in;
+      in.layer = l;
+      in.kv_head = h;
+      in.group_size = config_.shape.group_size();
+      in.positions = kv.positions(h);
+      if (!st.scores.empty()) in.scores = {st.scores.data() + base, un};
+      if (!st.value_norms.empty()) in.value_norms = {st.value_norms.data() + base, un};
+      if (!st.key_norms.empty()) in.key_norms = {st.key_norms.data() + base, un};
+      in.prompt_length = st.prompt_length;
+      in.after_prefill = after_prefill;
+      std::span<float> priority(priority_.data(), un);
+      policy_.rank(in, priority);
+      const std::size_t r = select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data(), un),
+                                            std::span<std::int32_t>(removals_.data(), un));
+      if (r == 0) continue;
+      kv.remove(h, std::span<std::int32_t const>(removals_.data(), r), [&](std::int64_t from, std::int64_t to) {
+        const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);
+        if (!st.scores.empty()) st.scores[t] = st.scores[f];
+        if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
+        if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
+        if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];
+      });
+    }
+  }
+
+  CacheConfig config_;
+  P policy_;
+  PolicyNeeds needs_;
+  KVCacheOptions options_;
+  Exec exec_;
+  SlotStorage storage_;
+  PrefillWorkspace prefill_ws_;
+  DecodeWorkspace decode_ws_;
+  Rope rope_;
+  std::vector<LayerState> layers_;
+  std::vector<float> priority_;
+  std::vector<std::int32_t> scratch_, removals_;
+  std::vector<float> row_;
+};
+
+}  // namespace kvcache

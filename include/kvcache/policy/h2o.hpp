@@ -1,0 +1,45 @@
+#pragma once
+
+// H2O, Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023; algorithms.md 2), the official "real-drop" semantics
+// (h2o_hf/utils_real_drop/modify_llama.py, H2OKVCache_LayerWise):
+//   score[j] = unnormalised sum of the attention every query so far gave token j (prefill: column sums of the
+//              causal matrix, so early tokens are favoured, as intended; decode: one row added per step);
+//   keep the `recent` newest tokens plus the `heavy` best-scored others; the prompt is cut to heavy + recent at once,
+//   then each decode step evicts one token (with KVCacheOptions::eviction_slack > 0, in batches).
+// GQA (the official code is MHA-only): scores are summed over the group's query heads before a per-KV-head choice
+// (algorithms.md 2.7). Ties: the newer token is kept.
+// Budgets: absolute (the official hh_size / recent_size; run_summarization.py uses 1024 / 1024) or ratios of the
+// prompt, floored (the masking simulation's heavy_ratio = recent_ratio = 0.1, a 20% budget).
+
+#include <span>
+#include <string_view>
+
+#include "kvcache/core/error.hpp"
+#include "kvcache/policy/policy.hpp"
+
+namespace kvcache {
+
+struct H2O {
+  static constexpr std::string_view kName = "h2o";
+  Count heavy = Count::fraction(0.1);
+  Count recent = Count::fraction(0.1);
+
+  H2O() = default;
+  H2O(Count heavy_, Count recent_) : heavy(heavy_), recent(recent_) {}
+
+  [[nodiscard]] PolicyNeeds needs() const noexcept {
+    PolicyNeeds n;
+    n.prefill_scores = true;
+    n.decode_scores = true;
+    return n;
+  }
+  [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {
+    const std::int64_t h = heavy.resolve(prompt_length), r = recent.resolve(prompt_length);
+    return ResolvedBudget{h + r, r, 0};
+  }
+  void rank(const RankInput& in, std::span<float> priority) const noexcept {
+    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = in.scores[j];
+  }
+};
+
+}  // namespace kvcache

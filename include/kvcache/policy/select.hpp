@@ -1,0 +1,81 @@
+#pragma once
+
+// Selection shared by every ranking policy (algorithms.md section 1): keep the protected rows (the first `sinks`
+// positions, and the `recent` newest positions: those within `recent` of the newest position), then the best-ranked
+// other rows up to the budget. Order: priority descending; among equal priorities the newer position is kept (the
+// one defined behaviour of the official code, torch.argmin evicting the oldest). NaN ranks below everything, so a
+// bad score never evicts a good row (and never a protected one).
+//
+// One removal (the paper-faithful decode step) is a single scan; more use nth_element. Nothing allocates: the
+// caller passes scratch of capacity size.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "kvcache/core/budget.hpp"
+#include "kvcache/core/tensor.hpp"
+
+namespace kvcache {
+
+namespace detail {
+inline float rank_key(float p) noexcept { return std::isnan(p) ? -std::numeric_limits<float>::infinity() : p; }
+/// True when row a should be kept before row b.
+inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
+  const float ka = rank_key(pa), kb = rank_key(pb);
+  return ka != kb ? ka > kb : a > b;
+}
+}  // namespace detail
+
+/// Fills `removals` with the slots to drop so that at most budget.total rows remain; returns how many.
+/// positions, priority: per slot [0, n). scratch: at least n entries. removals: at least n entries.
+inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
+                                   const ResolvedBudget& budget, std::span<std::int32_t> scratch,
+                                   std::span<std::int32_t> removals) noexcept {
+  const auto n = static_cast<std::int64_t>(positions.size());
+  if (budget.unlimited() || n <= budget.total) return 0;
+  Position newest = std::numeric_limits<Position>::min();
+  for (Position p : positions) newest = std::max(newest, p);
+  const std::int64_t recent_from =
+      budget.recent > 0 ? std::int64_t{newest} - budget.recent + 1 : std::numeric_limits<std::int64_t>::max();
+  auto is_protected = [&](std::int64_t s) {
+    const Position p = positions[static_cast<std::size_t>(s)];
+    return p < budget.sinks || p >= recent_from;
+  };
+  const std::int64_t to_remove = n - budget.total;
+  if (to_remove == 1) {
+    std::int64_t worst = -1;
+    for (std::int64_t s = 0; s < n; ++s) {
+      if (is_protected(s)) continue;
+      if (worst < 0 || detail::keep_before(priority[std::size_t(worst)], positions[std::size_t(worst)],
+                                           priority[std::size_t(s)], positions[std::size_t(s)]))
+        worst = s;
+    }
+    if (worst < 0) return 0;  // everything is protected (budget below sinks + recent: rejected at configuration)
+    removals[0] = static_cast<std::int32_t>(worst);
+    return 1;
+  }
+  std::size_t m = 0;
+  std::int64_t kept_protected = 0;
+  for (std::int64_t s = 0; s < n; ++s) {
+    if (is_protected(s))
+      ++kept_protected;
+    else
+      scratch[m++] = static_cast<std::int32_t>(s);
+  }
+  const std::int64_t keep_others = std::clamp<std::int64_t>(budget.total - kept_protected, 0, std::int64_t(m));
+  auto better = [&](std::int32_t a, std::int32_t b) {
+    return detail::keep_before(priority[std::size_t(a)], positions[std::size_t(a)], priority[std::size_t(b)],
+                               positions[std::size_t(b)]);
+  };
+  if (keep_others > 0 && keep_others < std::int64_t(m))
+    std::nth_element(scratch.begin(), scratch.begin() + keep_others, scratch.begin() + std::ptrdiff_t(m), better);
+  std::size_t r = 0;
+  for (std::size_t i = static_cast<std::size_t>(keep_others); i < m; ++i) removals[r++] = scratch[i];
+  return r;
+}
+
+}  // namespace kvcache

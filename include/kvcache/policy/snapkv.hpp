@@ -1,0 +1,74 @@
+#pragma once
+
+// SnapKV (Li et al., NeurIPS 2024; algorithms.md 6), official snapkv_utils.py SnapKVCluster.update_kv:
+//   at prefill, the last `window` prompt queries vote: s[j] = sum over window queries of their attention to prefix
+//   token j (softmax over all prompt keys, causal inside the window); s is pooled along positions (kernel k, stride 1,
+//   padding k/2; avgpool divides by k counting the zero padding, maxpool pads with -inf); the top (capacity - window)
+//   prefix tokens are kept with the whole window: `capacity` rows in all. Prompts shorter than `capacity` are not
+//   compressed; decode then appends without eviction.
+// GQA: the official code expands to query heads (losing the GQA saving); here window scores are summed over the
+// group before pooling, one selection per KV head (kvpress's choice, issue SnapKV #22; mean ranks the same).
+// Defaults: window 32, kernel 7, maxpool (the paper's LongBench configs); capacity 2048 (init_snapkv). kvpress's 64 /
+// 5 / avgpool are not the official ones. The kernel must be odd (an even one shifts the pooled scores by one).
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "kvcache/core/error.hpp"
+#include "kvcache/policy/policy.hpp"
+
+namespace kvcache {
+
+struct SnapKV {
+  enum class Pooling : std::uint8_t { kMax, kAvg };
+  static constexpr std::string_view kName = "snapkv";
+  Count capacity = Count::of(2048);
+  std::int64_t window = 32;
+  int kernel = 7;
+  Pooling pooling = Pooling::kMax;
+
+  SnapKV() = default;
+  SnapKV(Count capacity_, std::int64_t window_, int kernel_, Pooling pooling_ = Pooling::kMax)
+      : capacity(capacity_), window(window_), kernel(kernel_), pooling(pooling_) {
+    KVCACHE_REQUIRE(window >= 1, "SnapKV: window must be >= 1, got ", window);
+    KVCACHE_REQUIRE(kernel >= 1 && kernel % 2 == 1, "SnapKV: the pooling kernel must be odd and >= 1, got ", kernel);
+  }
+
+  [[nodiscard]] PolicyNeeds needs() const noexcept {
+    PolicyNeeds n;
+    n.prefill_window = window;
+    n.evict_during_decode = false;
+    return n;
+  }
+  [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {
+    return ResolvedBudget{capacity.resolve(prompt_length), window, 0};
+  }
+  /// Pools the window scores along positions; the prefix (all but the newest `window` positions) gets the pooled
+  /// score, the window itself is protected by the budget anyway.
+  void rank(const RankInput& in, std::span<float> priority) const {
+    const std::size_t n = in.positions.size();
+    std::vector<std::int32_t> order(n);  // slots by position (once per prompt: allocation is fine here)
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
+      return in.positions[std::size_t(a)] < in.positions[std::size_t(b)];
+    });
+    const std::int64_t prefix = std::max<std::int64_t>(0, static_cast<std::int64_t>(n) - window);
+    const int half = kernel / 2;
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(n); ++i) {
+      float pooled = pooling == Pooling::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+      for (std::int64_t o = i - half; o <= i + half; ++o) {
+        if (o < 0 || o >= prefix) continue;  // padding: 0 for avg (still divided by k), -inf for max
+        const float x = in.scores[std::size_t(order[std::size_t(o)])];
+        pooled = pooling == Pooling::kMax ? std::max(pooled, x) : pooled + x;
+      }
+      if (pooling == Pooling::kAvg) pooled /= static_cast<float>(kernel);
+      priority[std::size_t(order[std::size_t(i)])] = i < prefix ? pooled : 0.0f;
+    }
+  }
+};
+
+}  // namespace kvcache

@@ -1,0 +1,48 @@
+#pragma once
+
+// VATP, value-aware token pruning (Guo, Kamigaito, Watanabe, EMNLP 2024; algorithms.md 4), the H2O variant of the
+// official code (utils_hh/modify_llama.py with --h2o --apval):
+//   score[j] = (accumulated attention of token j, as H2O) x ||v_j||_1, the L1 norm of its value row (per KV head,
+//              taken once in fp32 when the row is appended, from the values as given, before any f16/bf16 rounding);
+//   the first `sinks` tokens (F) are never scored or evicted: sinks have tiny value norms and would be lost.
+// Unlike the official code, which gives sinks the dtype maximum inside the heavy budget, here the sinks are protected
+// rows counted inside the total budget (heavy + recent); the kept set is the same (algorithms.md 4.9).
+// Defaults: heavy = recent = 0.1 of the prompt (pred.py sets recent_ratio = heavy_ratio); sinks = 20 is the README's
+// example; use 1 or a few for short prompts.
+
+#include <span>
+#include <string_view>
+
+#include "kvcache/core/error.hpp"
+#include "kvcache/policy/policy.hpp"
+
+namespace kvcache {
+
+struct VATP {
+  static constexpr std::string_view kName = "vatp";
+  Count heavy = Count::fraction(0.1);
+  Count recent = Count::fraction(0.1);
+  std::int64_t sinks = 20;
+
+  VATP() = default;
+  VATP(Count heavy_, Count recent_, std::int64_t sinks_) : heavy(heavy_), recent(recent_), sinks(sinks_) {
+    KVCACHE_REQUIRE(sinks >= 0, "VATP: sinks must be >= 0, got ", sinks);
+  }
+
+  [[nodiscard]] PolicyNeeds needs() const noexcept {
+    PolicyNeeds n;
+    n.prefill_scores = true;
+    n.decode_scores = true;
+    n.value_norms = true;
+    return n;
+  }
+  [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {
+    const std::int64_t h = heavy.resolve(prompt_length), r = recent.resolve(prompt_length);
+    return ResolvedBudget{h + r, r, sinks};
+  }
+  void rank(const RankInput& in, std::span<float> priority) const noexcept {
+    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = in.scores[j] * in.value_norms[j];
+  }
+};
+
+}  // namespace kvcache

@@ -1,0 +1,293 @@
+// Properties every policy must have, over random inputs, through KVCache<Policy>:
+//   sinks and the recent window are never evicted; a head never exceeds budget + slack after a step; the kept rows
+//   are exactly the rows of the kept positions (K, V and position move together); a budget at or above the
+//   sequence length gives the same attention output as Full, bit for bit; the kept set is the same for every ISA.
+// Plus: heads of one layer with different budgets hold different numbers of rows and the byte accounting shows it;
+// reset() leaves nothing behind; bad configurations are clear errors; NaN scores rank lowest.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "policy_test_util.hpp"
+
+namespace {
+
+using kvcache::CacheConfig;
+using kvcache::ConstTensorView;
+using kvcache::Count;
+using kvcache::DType;
+using kvcache::KVCache;
+using kvcache::KVCacheOptions;
+using kvcache::Position;
+using kvcache::TensorView;
+
+constexpr int kKv = 2, kQ = 4, kD = 16;
+
+// A random sequence: the prompt and the decode steps' rows, identical for every cache it is fed to.
+struct Sequence {
+  std::int64_t prompt = 0, steps = 0;
+  std::vector<float> k, v, q;  // per token: k, v [kKv, kD]; q [kQ, kD]
+  explicit Sequence(std::int64_t prompt_, std::int64_t steps_, std::uint32_t seed) : prompt(prompt_), steps(steps_) {
+    const std::int64_t n = prompt + steps;
+    k = kvtest::random_vector(std::size_t(n * kKv * kD), seed);
+    v = kvtest::random_vector(std::size_t(n * kKv * kD), seed + 1);
+    q = kvtest::random_vector(std::size_t(n * kQ * kD), seed + 2, 2.0f);
+  }
+  const float* k_at(std::int64_t t, int h) const { return k.data() + (t * kKv + h) * kD; }
+};
+
+// Feeds seq to cache; calls check(step) after the prefill (step -1) and each decode step; returns every output.
+template <class Cache, class Check>
+std::vector<float> run(Cache& cache, const Sequence& seq, int layers, Check&& check) {
+  std::vector<float> outputs;
+  const std::int64_t L = seq.prompt;
+  std::vector<float> pk(std::size_t(kKv * L * kD)), pv(pk.size()), out(std::size_t(L * kQ * kD));
+  for (int h = 0; h < kKv; ++h)
+    for (std::int64_t t = 0; t < L; ++t)
+      for (int c = 0; c < kD; ++c) {
+        pk[std::size_t((h * L + t) * kD + c)] = seq.k[std::size_t((t * kKv + h) * kD + c)];
+        pv[std::size_t((h * L + t) * kD + c)] = seq.v[std::size_t((t * kKv + h) * kD + c)];
+      }
+  std::vector<Position> pos(static_cast<std::size_t>(L));
+  for (std::int64_t t = 0; t < L; ++t) pos[std::size_t(t)] = Position(t);
+  for (int l = 0; l < layers; ++l) {
+    cache.prefill(l, ConstTensorView<float, 3>(pk.data(), kKv, L, kD), ConstTensorView<float, 3>(pv.data(), kKv, L, kD),
+                  pos, ConstTensorView<float, 3>(seq.q.data(), L, kQ, kD), TensorView<float, 3>(out.data(), L, kQ, kD));
+    outputs.insert(outputs.end(), out.begin(), out.end());
+  }
+  check(-1);
+  std::vector<float> o(std::size_t(kQ * kD));
+  for (std::int64_t s = 0; s < seq.steps; ++s) {
+    const std::int64_t t = L + s;
+    for (int l = 0; l < layers; ++l) {
+      cache.decode(l, ConstTensorView<float, 2>(seq.k.data() + t * kKv * kD, kKv, kD),
+                   ConstTensorView<float, 2>(seq.v.data() + t * kKv * kD, kKv, kD), Position(t),
+                   ConstTensorView<float, 2>(seq.q.data() + t * kQ * kD, kQ, kD),
+                   TensorView<float, 2>(o.data(), kQ, kD));
+      outputs.insert(outputs.end(), o.begin(), o.end());
+    }
+    check(s);
+  }
+  return outputs;
+}
+
+CacheConfig config(std::int64_t capacity, DType dt = DType::kF32, int layers = 2) {
+  return CacheConfig{layers, {kQ, kKv, kD, kD}, capacity, dt};
+}
+
+template <class P>
+struct Factory;
+template <>
+struct Factory<kvcache::H2O> {
+  static kvcache::H2O tight() { return {Count::of(6), Count::of(5)}; }
+  static kvcache::H2O huge() { return {Count::of(500), Count::of(500)}; }
+};
+template <>
+struct Factory<kvcache::VATP> {
+  static kvcache::VATP tight() { return {Count::of(6), Count::of(5), 3}; }
+  static kvcache::VATP huge() { return {Count::of(500), Count::of(500), 3}; }
+};
+template <>
+struct Factory<kvcache::L2Norm> {
+  static kvcache::L2Norm tight() { return {Count::of(12), {0}, kvcache::L2Norm::Mode::kEveryStep, 2, 4}; }
+  static kvcache::L2Norm huge() { return {Count::of(1000), {}, kvcache::L2Norm::Mode::kEveryStep, 2, 4}; }
+};
+template <>
+struct Factory<kvcache::SnapKV> {
+  static kvcache::SnapKV tight() { return {Count::of(12), 4, 3}; }
+  static kvcache::SnapKV huge() { return {Count::of(1000), 4, 3}; }
+};
+template <>
+struct Factory<kvcache::StreamingLLM> {
+  static kvcache::StreamingLLM tight() { return {3, 8, kvcache::StreamingLLM::Positions::kOriginal}; }
+  static kvcache::StreamingLLM huge() { return {3, 1000, kvcache::StreamingLLM::Positions::kOriginal}; }
+};
+template <>
+struct Factory<kvcache::Full> {
+  static kvcache::Full tight() { return {}; }
+  static kvcache::Full huge() { return {}; }
+};
+
+template <class P>
+class PolicyPropertyTest : public testing::Test {};
+using AllPolicies =
+    testing::Types<kvcache::H2O, kvcache::VATP, kvcache::L2Norm, kvcache::SnapKV, kvcache::StreamingLLM, kvcache::Full>;
+TYPED_TEST_SUITE(PolicyPropertyTest, AllPolicies);
+
+TYPED_TEST(PolicyPropertyTest, ProtectedRowsStayAndBudgetHolds) {
+  for (std::int64_t slack : {0, 3}) {
+    for (DType dt : {DType::kF32, DType::kF16}) {
+      KVCacheOptions opt;
+      opt.eviction_slack = slack;
+      KVCache<TypeParam> cache(config(80, dt), Factory<TypeParam>::tight(), opt);
+      Sequence seq(30, 25, 7);
+      run(cache, seq, 2, [&](std::int64_t step) {
+        for (int l = 0; l < 2; ++l)
+          for (int h = 0; h < kKv; ++h) {
+            const auto b = cache.budget(l, h);
+            const auto n = cache.length(l, h);
+            auto pos = cache.layer(l).positions(h);
+            const Position newest = Position(seq.prompt + step);
+            if (!b.unlimited() && cache.policy().needs().evict_during_decode) {
+              ASSERT_LE(n, b.total + (step < 0 ? 0 : slack)) << "layer " << l << " head " << h << " step " << step;
+            }
+            if (!b.unlimited() && step < 0) {
+              ASSERT_LE(n, b.total);
+            }
+            std::set<Position> have(pos.begin(), pos.end());
+            ASSERT_EQ(have.size(), pos.size()) << "a position is stored twice";
+            for (Position p = 0; p < b.sinks && p <= newest; ++p) ASSERT_TRUE(have.count(p)) << "sink " << p;
+            for (std::int64_t r = 0; r < b.recent && newest - r >= 0; ++r)
+              ASSERT_TRUE(have.count(Position(newest - r))) << "recent " << newest - r;
+            // K, V and position moved together: each stored key row is the key given for its position.
+            for (std::size_t s = 0; s < pos.size(); ++s)
+              for (int c = 0; c < kD; ++c) {
+                const float given = seq.k_at(pos[s], h)[c];
+                const float stored =
+                    dt == DType::kF32 ? cache.layer(l).template k<float>(h)(Eigen::Index(s), c)
+                                      : kvcache::to_f32(cache.layer(l).template k<kvcache::f16>(h)(Eigen::Index(s), c));
+                const float expect =
+                    dt == DType::kF32 ? given : kvcache::to_f32(kvcache::from_f32<kvcache::f16>(given));
+                ASSERT_EQ(stored, expect) << "slot " << s << " position " << pos[s];
+              }
+          }
+      });
+    }
+  }
+}
+
+TYPED_TEST(PolicyPropertyTest, BudgetAboveTheSequenceIsFullBitForBit) {
+  Sequence seq(40, 20, 11);
+  KVCache<TypeParam> cache(config(100), Factory<TypeParam>::huge());
+  KVCache<kvcache::Full> full(config(100));
+  const auto a = run(cache, seq, 2, [](std::int64_t) {});
+  const auto b = run(full, seq, 2, [](std::int64_t) {});
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+TYPED_TEST(PolicyPropertyTest, SameKeptSetOnEveryIsa) {
+  Sequence seq(30, 15, 13);
+  std::vector<std::set<Position>> first;
+  for (kvcache::Isa isa : kvcache::available_isas()) {
+    kvtest::ScopedIsa scoped(isa);
+    KVCache<TypeParam> cache(config(80), Factory<TypeParam>::tight());
+    run(cache, seq, 2, [](std::int64_t) {});
+    std::vector<std::set<Position>> sets;
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < kKv; ++h) {
+        auto pos = cache.layer(l).positions(h);
+        sets.emplace_back(pos.begin(), pos.end());
+      }
+    if (first.empty())
+      first = sets;
+    else
+      EXPECT_EQ(sets, first) << kvcache::isa_name(isa);
+  }
+}
+
+TYPED_TEST(PolicyPropertyTest, ResetLeavesNothingBehind) {
+  Sequence s1(30, 10, 17), s2(25, 12, 19);
+  KVCache<TypeParam> reused(config(80), Factory<TypeParam>::tight());
+  run(reused, s1, 2, [](std::int64_t) {});
+  reused.reset();
+  const auto a = run(reused, s2, 2, [](std::int64_t) {});
+  KVCache<TypeParam> fresh(config(80), Factory<TypeParam>::tight());
+  const auto b = run(fresh, s2, 2, [](std::int64_t) {});
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+TEST(PerHeadBudgetTest, HeadsKeepDifferentLengthsAndBytesShrink) {
+  KVCacheOptions opt;
+  opt.budget_override = [](int, int h, kvcache::ResolvedBudget b) {
+    b.total = h == 0 ? 8 : 20;
+    return b;
+  };
+  KVCache<kvcache::H2O> cache(config(80, DType::kF16), kvcache::H2O(Count::of(4), Count::of(4)), opt);
+  Sequence seq(40, 10, 23);
+  run(cache, seq, 2, [](std::int64_t) {});
+  EXPECT_EQ(cache.length(0, 0), 8);
+  EXPECT_EQ(cache.length(0, 1), 20);
+  const std::size_t row = 2 * kD * 2;  // K + V, f16
+  EXPECT_EQ(cache.kv_bytes(0, 0), 8 * row);
+  EXPECT_EQ(cache.kv_bytes(0, 1), 20 * row);
+  EXPECT_EQ(cache.kv_bytes(), 2 * (8 + 20) * row);  // against 2 * 2 * 50 rows for Full
+}
+
+template <class F>
+void expect_error_mentioning(F&& f, const std::string& needle) {
+  try {
+    f();
+    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
+  } catch (const kvcache::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(PolicyConfigTest, BadConfigurationsAreClearErrors) {
+  Sequence seq(30, 2, 29);
+  // Budget below sinks + recent (VATP: heavy 1 + recent 2 = 3 rows, 5 sinks).
+  expect_error_mentioning(
+      [&] {
+        KVCache<kvcache::VATP> cache(config(80), kvcache::VATP(Count::of(1), Count::of(2), 5));
+        run(cache, seq, 1, [](std::int64_t) {});
+      },
+      "smaller than its 5 sinks + 2 recent rows");
+  // SnapKV window longer than the prompt.
+  expect_error_mentioning(
+      [&] {
+        KVCache<kvcache::SnapKV> cache(config(80), kvcache::SnapKV(Count::of(40), 64, 7));
+        run(cache, seq, 1, [](std::int64_t) {});
+      },
+      "observes the last 64 prompt queries, but the last chunk has 30 tokens");
+  expect_error_mentioning([] { kvcache::SnapKV(Count::of(40), 8, 4); }, "must be odd");
+  expect_error_mentioning([] { KVCache<kvcache::StreamingLLM> c(config(80), kvcache::StreamingLLM(4, 8)); },
+                          "needs KVCacheOptions::rope");
+  expect_error_mentioning(
+      [&] {
+        KVCacheOptions opt;
+        opt.eviction_slack = -1;
+        KVCache<kvcache::H2O> c(config(80), kvcache::H2O(), opt);
+      },
+      "eviction_slack must be >= 0");
+  // A budget the capacity cannot hold overflows at the append that reaches the capacity, with a clear error.
+  expect_error_mentioning(
+      [&] {
+        KVCacheOptions opt;
+        opt.eviction_slack = 60;
+        KVCache<kvcache::H2O> cache(config(40), kvcache::H2O(Count::of(10), Count::of(10)), opt);
+        Sequence longer(30, 25, 3);
+        run(cache, longer, 1, [](std::int64_t) {});
+      },
+      "exceed the capacity of 40");
+}
+
+// A policy whose scores are NaN for even positions: those rank lowest and go first; protected rows never do.
+struct NanScores : kvcache::H2O {
+  static constexpr std::string_view kName = "nan_scores";
+  using H2O::H2O;
+  void rank(const kvcache::RankInput& in, std::span<float> priority) const noexcept {
+    for (std::size_t j = 0; j < priority.size(); ++j)
+      priority[j] = in.positions[j] % 2 == 0 ? std::numeric_limits<float>::quiet_NaN() : in.scores[j];
+  }
+};
+
+TEST(PolicyConfigTest, NanScoresRankLowest) {
+  KVCache<NanScores> cache(config(80), NanScores(Count::of(10), Count::of(4)));
+  Sequence seq(30, 0, 31);
+  run(cache, seq, 1, [](std::int64_t) {});
+  for (int h = 0; h < kKv; ++h) {
+    std::set<Position> have(cache.layer(0).positions(h).begin(), cache.layer(0).positions(h).end());
+    EXPECT_EQ(have.size(), 14u);
+    for (Position p = 26; p < 30; ++p) EXPECT_TRUE(have.count(p)) << "recent " << p;  // protected, NaN or not
+    for (Position p : have) EXPECT_TRUE(p >= 26 || p % 2 == 1) << "NaN-scored " << p << " kept over finite scores";
+  }
+}
+
+}  // namespace
