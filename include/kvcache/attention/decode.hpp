@@ -57,8 +57,11 @@ class DecodeWorkspace {
     KVCACHE_REQUIRE(capacity > 0, "capacity must be positive, got ", capacity);
     partial_stride_ = detail::pad_to(static_cast<std::size_t>(g_) * static_cast<std::size_t>(dv_ + 2), 16);
     partials_ = AlignedBuffer(sizeof(float) * partial_stride_ * std::size_t(n_kv_) * std::size_t(max_splits));
-    if (probabilities)
+    if (probabilities) {
+      tiles_ = (std::size_t(capacity) + detail::kDecodeTile - 1) / detail::kDecodeTile;
       logits_ = AlignedBuffer(sizeof(float) * std::size_t(n_kv_) * std::size_t(g_) * std::size_t(capacity));
+      tile_max_ = AlignedBuffer(sizeof(float) * std::size_t(n_kv_) * std::size_t(g_) * tiles_);
+    }
     query_stride_ = detail::pad_to(static_cast<std::size_t>(shape.head_dim_k), 16);
     queries_ = AlignedBuffer(sizeof(float) * query_stride_ * std::size_t(shape.n_q_heads));
   }
@@ -75,10 +78,13 @@ class DecodeWorkspace {
   // of its speed). Row stride query_stride().
   float* query(int i) noexcept { return queries_.as<float>() + query_stride_ * std::size_t(i); }
   [[nodiscard]] std::size_t query_stride() const noexcept { return query_stride_; }
-  // [g, capacity]
+  // [g, capacity]: unnormalised probabilities of head h's rows
   float* logits(int h) noexcept {
     return logits_.as<float>() + std::size_t(h) * std::size_t(g_) * std::size_t(capacity_);
   }
+  // [g, tiles()]: the running maximum after each tile, later the per-tile normalisation
+  float* tile_max(int h) noexcept { return tile_max_.as<float>() + std::size_t(h) * std::size_t(g_) * tiles_; }
+  [[nodiscard]] std::int64_t tiles() const noexcept { return static_cast<std::int64_t>(tiles_); }
   void check(int n_kv, int g, int dv, std::int64_t max_len, bool probs) const {
     KVCACHE_REQUIRE(n_kv == n_kv_ && g == g_ && dv == dv_, "decode workspace was made for ", n_kv_, " KV heads, group ",
                     g_, ", head_dim_v ", dv_, "; the call has ", n_kv, ", ", g, ", ", dv);
@@ -92,20 +98,21 @@ class DecodeWorkspace {
   std::int64_t capacity_;
   int max_splits_;
   bool probabilities_;
-  std::size_t partial_stride_ = 0, query_stride_ = 0;
-  AlignedBuffer partials_, logits_, queries_;
+  std::size_t partial_stride_ = 0, query_stride_ = 0, tiles_ = 0;
+  AlignedBuffer partials_, logits_, tile_max_, queries_;
 };
 
 namespace detail {
 
 template <class T>
-void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, T const* k, T const* v, std::int64_t r0,
-                       std::int64_t r1, float* o, float* m, float* l, float* logits, std::int64_t ld) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, ldq, g, dk, dv, k, v, r0, r1, o, m, l, logits, ld))
+void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, const T* k, const T* v, std::int64_t r0,
+                       std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
+                       std::int64_t ldt) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, ldq, g, dk, dv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt))
 }
-inline void decode_probabilities(Isa isa, const float* logits, int g, std::int64_t ld, std::int64_t n, const float* m,
-                                 const float* l, float* acc) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (logits, g, ld, n, m, l, acc))
+inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n,
+                                 const float* scale, std::int64_t ldt, float* acc) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (probs, g, ld, n, scale, ldt, acc))
 }
 
 template <class T, class Exec>
@@ -116,11 +123,15 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
   const int ldq = static_cast<int>(ws.query_stride());
   for (int i = 0; i < n_q; ++i)
     for (int c = 0; c < dk; ++c) ws.query(i)[c] = q[std::size_t(i) * std::size_t(dk) + std::size_t(c)] * scale;
-  // Split s of head h covers rows [len * s / splits, len * (s + 1) / splits). Group heads go in chunks of kMaxGroup.
+  // Split s of head h covers rows [len * s / splits, len * (s + 1) / splits), with inner boundaries rounded down to
+  // whole tiles (the probability export indexes tiles from row 0). Group heads go in chunks of kMaxGroup.
+  auto split_at = [splits](std::int64_t len, int s) {
+    return s >= splits ? len : len * s / splits / kDecodeTile * kDecodeTile;
+  };
   ex.parallel_for(n_kv * splits, [&](int item) noexcept {
     const int h = item / splits, s = item % splits;
     const std::int64_t len = kv.length(h);
-    const std::int64_t r0 = len * s / splits, r1 = len * (s + 1) / splits;
+    const std::int64_t r0 = split_at(len, s), r1 = split_at(len, s + 1);
     T const* k = static_cast<T const*>(kv.k_data(h));
     T const* v = static_cast<T const*>(kv.v_data(h));
     float* part = ws.partial(h, s);
@@ -129,7 +140,8 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
       decode_head_range(isa, ws.query(h * g + c0), ldq, gc, dk, dv, k, v, r0, r1,
                         part + std::size_t(c0) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + c0,
                         part + std::size_t(g) * std::size_t(dv) + g + c0,
-                        probs ? ws.logits(h) + std::int64_t(c0) * ws.capacity() : nullptr, ws.capacity());
+                        probs ? ws.logits(h) + std::int64_t(c0) * ws.capacity() : nullptr, ws.capacity(),
+                        probs ? ws.tile_max(h) + std::int64_t(c0) * ws.tiles() : nullptr, ws.tiles());
     }
   });
   // Merge the splits of each head: M = max m_s, L = sum l_s e^(m_s - M), out = sum o_s e^(m_s - M) / L.
@@ -155,9 +167,17 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
       m_all[i] = mx;
       l_all[i] = lsum;
     }
-    if (probs && kv.length(h) > 0)
-      decode_probabilities(isa, ws.logits(h), g, ws.capacity(), kv.length(h), m_all, l_all,
+    if (probs && kv.length(h) > 0) {
+      // Turn each tile's running maximum into its normalisation e^(tile max - m) / l, in place.
+      const std::int64_t tiles = (kv.length(h) + kDecodeTile - 1) / kDecodeTile;
+      for (int i = 0; i < g; ++i) {
+        float* tm = ws.tile_max(h) + std::int64_t(i) * ws.tiles();
+        const float inv = l_all[i] > 0.0f ? 1.0f / l_all[i] : 0.0f;
+        for (std::int64_t t = 0; t < tiles; ++t) tm[t] = std::exp(tm[t] - m_all[i]) * inv;
+      }
+      decode_probabilities(isa, ws.logits(h), g, ws.capacity(), kv.length(h), ws.tile_max(h), ws.tiles(),
                            opt.probabilities + std::size_t(h) * std::size_t(opt.probabilities_stride));
+    }
   });
 }
 

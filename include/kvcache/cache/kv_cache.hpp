@@ -47,8 +47,14 @@ struct KVCacheOptions {
   int max_threads = 1;
 };
 
-template <Policy P, class Exec = SerialExecutor>
+template <class P, class Exec = SerialExecutor>
 class KVCache {
+  static_assert(Policy<P>,
+                "kvcache: KVCache<P> needs a policy: a copyable type with `static constexpr std::string_view kName`, "
+                "`PolicyNeeds needs() const`, `ResolvedBudget budget(int layer, int kv_head, std::int64_t prompt) "
+                "const` and `void rank(RankInput const&, std::span<float>) const` (see policy/policy.hpp)");
+  static_assert(Executor<Exec>, "kvcache: the executor needs `int concurrency() const` and `parallel_for(n, f)`");
+
  public:
   KVCache(const CacheConfig& config, P policy = P{}, KVCacheOptions options = {}, Exec exec = Exec{})
       : config_((config.validate(), config)),
@@ -106,6 +112,7 @@ class KVCache {
       std::fill(l.rotated_at.begin(), l.rotated_at.end(), 0);
       std::fill(l.budgets.begin(), l.budgets.end(), ResolvedBudget{});
       l.sink_keys.clear();
+      l.sink_slots.clear();
       l.prompt_length = 0;
       l.resolved = false;
     }
@@ -169,6 +176,7 @@ class KVCache {
     std::vector<float> scores, value_norms, key_norms;  // [n_kv, capacity] each, present when needed
     std::vector<double> rotated_at;                     // in-cache mode: position each stored key is rotated at
     std::vector<std::vector<float>> sink_keys;          // in-cache mode: [n_kv][sinks x dk] f32, at original rotation
+    std::vector<std::vector<std::int64_t>> sink_slots;  // in-cache mode: [n_kv][sinks], the slot of each sink (or -1)
     std::vector<ResolvedBudget> budgets;
     std::int64_t prompt_length = 0;
     bool resolved = false;
@@ -212,7 +220,7 @@ class KVCache {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     const std::int64_t m = k.dimension(1);
-    std::vector<std::int64_t> first(std::size_t(kv.n_kv_heads()));
+    std::vector<std::int64_t>& first = first_;
     for (int h = 0; h < kv.n_kv_heads(); ++h) first[std::size_t(h)] = kv.length(h);
     kv.append(k, v, positions);  // validates shapes and capacity
     const std::size_t cap = std::size_t(config_.capacity);
@@ -229,7 +237,12 @@ class KVCache {
         if (needs_.in_cache_positions) {
           st.rotated_at[slot] = positions[std::size_t(i)];
           if (positions[std::size_t(i)] < sink_count()) {
-            if (st.sink_keys.empty()) st.sink_keys.resize(std::size_t(kv.n_kv_heads()));
+            if (st.sink_keys.empty()) {
+              st.sink_keys.resize(std::size_t(kv.n_kv_heads()));
+              st.sink_slots.assign(std::size_t(kv.n_kv_heads()),
+                                   std::vector<std::int64_t>(std::size_t(sink_count()), -1));
+            }
+            st.sink_slots[std::size_t(h)][std::size_t(positions[std::size_t(i)])] = first[std::size_t(h)] + i;
             auto& sk = st.sink_keys[std::size_t(h)];
             const std::size_t at = std::size_t(positions[std::size_t(i)]) * std::size_t(dk);
             if (sk.size() < at + std::size_t(dk)) sk.resize(at + std::size_t(dk), 0.0f);
@@ -256,18 +269,26 @@ class KVCache {
     const std::size_t cap = std::size_t(config_.capacity);
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
       const std::int64_t n = kv.length(h);
-      auto pos = kv.positions(h);
-      for (std::int64_t s = 0; s < n; ++s) {
-        const Position p = pos[std::size_t(s)];
-        if (p >= sink_count()) continue;
+      const auto& slots = st.sink_slots[std::size_t(h)];
+      for (std::size_t p = 0; p < slots.size(); ++p) {
+        const std::int64_t s = slots[p];
+        if (s < 0) continue;
         // Sinks are positions 0..S-1, all kept, so a sink's rank is its position.
-        const double target = double(query_position) - double(n - 1 - p);
+        const double target = double(query_position) - double(n - 1 - std::int64_t(p));
         double& at = st.rotated_at[std::size_t(h) * cap + std::size_t(s)];
         if (target == at) continue;
         float* x = row_.data();
-        const float* orig = st.sink_keys[std::size_t(h)].data() + std::size_t(p) * std::size_t(dk);
+        const float* orig = st.sink_keys[std::size_t(h)].data() + p * std::size_t(dk);
         std::copy(orig, orig + dk, x);
-        rope_.shift(x, target - double(p));
+        // Every sink of a head shifts by the same query_position - (n - 1); the sines and cosines are computed
+        // once per distinct shift (usually once per step for the whole model), not per row.
+        const double delta = target - double(p);
+        if (!rope_cached_ || delta != rope_delta_) {
+          rope_.angles(delta, rope_cos_, rope_sin_);
+          rope_delta_ = delta;
+          rope_cached_ = true;
+        }
+        rope_.apply(x, rope_cos_, rope_sin_);
         store_key_row(kv, h, s, x);
         at = target;
       }
@@ -296,12 +317,17 @@ class KVCache {
     std::vector<std::int32_t> drop;
     for (std::int64_t s = length; s < n; ++s) drop.push_back(static_cast<std::int32_t>(s));
     kv.remove(h, drop);
+    LayerState& st = layers_[std::size_t(l)];
+    if (!st.sink_slots.empty())
+      for (auto& slot : st.sink_slots[std::size_t(h)])
+        if (slot >= length) slot = -1;
   }
 
   void evict(int l, std::int64_t slack, bool after_prefill) {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     const std::size_t cap = std::size_t(config_.capacity);
+    const Isa isa = active_isa();
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
       const ResolvedBudget& b = st.budgets[std::size_t(h)];
       const std::int64_t n = kv.length(h);
@@ -320,7 +346,7 @@ class KVCache {
       std::span<float> priority(priority_.data(), un);
       policy_.rank(in, priority);
       const std::size_t r = select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data(), un),
-                                            std::span<std::int32_t>(removals_.data(), un));
+                                            std::span<std::int32_t>(removals_.data(), un), isa);
       if (r == 0) continue;
       kv.remove(h, std::span<std::int32_t const>(removals_.data(), r), [&](std::int64_t from, std::int64_t to) {
         const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);
@@ -328,6 +354,10 @@ class KVCache {
         if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
         if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
         if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];
+        if (!st.sink_slots.empty()) {
+          const Position moved = kv.positions(h)[std::size_t(to)];
+          if (moved < sink_count()) st.sink_slots[std::size_t(h)][std::size_t(moved)] = to;
+        }
       });
     }
   }
@@ -345,6 +375,10 @@ class KVCache {
   std::vector<float> priority_;
   std::vector<std::int32_t> scratch_, removals_;
   std::vector<float> row_;
+  std::vector<std::int64_t> first_ = std::vector<std::int64_t>(std::size_t(config_.shape.n_kv_heads));
+  std::vector<double> rope_cos_, rope_sin_;  // in-cache mode: the rotation of the last shift, reused while unchanged
+  double rope_delta_ = 0.0;
+  bool rope_cached_ = false;
 };
 
 }  // namespace kvcache

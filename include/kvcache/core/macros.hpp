@@ -72,3 +72,11 @@
 #else
 #define KVCACHE_BASELINE_NS baseline
 #endif
+
+// For the few plain loops the library leaves to the auto-vectoriser (the selection scans): GCC's -O2 uses a cost
+// model that refuses reductions of unknown length, so ask for the dynamic one on those functions only.
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVCACHE_VECTORIZE __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#else
+#define KVCACHE_VECTORIZE
+#endif

@@ -33,15 +33,27 @@ class Rope {
   [[nodiscard]] int rotary_dims() const noexcept { return dims_; }
 
   /// x (f32, head_dim wide) is rotated at some position p; afterwards it is rotated at p + delta.
-  void shift(float* x, double delta) const noexcept {
+  void shift(float* x, double delta) const {
+    std::vector<double> c, s;
+    angles(delta, c, s);
+    apply(x, c, s);
+  }
+  /// The cosines and sines of a shift by delta, for apply(); compute once, apply to many rows.
+  void angles(double delta, std::vector<double>& c, std::vector<double>& s) const {
+    c.resize(inv_freq_.size());
+    s.resize(inv_freq_.size());
+    for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
+      c[i] = std::cos(delta * inv_freq_[i]);
+      s[i] = std::sin(delta * inv_freq_[i]);
+    }
+  }
+  void apply(float* x, const std::vector<double>& c, const std::vector<double>& s) const noexcept {
     const int half = dims_ / 2;
     for (int i = 0; i < half; ++i) {
-      const double a = delta * inv_freq_[std::size_t(i)];
-      const double c = std::cos(a), s = std::sin(a);
       const int i0 = cfg_.interleaved ? 2 * i : i, i1 = cfg_.interleaved ? 2 * i + 1 : i + half;
       const double x0 = x[i0], x1 = x[i1];
-      x[i0] = static_cast<float>(x0 * c - x1 * s);
-      x[i1] = static_cast<float>(x0 * s + x1 * c);
+      x[i0] = static_cast<float>(x0 * c[std::size_t(i)] - x1 * s[std::size_t(i)]);
+      x[i1] = static_cast<float>(x0 * s[std::size_t(i)] + x1 * c[std::size_t(i)]);
     }
   }
 

@@ -16,6 +16,7 @@
 #include <span>
 #include <vector>
 
+#include "kvcache/attention/dispatch.hpp"
 #include "kvcache/core/budget.hpp"
 #include "kvcache/core/tensor.hpp"
 
@@ -32,13 +33,15 @@ inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
 
 /// Fills `removals` with the slots to drop so that at most budget.total rows remain; returns how many.
 /// positions, priority: per slot [0, n). scratch: at least n entries. removals: at least n entries.
+/// isa: where the scans run (policy/detail/select_scan.ipp is compiled per ISA).
 inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
                                    const ResolvedBudget& budget, std::span<std::int32_t> scratch,
-                                   std::span<std::int32_t> removals) noexcept {
+                                   std::span<std::int32_t> removals, Isa isa = Isa::kScalar) noexcept {
   const auto n = static_cast<std::int64_t>(positions.size());
   if (budget.unlimited() || n <= budget.total) return 0;
-  Position newest = std::numeric_limits<Position>::min();
-  for (Position p : positions) newest = std::max(newest, p);
+  const Position newest = [&]() noexcept -> Position {
+    KVCACHE_DISPATCH_ISA(isa, newest_position, (positions.data(), n))
+  }();
   const std::int64_t recent_from =
       budget.recent > 0 ? std::int64_t{newest} - budget.recent + 1 : std::numeric_limits<std::int64_t>::max();
   auto is_protected = [&](std::int64_t s) {
@@ -46,16 +49,17 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
     return p < budget.sinks || p >= recent_from;
   };
   const std::int64_t to_remove = n - budget.total;
-  if (to_remove == 1) {
-    std::int64_t worst = -1;
-    for (std::int64_t s = 0; s < n; ++s) {
-      if (is_protected(s)) continue;
-      if (worst < 0 || detail::keep_before(priority[std::size_t(worst)], positions[std::size_t(worst)],
-                                           priority[std::size_t(s)], positions[std::size_t(s)]))
-        worst = s;
-    }
-    if (worst < 0) return 0;  // everything is protected (budget below sinks + recent: rejected at configuration)
-    removals[0] = static_cast<std::int32_t>(worst);
+  if (to_remove == 1) {  // the paper-faithful decode step: one vectorised scan, no sort
+    const auto clamp32 = [](std::int64_t x) {
+      return static_cast<std::int32_t>(std::clamp<std::int64_t>(x, std::numeric_limits<std::int32_t>::min(),
+                                                                std::numeric_limits<std::int32_t>::max()));
+    };
+    const std::int32_t sinks = clamp32(budget.sinks), from = clamp32(recent_from);
+    const std::int64_t slot = [&]() noexcept -> std::int64_t {
+      KVCACHE_DISPATCH_ISA(isa, select_one, (positions.data(), priority.data(), n, sinks, from))
+    }();
+    if (slot < 0) return 0;  // everything is protected (budget below sinks + recent: rejected at configuration)
+    removals[0] = static_cast<std::int32_t>(slot);
     return 1;
   }
   std::size_t m = 0;

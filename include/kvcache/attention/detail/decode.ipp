@@ -134,11 +134,15 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
 /// k: rows of width dk; v: rows of width dv; g <= kMaxGroup.
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
-/// with s_hj = q_h . k_j. logits, if not null: [g, ld], receives s_hj at column j.
+/// with s_hj = q_h . k_j.
+/// For probability export (probs not null; r0 must be a multiple of kDecodeTile): probs: [g, ld] receives
+/// e^(s_hj - mt_h) at column j, where mt_h is the running maximum after j's tile, and tile_max: [g, ldt] receives
+/// mt_h at column j / kDecodeTile. The final probability is then probs * e^(mt - m_final) / l_final: one multiply per
+/// row and head, reusing the exponentials the softmax computed anyway.
 template <class T>
 KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
-                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* logits,
-                                     std::int64_t ld) noexcept {
+                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
+                                     std::int64_t ld, float* tile_max, std::int64_t ldt) noexcept {
   constexpr int L = ops::kLanes;
   alignas(64) float s[kMaxGroup * kDecodeTile];
   for (int h = 0; h < g; ++h) {
@@ -157,10 +161,6 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int
     }
     for (int h = 0; h < g; ++h) {
       float* sh = s + h * kDecodeTile;
-      if (logits != nullptr) {
-        float* dst = logits + h * ld + t0;
-        for (int r = 0; r < nt; ++r) dst[r] = sh[r];
-      }
       // Online softmax: new running max, rescale what was accumulated, exponentiate the tile in place.
       ops::Vec mv = ops::set1(m[h]);
       int r = 0;
@@ -191,6 +191,12 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int
         for (; r < nt; ++r) lt += sh[r];
       }
       l[h] += ops::reduce_add(lv) + lt;
+      if (probs != nullptr) {
+        float* dst = probs + h * ld + t0;
+        for (r = 0; r + L <= nt; r += L) ops::store(dst + r, ops::load(sh + r));
+        for (; r < nt; ++r) dst[r] = sh[r];
+        tile_max[h * ldt + t0 / kDecodeTile] = m[h];
+      }
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
@@ -201,24 +207,21 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int
   }
 }
 
-/// acc[j] += sum_h e^(logits[h][j] - m_h) / l_h for j in [0, n): the group's probabilities, summed, added into a
-/// per-slot accumulator. logits: [g, ld].
-KVCACHE_NOINLINE inline void accumulate_probabilities(float const* logits, int g, std::int64_t ld, std::int64_t n,
-                                                      float const* m, float const* l, float* acc) noexcept {
+/// acc[j] += sum_h probs[h][j] * scale[h][j / kDecodeTile] for j in [0, n): the group's probabilities, summed, added
+/// into a per-slot accumulator. probs: [g, ld] from decode_partial; scale: [g, ldt] = e^(tile max - m_final) / l_final.
+KVCACHE_NOINLINE inline void accumulate_probabilities(float const* probs, int g, std::int64_t ld, std::int64_t n,
+                                                      float const* scale, std::int64_t ldt, float* acc) noexcept {
   constexpr int L = ops::kLanes;
-  std::int64_t j = 0;
-  for (; j + L <= n; j += L) {
-    ops::Vec sum = ops::load(acc + j);
-    for (int h = 0; h < g; ++h)
-      sum = ops::fma(ops::exp(ops::sub(ops::load(logits + h * ld + j), ops::set1(m[h]))), ops::set1(1.0f / l[h]), sum);
-    ops::store(acc + j, sum);
-  }
-  if (j < n) {
-    const int t = static_cast<int>(n - j);
-    ops::Vec sum = ops::load_n(acc + j, t);
-    for (int h = 0; h < g; ++h)
-      sum = ops::fma(ops::exp(ops::sub(ops::load_n(logits + h * ld + j, t), ops::set1(m[h]))),
-                     ops::set1(1.0f / l[h]), sum);
-    ops::store_n(acc + j, sum, t);
+  for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
+    const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
+    std::int64_t j = t0;
+    for (; j + L <= t1; j += L) {
+      ops::Vec sum = ops::load(acc + j);
+      for (int h = 0; h < g; ++h)
+        sum = ops::fma(ops::load(probs + h * ld + j), ops::set1(scale[h * ldt + t0 / kDecodeTile]), sum);
+      ops::store(acc + j, sum);
+    }
+    for (; j < t1; ++j)
+      for (int h = 0; h < g; ++h) acc[j] += probs[h * ld + j] * scale[h * ldt + t0 / kDecodeTile];
   }
 }

@@ -13,5 +13,6 @@ inline namespace KVCACHE_BASELINE_NS {
 namespace ops = ::kvcache::simd::scalar;
 #include "kvcache/attention/detail/decode.ipp"
 #include "kvcache/attention/detail/prefill.ipp"
+#include "kvcache/policy/detail/select_scan.ipp"
 }  // namespace KVCACHE_BASELINE_NS
 }  // namespace kvcache::kernels::scalar

@@ -1,0 +1,116 @@
+// What a policy costs per decode step, against the decode attention it rides on.
+//
+// A case: one layer of 8 KV heads, group 4, head dim 128, f16, one thread; a context of N tokens of which the policy
+// keeps B = fraction x N rows per head (N = 4k, 32k; fraction = 10%, 25%). The cache is brought to B rows by a
+// prefill of B + 1 tokens (the rows a policy holds are what its per-step cost depends on, not how many it has seen;
+// prefilling all N tokens would take minutes at 32k). Each iteration then times, interleaved:
+//   policy:    KVCache<P>::decode: append, attention (with the score export the policy needs), ranking, selection,
+//              compaction of the evicted row;
+//   attention: decode_attention alone, no export, over the same rows of the same cache (so both read the same
+//              memory; a separate buffer of B rows made the comparison hostage to where each lay in the caches).
+// overhead_fraction = (policy - attention) / attention, medians over repetitions. Target: <= 0.05 at 32k.
+// Policies that never evict during decode (Full, SnapKV, L2 once) grow by one row per iteration, so every case runs a
+// fixed number of iterations.
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_main.hpp"
+#include "kvcache/kvcache.hpp"
+#include "machine.hpp"
+
+namespace {
+
+using kvcache::Count;
+constexpr int kKv = 8, kG = 4, kD = 128, kIterations = 64;
+constexpr kvcache::DType kType = kvcache::DType::kF16;
+
+std::vector<float> noise(std::size_t n, std::uint32_t seed) {
+  std::vector<float> v(n);
+  for (auto& e : v) e = static_cast<float>((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  return v;
+}
+
+template <class P>
+void run_case(benchmark::State& st, P policy, std::int64_t budget, kvcache::KVCacheOptions opt) {
+  const int nq = kKv * kG;
+  const std::int64_t capacity = budget + 1 + kIterations * 8;
+  kvcache::CacheConfig cfg{1, {nq, kKv, kD, kD}, capacity, kType};
+  auto cache = std::make_unique<kvcache::KVCache<P>>(cfg, policy, opt);
+  const std::int64_t prompt = budget + 1;
+  {
+    auto k = noise(std::size_t(kKv * prompt * kD), 1), q = noise(std::size_t(prompt * nq * kD), 2);
+    std::vector<float> out(q.size());
+    std::vector<kvcache::Position> pos(static_cast<std::size_t>(prompt));
+    for (std::int64_t i = 0; i < prompt; ++i) pos[std::size_t(i)] = kvcache::Position(i);
+    cache->prefill(0, kvcache::ConstTensorView<float, 3>(k.data(), kKv, prompt, kD),
+                   kvcache::ConstTensorView<float, 3>(k.data(), kKv, prompt, kD), pos,
+                   kvcache::ConstTensorView<float, 3>(q.data(), prompt, nq, kD),
+                   kvcache::TensorView<float, 3>(out.data(), prompt, nq, kD));
+  }
+  kvcache::DecodeWorkspace ws(cfg.shape, capacity);
+  auto k = noise(std::size_t(kKv * kD), 4), q = noise(std::size_t(nq * kD), 5);
+  std::vector<float> out(std::size_t(nq * kD));
+  double t_policy = 0, t_attention = 0;
+  kvcache::Position next = kvcache::Position(prompt);
+  for (auto _ : st) {
+    auto t0 = std::chrono::steady_clock::now();
+    cache->decode(0, kvcache::ConstTensorView<float, 2>(k.data(), kKv, kD),
+                  kvcache::ConstTensorView<float, 2>(k.data(), kKv, kD), next++,
+                  kvcache::ConstTensorView<float, 2>(q.data(), nq, kD), kvcache::TensorView<float, 2>(out.data(), nq, kD));
+    t_policy += kvbench::seconds_since(t0);
+    benchmark::DoNotOptimize(out.data());
+    t0 = std::chrono::steady_clock::now();
+    kvcache::decode_attention(cache->layer(0), kvcache::ConstTensorView<float, 2>(q.data(), nq, kD),
+                              kvcache::TensorView<float, 2>(out.data(), nq, kD), ws);
+    t_attention += kvbench::seconds_since(t0);
+    benchmark::DoNotOptimize(out.data());
+  }
+  st.counters["rows"] = static_cast<double>(cache->length(0, 0));
+  st.counters["attention_us"] = t_attention / static_cast<double>(st.iterations()) * 1e6;
+  st.counters["policy_step_us"] = t_policy / static_cast<double>(st.iterations()) * 1e6;
+  st.counters["overhead_fraction"] = (t_policy - t_attention) / t_attention;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const kvbench::Options opt = kvbench::parse_options(argc, argv);
+  kvcache::KVCacheOptions rope;
+  rope.has_rope = true;
+  for (std::int64_t ctx : {32768, 4096})
+    for (double frac : {0.10, 0.25}) {
+      const std::int64_t b = static_cast<std::int64_t>(frac * static_cast<double>(ctx));
+      const std::string tail = "/ctx" + std::to_string(ctx) + "/budget" + std::to_string(int(frac * 100 + 0.5)) + "pct";
+      auto add = [&](std::string const& name, auto fn) {
+        auto* bm = benchmark::RegisterBenchmark(("PolicyOverhead/" + name + tail).c_str(), fn);
+        bm->Unit(benchmark::kMicrosecond)->Iterations(kIterations)->Repetitions(opt.repetitions());
+        if (opt.repetitions() > 1) bm->ReportAggregatesOnly(true);
+      };
+      add("full", [=](benchmark::State& st) { run_case(st, kvcache::Full{}, b, {}); });
+      add("streaming_llm_original", [=](benchmark::State& st) {
+        run_case(st, kvcache::StreamingLLM(4, b - 4, kvcache::StreamingLLM::Positions::kOriginal), b, {});
+      });
+      add("streaming_llm_in_cache", [=](benchmark::State& st) {
+        run_case(st, kvcache::StreamingLLM(4, b - 4), b, rope);
+      });
+      add("h2o", [=](benchmark::State& st) { run_case(st, kvcache::H2O(Count::of(b / 2), Count::of(b - b / 2)), b, {}); });
+      add("vatp", [=](benchmark::State& st) {
+        run_case(st, kvcache::VATP(Count::of(b / 2), Count::of(b - b / 2), 4), b, {});
+      });
+      add("l2_norm_every_step", [=](benchmark::State& st) {
+        run_case(st, kvcache::L2Norm(Count::of(b), {}, kvcache::L2Norm::Mode::kEveryStep), b, {});
+      });
+      add("snapkv", [=](benchmark::State& st) { run_case(st, kvcache::SnapKV(Count::of(b), 32, 7), b, {}); });
+    }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
