@@ -62,7 +62,8 @@ void run_case(benchmark::State& st, P policy, std::int64_t budget, kvcache::KVCa
     auto t0 = std::chrono::steady_clock::now();
     cache->decode(0, kvcache::ConstTensorView<float, 2>(k.data(), kKv, kD),
                   kvcache::ConstTensorView<float, 2>(k.data(), kKv, kD), next++,
-                  kvcache::ConstTensorView<float, 2>(q.data(), nq, kD), kvcache::TensorView<float, 2>(out.data(), nq, kD));
+                  kvcache::ConstTensorView<float, 2>(q.data(), nq, kD),
+                  kvcache::TensorView<float, 2>(out.data(), nq, kD));
     t_policy += kvbench::seconds_since(t0);
     benchmark::DoNotOptimize(out.data());
     t0 = std::chrono::steady_clock::now();
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
     for (double frac : {0.10, 0.25}) {
       const std::int64_t b = static_cast<std::int64_t>(frac * static_cast<double>(ctx));
       const std::string tail = "/ctx" + std::to_string(ctx) + "/budget" + std::to_string(int(frac * 100 + 0.5)) + "pct";
-      auto add = [&](std::string const& name, auto fn) {
+      auto add = [&](const std::string& name, auto fn) {
         auto* bm = benchmark::RegisterBenchmark(("PolicyOverhead/" + name + tail).c_str(), fn);
         bm->Unit(benchmark::kMicrosecond)->Iterations(kIterations)->Repetitions(opt.repetitions());
         if (opt.repetitions() > 1) bm->ReportAggregatesOnly(true);
@@ -96,13 +97,12 @@ int main(int argc, char** argv) {
       add("streaming_llm_original", [=](benchmark::State& st) {
         run_case(st, kvcache::StreamingLLM(4, b - 4, kvcache::StreamingLLM::Positions::kOriginal), b, {});
       });
-      add("streaming_llm_in_cache", [=](benchmark::State& st) {
-        run_case(st, kvcache::StreamingLLM(4, b - 4), b, rope);
-      });
-      add("h2o", [=](benchmark::State& st) { run_case(st, kvcache::H2O(Count::of(b / 2), Count::of(b - b / 2)), b, {}); });
-      add("vatp", [=](benchmark::State& st) {
-        run_case(st, kvcache::VATP(Count::of(b / 2), Count::of(b - b / 2), 4), b, {});
-      });
+      add("streaming_llm_in_cache",
+          [=](benchmark::State& st) { run_case(st, kvcache::StreamingLLM(4, b - 4), b, rope); });
+      add("h2o",
+          [=](benchmark::State& st) { run_case(st, kvcache::H2O(Count::of(b / 2), Count::of(b - b / 2)), b, {}); });
+      add("vatp",
+          [=](benchmark::State& st) { run_case(st, kvcache::VATP(Count::of(b / 2), Count::of(b - b / 2), 4), b, {}); });
       add("l2_norm_every_step", [=](benchmark::State& st) {
         run_case(st, kvcache::L2Norm(Count::of(b), {}, kvcache::L2Norm::Mode::kEveryStep), b, {});
       });

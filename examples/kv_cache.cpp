@@ -2,9 +2,8 @@
 // the 32 newest tokens of every KV head; swap the policy type to change method. Random projections stand in for a
 // model. The README shows this file; CI builds and runs it.
 
-#include <kvcache/kvcache.hpp>
-
 #include <cstdio>
+#include <kvcache/kvcache.hpp>
 #include <random>
 #include <vector>
 

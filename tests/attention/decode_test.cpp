@@ -15,6 +15,8 @@
 
 namespace {
 
+using kvtest::expect_error_mentioning;
+
 using kvcache::AttentionShape;
 using kvcache::ConstTensorView;
 using kvcache::DType;
@@ -135,16 +137,6 @@ TEST_P(DecodeTest, OneTokenIsItsOwnValue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, DecodeTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
-
-template <class F>
-void expect_error_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (const kvcache::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 TEST(DecodeErrorsTest, BadShapesAreClearErrors) {
   AttentionShape shape{4, 2, 16, 16};

@@ -13,6 +13,8 @@
 
 namespace {
 
+using kvtest::expect_error_mentioning;
+
 using kvcache::AttentionShape;
 using kvcache::ConstTensorView;
 using kvcache::DType;
@@ -107,16 +109,6 @@ TEST_P(PrefillTest, ThreadsGiveTheSameAnswer) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, PrefillTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
-
-template <class F>
-void expect_error_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (const kvcache::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 TEST(PrefillErrorsTest, BadShapesAreClearErrors) {
   AttentionShape shape{4, 2, 16, 16};

@@ -17,6 +17,8 @@
 
 namespace {
 
+using kvtest::expect_error_mentioning;
+
 using kvcache::CacheConfig;
 using kvcache::ConstTensorView;
 using kvcache::Count;
@@ -218,16 +220,6 @@ TEST(PerHeadBudgetTest, HeadsKeepDifferentLengthsAndBytesShrink) {
   EXPECT_EQ(cache.kv_bytes(0, 0), 8 * row);
   EXPECT_EQ(cache.kv_bytes(0, 1), 20 * row);
   EXPECT_EQ(cache.kv_bytes(), 2 * (8 + 20) * row);  // against 2 * 2 * 50 rows for Full
-}
-
-template <class F>
-void expect_error_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (const kvcache::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(PolicyConfigTest, BadConfigurationsAreClearErrors) {

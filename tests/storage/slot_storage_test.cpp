@@ -14,6 +14,8 @@
 
 namespace {
 
+using kvtest::expect_error_mentioning;
+
 using kvcache::ConstTensorView;
 using kvcache::DType;
 using kvcache::LayerSlots;
@@ -130,16 +132,6 @@ TEST(SlotStorageTest, PerHeadLengthsAndExactBytes) {
   EXPECT_EQ(kv.kv_bytes(2), 0u);
   kv.clear();
   EXPECT_EQ(kv.kv_bytes(), 0u);
-}
-
-template <class F>
-void expect_error_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
-  } catch (const kvcache::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(SlotStorageTest, BadInputIsAClearError) {

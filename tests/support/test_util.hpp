@@ -51,6 +51,17 @@ struct ScopedIsa {
   ScopedIsa& operator=(const ScopedIsa&) = delete;
 };
 
+/// Runs f, which must throw kvcache::Error with a message containing needle.
+template <class F>
+void expect_error_mentioning(F&& f, const std::string& needle) {
+  try {
+    f();
+    FAIL() << "no kvcache::Error; expected one mentioning '" << needle << "'";
+  } catch (const kvcache::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 inline std::string isa_param_name(const testing::TestParamInfo<kvcache::Isa>& info) {
   return std::string(kvcache::isa_name(info.param));
 }

@@ -297,15 +297,16 @@ class KVCache {
 
   static void store_key_row(LayerSlots& kv, int h, std::int64_t slot, const float* x) {
     const int dk = kv.head_dim_k();
+    const Isa isa = active_isa();
     switch (kv.dtype()) {
       case DType::kF32:
-        std::copy(x, x + dk, kv.k_rows_mut<float>(h) + slot * dk);
+        convert(kv.k_rows_mut<float>(h) + slot * dk, x, std::size_t(dk), isa);
         break;
       case DType::kF16:
-        for (int c = 0; c < dk; ++c) kv.k_rows_mut<f16>(h)[slot * dk + c] = from_f32<f16>(x[c]);
+        convert(kv.k_rows_mut<f16>(h) + slot * dk, x, std::size_t(dk), isa);
         break;
       case DType::kBF16:
-        for (int c = 0; c < dk; ++c) kv.k_rows_mut<bf16>(h)[slot * dk + c] = from_f32<bf16>(x[c]);
+        convert(kv.k_rows_mut<bf16>(h) + slot * dk, x, std::size_t(dk), isa);
         break;
     }
   }
