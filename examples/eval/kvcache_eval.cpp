@@ -1,0 +1,210 @@
+// kvcache-eval: what each policy does to a real model. Task implemented so far: language modelling. N windows of L
+// bytes from a text file (offsets drawn from --seed); the first P bytes are the prompt (prefill, then the policy
+// compresses), the rest are decoded byte by byte with teacher forcing and the policy active. Reported per policy
+// and budget: bits per byte on the decoded bytes, its difference from Full, mean and peak KV bytes, decode tokens/s.
+// A budget is a fraction of the window length L, kept as rows per layer and KV head (the convention of
+// calibration.md, whose oracle numbers these can be compared with: --offsets gives its windows).
+// Output: a markdown table on stdout (and --csv FILE); progress on stderr.
+//
+//   kvcache-eval [--model F] [--text F] [--seed N] [--sequences N] [--length L] [--prefix P]
+//                [--policies full,streaming_llm,streaming_llm_original,h2o,vatp,l2_norm,snapkv]
+//                [--budgets 0.1,0.25,0.5] [--offsets A,B,...] [--csv F]
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/tinylm_gqa.hpp"
+#include "kvcache/kvcache.hpp"
+
+namespace {
+
+struct Options {
+  std::string model = KVCACHE_EXAMPLES_DIR "/models/tinylm-gqa.safetensors";
+  std::string text = KVCACHE_EXAMPLES_DIR "/data/val-dev.txt";
+  std::string csv;
+  unsigned seed = 1;
+  int sequences = 2;
+  std::int64_t length = 1024, prefix = 512;
+  std::vector<std::string> policies = {"full", "streaming_llm", "h2o", "vatp", "l2_norm", "snapkv"};
+  std::vector<double> budgets = {0.1, 0.25, 0.5};
+  std::vector<std::size_t> offsets;  // explicit window starts (else drawn from --seed)
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      KVCACHE_REQUIRE(i + 1 < argc, "option ", a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "--model")
+      o.model = value();
+    else if (a == "--text")
+      o.text = value();
+    else if (a == "--csv")
+      o.csv = value();
+    else if (a == "--seed")
+      o.seed = static_cast<unsigned>(std::stoul(value()));
+    else if (a == "--sequences")
+      o.sequences = std::stoi(value());
+    else if (a == "--length")
+      o.length = std::stoll(value());
+    else if (a == "--prefix")
+      o.prefix = std::stoll(value());
+    else if (a == "--policies")
+      o.policies = split(value());
+    else if (a == "--offsets")
+      for (auto& x : split(value())) o.offsets.push_back(std::stoull(x));
+    else if (a == "--budgets") {
+      o.budgets.clear();
+      for (auto& b : split(value())) o.budgets.push_back(std::stod(b));
+    } else
+      kvcache::detail::throw_error("unknown option '", a, "' (see the top of kvcache_eval.cpp)");
+  }
+  KVCACHE_REQUIRE(o.sequences >= 1, "--sequences must be >= 1, got ", o.sequences);
+  KVCACHE_REQUIRE(o.prefix >= 1 && o.prefix < o.length, "--prefix must be in [1, length), got ", o.prefix);
+  for (double b : o.budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
+  return o;
+}
+
+struct Result {
+  double bits = 0, bytes = 0, kv_sum = 0, kv_peak = 0, steps = 0, seconds = 0;
+};
+
+// Teacher-forced language modelling of one window through a cache; adds into r.
+template <class Cache>
+void run_window(engine::TinyLmGqa& model, Cache& cache, const std::vector<int>& window, std::int64_t prefix,
+                Result& r) {
+  engine::Matrix logits = model.prefill(cache, std::span<const int>(window.data(), std::size_t(prefix)), 0);
+  Eigen::VectorXf last = logits.row(prefix - 1).transpose();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::int64_t t = prefix; t < std::int64_t(window.size()); ++t) {
+    const float mx = last.maxCoeff();
+    const double lse = double(mx) + std::log((last.array() - mx).exp().sum());
+    r.bits += (lse - double(last(window[std::size_t(t)]))) / std::log(2.0);
+    r.bytes += 1;
+    last = model.decode(cache, window[std::size_t(t)], kvcache::Position(t));
+    const double kv = double(cache.kv_bytes());
+    r.kv_sum += kv;
+    r.kv_peak = std::max(r.kv_peak, kv);
+    r.steps += 1;
+  }
+  r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+template <class F>
+void with_policy(const std::string& name, double budget, std::int64_t prefix, const engine::TinyLmGqa& model,
+                 const kvcache::CacheConfig& cfg, F&& f) {
+  using kvcache::Count;
+  const std::int64_t rows = std::max<std::int64_t>(8, std::int64_t(budget * double(cfg.capacity - 8)));
+  if (name == "full") {
+    kvcache::KVCache<kvcache::Full> c(cfg);
+    f(c);
+  } else if (name == "streaming_llm") {
+    kvcache::KVCache<kvcache::StreamingLLM> c(cfg, kvcache::StreamingLLM(4, rows - 4), model.cache_options());
+    f(c);
+  } else if (name == "streaming_llm_original") {
+    kvcache::KVCache<kvcache::StreamingLLM> c(
+        cfg, kvcache::StreamingLLM(4, rows - 4, kvcache::StreamingLLM::Positions::kOriginal));
+    f(c);
+  } else if (name == "h2o") {
+    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2)));
+    f(c);
+  } else if (name == "vatp") {
+    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4));
+    f(c);
+  } else if (name == "l2_norm") {
+    kvcache::KVCache<kvcache::L2Norm> c(cfg,
+                                        kvcache::L2Norm(Count::of(rows), {0, 1}, kvcache::L2Norm::Mode::kEveryStep));
+    f(c);
+  } else if (name == "snapkv") {
+    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7));
+    f(c);
+  } else {
+    kvcache::detail::throw_error("unknown policy '", name, "'; known: full, streaming_llm, h2o, vatp, l2_norm, snapkv");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  engine::TinyLmGqa model(o.model);
+  std::ifstream in(o.text, std::ios::binary);
+  KVCACHE_REQUIRE(in.good(), "cannot open text file '", o.text, "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  KVCACHE_REQUIRE(std::int64_t(text.size()) >= o.length, "text '", o.text, "' has ", text.size(),
+                  " bytes, fewer than the requested length ", o.length);
+  std::mt19937 rng(o.seed);
+  std::uniform_int_distribution<std::size_t> offset(0, text.size() - std::size_t(o.length));
+  std::vector<std::vector<int>> windows;
+  const int n_windows = o.offsets.empty() ? o.sequences : int(o.offsets.size());
+  for (int s = 0; s < n_windows; ++s) {
+    const std::size_t at = o.offsets.empty() ? offset(rng) : o.offsets[std::size_t(s)];
+    KVCACHE_REQUIRE(at + std::size_t(o.length) <= text.size(), "offset ", at, " + length ", o.length,
+                    " runs past the end of the text (", text.size(), " bytes)");
+    windows.emplace_back();
+    for (std::int64_t i = 0; i < o.length; ++i)
+      windows.back().push_back(static_cast<unsigned char>(text[at + std::size_t(i)]));
+  }
+  const auto cfg = model.cache_config(o.length + 8, kvcache::DType::kF16);
+  std::vector<std::pair<std::string, double>> runs;
+  for (const auto& p : o.policies) {
+    if (p == "full")
+      runs.emplace_back(p, 1.0);
+    else
+      for (double b : o.budgets) runs.emplace_back(p, b);
+  }
+  std::map<std::pair<std::string, double>, Result> results;
+  int done = 0;
+  for (const auto& [p, b] : runs) {
+    Result& r = results[{p, b}];
+    for (const auto& w : windows)
+      with_policy(p, b, o.prefix, model, cfg, [&](auto& cache) { run_window(model, cache, w, o.prefix, r); });
+    std::fprintf(stderr, "[%d/%zu] %s at %.0f%%: %.4f bits/byte\n", ++done, runs.size(), p.c_str(), b * 100,
+                 r.bits / r.bytes);
+  }
+  const double full_bpb =
+      results.count({"full", 1.0}) ? results[{"full", 1.0}].bits / results[{"full", 1.0}].bytes : NAN;
+  std::printf("Language modelling: %d windows of %lld bytes from %s (seed %u), prompt %lld bytes, decoded %lld.\n\n",
+              n_windows, static_cast<long long>(o.length), o.text.c_str(), o.seed, static_cast<long long>(o.prefix),
+              static_cast<long long>(o.length - o.prefix));
+  std::printf("| policy | budget | bits/byte | vs full | mean KV bytes | peak KV bytes | decode tok/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  std::ofstream csv;
+  if (!o.csv.empty()) {
+    csv.open(o.csv);
+    csv << "policy,budget,bits_per_byte,delta_vs_full,mean_kv_bytes,peak_kv_bytes,decode_tokens_per_s\n";
+  }
+  for (const auto& [p, b] : runs) {
+    const Result& r = results[{p, b}];
+    const double bpb = r.bits / r.bytes;
+    std::printf("| %s | %s | %.4f | %+.4f | %.0f | %.0f | %.0f |\n", p.c_str(),
+                p == "full" ? "100%" : (std::to_string(int(b * 100 + 0.5)) + "%").c_str(), bpb, bpb - full_bpb,
+                r.kv_sum / r.steps, r.kv_peak, r.steps / r.seconds);
+    if (csv)
+      csv << p << ',' << b << ',' << bpb << ',' << bpb - full_bpb << ',' << r.kv_sum / r.steps << ',' << r.kv_peak
+          << ',' << r.steps / r.seconds << '\n';
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "kvcache-eval: %s\n", e.what());
+  return 1;
+}
