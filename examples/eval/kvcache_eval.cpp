@@ -1,14 +1,23 @@
-// kvcache-eval: what each policy does to a real model. Task implemented so far: language modelling. N windows of L
+// kvcache-eval: what each policy does to a real model.
+//
+// --task lm (default), language modelling: N windows of L
 // bytes from a text file (offsets drawn from --seed); the first P bytes are the prompt (prefill, then the policy
 // compresses), the rest are decoded byte by byte with teacher forcing and the policy active. Reported per policy
 // and budget: bits per byte on the decoded bytes, its difference from Full, mean and peak KV bytes, decode tokens/s.
 // A budget is a fraction of the window length L, kept as rows per layer and KV head (the convention of
 // calibration.md, whose oracle numbers these can be compared with: --offsets gives its windows).
+// --task passkey: prompts of --contexts bytes in the format the models were trained on (MODELS.md): ordinary text with
+// the needle " The pass key is NNNNN. Remember it. NNNNN is the pass key. " at each of --depths, ending with
+// "\nWhat is the pass key? The pass key is "; five bytes decoded greedily must be the key. Two settings:
+// question-aware (the whole prompt is prefilled, then the policy compresses) and question-agnostic (the context is
+// prefilled and compressed, then the question is prefilled without a new selection, the honest one for SnapKV-like
+// methods). Budgets are fractions of the context.
 // Output: a markdown table on stdout (and --csv FILE); progress on stderr.
 //
 //   kvcache-eval [--model F] [--text F] [--seed N] [--sequences N] [--length L] [--prefix P]
 //                [--policies full,streaming_llm,streaming_llm_original,h2o,vatp,l2_norm,snapkv]
 //                [--budgets 0.1,0.25,0.5] [--offsets A,B,...] [--csv F]
+//                [--task lm|passkey] [--contexts 1024,2048] [--depths 0.1,0.3,0.5,0.7,0.9] [--prompts N]
 
 #include <chrono>
 #include <cmath>
@@ -36,6 +45,10 @@ struct Options {
   std::vector<std::string> policies = {"full", "streaming_llm", "h2o", "vatp", "l2_norm", "snapkv"};
   std::vector<double> budgets = {0.1, 0.25, 0.5};
   std::vector<std::size_t> offsets;  // explicit window starts (else drawn from --seed)
+  std::string task = "lm";
+  std::vector<std::int64_t> contexts = {1024, 2048};
+  std::vector<double> depths = {0.1, 0.3, 0.5, 0.7, 0.9};
+  int prompts = 2;  // per depth and context
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -70,6 +83,16 @@ Options parse(int argc, char** argv) {
       o.prefix = std::stoll(value());
     else if (a == "--policies")
       o.policies = split(value());
+    else if (a == "--task")
+      o.task = value();
+    else if (a == "--contexts") {
+      o.contexts.clear();
+      for (auto& x : split(value())) o.contexts.push_back(std::stoll(x));
+    } else if (a == "--depths") {
+      o.depths.clear();
+      for (auto& x : split(value())) o.depths.push_back(std::stod(x));
+    } else if (a == "--prompts")
+      o.prompts = std::stoi(value());
     else if (a == "--offsets")
       for (auto& x : split(value())) o.offsets.push_back(std::stoull(x));
     else if (a == "--budgets") {
@@ -109,11 +132,36 @@ void run_window(engine::TinyLmGqa& model, Cache& cache, const std::vector<int>& 
   r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// One pass-key prompt through a cache; true when the five greedy bytes are the key.
+template <class Cache>
+bool run_passkey(engine::TinyLmGqa& model, Cache& cache, const std::vector<int>& context,
+                 const std::vector<int>& question, const std::string& key, bool aware) {
+  engine::Matrix logits;
+  if (aware) {
+    std::vector<int> all = context;
+    all.insert(all.end(), question.begin(), question.end());
+    logits = model.prefill(cache, all, 0);
+  } else {
+    model.prefill(cache, context, 0);  // compressed here
+    logits = model.prefill(cache, question, kvcache::Position(context.size()), /*last_chunk=*/false);
+  }
+  Eigen::VectorXf last = logits.row(logits.rows() - 1).transpose();
+  std::string out;
+  kvcache::Position pos = kvcache::Position(context.size() + question.size());
+  for (int i = 0; i < 5; ++i) {
+    Eigen::Index best;
+    last.maxCoeff(&best);
+    out += char(best);
+    if (i < 4) last = model.decode(cache, int(best), pos++);
+  }
+  return out == key;
+}
+
 template <class F>
-void with_policy(const std::string& name, double budget, std::int64_t prefix, const engine::TinyLmGqa& model,
+void with_policy(const std::string& name, double budget, std::int64_t base, const engine::TinyLmGqa& model,
                  const kvcache::CacheConfig& cfg, F&& f) {
   using kvcache::Count;
-  const std::int64_t rows = std::max<std::int64_t>(8, std::int64_t(budget * double(cfg.capacity - 8)));
+  const std::int64_t rows = std::max<std::int64_t>(40, std::int64_t(budget * double(base)));  // rows per KV head
   if (name == "full") {
     kvcache::KVCache<kvcache::Full> c(cfg);
     f(c);
@@ -137,8 +185,13 @@ void with_policy(const std::string& name, double budget, std::int64_t prefix, co
   } else if (name == "snapkv") {
     kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7));
     f(c);
+  } else if (name == "snapkv_k15") {  // calibration.md: on bytes a needle spans ~4x the positions of sub-words
+    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15));
+    f(c);
   } else {
-    kvcache::detail::throw_error("unknown policy '", name, "'; known: full, streaming_llm, h2o, vatp, l2_norm, snapkv");
+    kvcache::detail::throw_error("unknown policy '", name,
+                                 "'; known: full, streaming_llm, streaming_llm_original, h2o, vatp, l2_norm, snapkv, "
+                                 "snapkv_k15");
   }
 }
 
@@ -153,6 +206,65 @@ int main(int argc, char** argv) try {
   KVCACHE_REQUIRE(std::int64_t(text.size()) >= o.length, "text '", o.text, "' has ", text.size(),
                   " bytes, fewer than the requested length ", o.length);
   std::mt19937 rng(o.seed);
+  if (o.task == "passkey") {
+    std::vector<std::pair<std::string, double>> runs;
+    for (const auto& p : o.policies) {
+      if (p == "full")
+        runs.emplace_back(p, 1.0);
+      else
+        for (double b : o.budgets) runs.emplace_back(p, b);
+    }
+    std::printf("Pass-key retrieval: %d prompt(s) per depth, seed %u; accuracy per depth.\n\n", o.prompts, o.seed);
+    std::printf("| policy | budget | setting | context |");
+    for (double d : o.depths) std::printf(" %.0f%% |", d * 100);
+    std::printf(" all |\n|---|---|---|---|");
+    for (std::size_t i = 0; i <= o.depths.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (std::int64_t T : o.contexts) {
+      for (const auto& [p, b] : runs) {
+        for (bool aware : {true, false}) {
+          std::mt19937 prng(o.seed);  // the same prompts for every policy
+          std::uniform_int_distribution<int> digits(10000, 99999);
+          int total = 0, hits = 0;
+          std::string cells;
+          for (double depth : o.depths) {
+            int ok = 0;
+            for (int n = 0; n < o.prompts; ++n) {
+              const std::string key = std::to_string(digits(prng));
+              std::string needle(" The pass key is ");
+              needle.append(key).append(". Remember it. ").append(key).append(" is the pass key. ");
+              const std::string q = "\nWhat is the pass key? The pass key is ";
+              const std::size_t fill = std::size_t(T) - needle.size() - q.size();
+              KVCACHE_REQUIRE(text.size() > fill + 1, "text '", o.text, "' is shorter than a ", T, "-byte prompt");
+              std::uniform_int_distribution<std::size_t> at(0, text.size() - fill - 1);
+              const std::string filler = text.substr(at(prng), fill);
+              const std::size_t d = std::size_t(depth * double(fill));
+              std::vector<int> context, question;
+              for (std::size_t i = 0; i < d; ++i) context.push_back(static_cast<unsigned char>(filler[i]));
+              for (char c : needle) context.push_back(static_cast<unsigned char>(c));
+              for (std::size_t i = d; i < filler.size(); ++i) context.push_back(static_cast<unsigned char>(filler[i]));
+              for (char c : q) question.push_back(static_cast<unsigned char>(c));
+              const auto cfg = model.cache_config(T + 16, kvcache::DType::kF16);
+              with_policy(p, b, T, model, cfg,
+                          [&](auto& cache) { ok += run_passkey(model, cache, context, question, key, aware) ? 1 : 0; });
+            }
+            hits += ok;
+            total += o.prompts;
+            cells.append(" ").append(std::to_string(ok)).append("/").append(std::to_string(o.prompts)).append(" |");
+          }
+          std::printf("| %s | %s | %s | %lld |%s %d/%d |\n", p.c_str(),
+                      p == "full" ? "100%" : (std::to_string(int(b * 100 + 0.5)) + "%").c_str(),
+                      aware ? "question-aware" : "question-agnostic", static_cast<long long>(T), cells.c_str(), hits,
+                      total);
+          std::fflush(stdout);
+          std::fprintf(stderr, "passkey %s %.0f%% %s T=%lld: %d/%d\n", p.c_str(), b * 100, aware ? "aware" : "agnostic",
+                       static_cast<long long>(T), hits, total);
+        }
+      }
+    }
+    return 0;
+  }
+  KVCACHE_REQUIRE(o.task == "lm", "unknown task '", o.task, "'; expected lm or passkey");
   std::uniform_int_distribution<std::size_t> offset(0, text.size() - std::size_t(o.length));
   std::vector<std::vector<int>> windows;
   const int n_windows = o.offsets.empty() ? o.sequences : int(o.offsets.size());
@@ -177,7 +289,7 @@ int main(int argc, char** argv) try {
   for (const auto& [p, b] : runs) {
     Result& r = results[{p, b}];
     for (const auto& w : windows)
-      with_policy(p, b, o.prefix, model, cfg, [&](auto& cache) { run_window(model, cache, w, o.prefix, r); });
+      with_policy(p, b, o.length, model, cfg, [&](auto& cache) { run_window(model, cache, w, o.prefix, r); });
     std::fprintf(stderr, "[%d/%zu] %s at %.0f%%: %.4f bits/byte\n", ++done, runs.size(), p.c_str(), b * 100,
                  r.bits / r.bytes);
   }
