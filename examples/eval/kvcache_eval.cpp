@@ -12,6 +12,9 @@
 // question-aware (the whole prompt is prefilled, then the policy compresses) and question-agnostic (the context is
 // prefilled and compressed, then the question is prefilled without a new selection, the honest one for SnapKV-like
 // methods). Budgets are fractions of the context.
+// --task stream: one window of --length bytes (default for this task: 8192, 4x the trained length) fed byte by byte
+// from the first, bits per byte per 1k-byte segment: StreamingLLM's claim is that Full with original positions
+// degrades past the trained length while sinks + window with in-cache positions stay flat. Budgets: rows as for lm.
 // Output: a markdown table on stdout (and --csv FILE); progress on stderr.
 //
 //   kvcache-eval [--model F] [--text F] [--seed N] [--sequences N] [--length L] [--prefix P]
@@ -264,7 +267,59 @@ int main(int argc, char** argv) try {
     }
     return 0;
   }
-  KVCACHE_REQUIRE(o.task == "lm", "unknown task '", o.task, "'; expected lm or passkey");
+  if (o.task == "stream") {
+    const std::int64_t L = o.length;
+    const std::size_t at = o.offsets.empty()
+                               ? std::uniform_int_distribution<std::size_t>(0, text.size() - std::size_t(L))(rng)
+                               : o.offsets[0];
+    KVCACHE_REQUIRE(at + std::size_t(L) <= text.size(), "text '", o.text, "' has ", text.size(),
+                    " bytes, fewer than the requested length ", L, " from offset ", at);
+    std::vector<int> seq;
+    for (std::int64_t i = 0; i < L; ++i) seq.push_back(static_cast<unsigned char>(text[at + std::size_t(i)]));
+    const std::int64_t segments = (L - 1 + 1023) / 1024;
+    std::printf(
+        "Long stream: %lld bytes from offset %zu of %s, fed one byte at a time; bits per byte per 1k segment.\n\n",
+        static_cast<long long>(L), at, o.text.c_str());
+    std::printf("| policy | budget |");
+    for (std::int64_t k = 0; k < segments; ++k) std::printf(" %lldk |", static_cast<long long>(k + 1));
+    std::printf(" last 2k / first 2k |\n|---|---|");
+    for (std::int64_t k = 0; k <= segments; ++k) std::printf("---|");
+    std::printf("\n");
+    const auto cfg = model.cache_config(L + 8, kvcache::DType::kF16);
+    for (const auto& p : o.policies) {
+      for (double b : (p == "full" ? std::vector<double>{1.0} : o.budgets)) {
+        std::vector<double> bits(std::size_t(segments), 0.0), count(std::size_t(segments), 0.0);
+        with_policy(p, b, 2048, model, cfg, [&](auto& cache) {
+          engine::Matrix first = model.prefill(cache, std::span<const int>(seq.data(), 1), 0);
+          Eigen::VectorXf last = first.row(0).transpose();
+          for (std::int64_t t = 1; t < L; ++t) {
+            const float mx = last.maxCoeff();
+            const double lse = double(mx) + std::log((last.array() - mx).exp().sum());
+            const std::size_t k = std::size_t((t - 1) / 1024);
+            bits[k] += (lse - double(last(seq[std::size_t(t)]))) / std::log(2.0);
+            count[k] += 1;
+            last = model.decode(cache, seq[std::size_t(t)], kvcache::Position(t));
+            if (t % 1024 == 0)
+              std::fprintf(stderr, "stream %s %.0f%%: %lld bytes\n", p.c_str(), b * 100, static_cast<long long>(t));
+          }
+        });
+        std::printf("| %s | %s |", p.c_str(),
+                    p == "full" ? "100%" : (std::to_string(int(b * 2048 + 0.5)) + " rows").c_str());
+        for (std::int64_t k = 0; k < segments; ++k)
+          std::printf(" %.3f |", bits[std::size_t(k)] / count[std::size_t(k)]);
+        const auto mean = [&](std::int64_t from, std::int64_t to) {
+          double a = 0, n = 0;
+          for (std::int64_t k = std::max<std::int64_t>(0, from); k < std::min(to, segments); ++k)
+            a += bits[std::size_t(k)], n += count[std::size_t(k)];
+          return a / n;
+        };
+        std::printf(" %.3f |\n", mean(segments - 2, segments) / mean(0, 2));
+        std::fflush(stdout);
+      }
+    }
+    return 0;
+  }
+  KVCACHE_REQUIRE(o.task == "lm", "unknown task '", o.task, "'; expected lm, passkey or stream");
   std::uniform_int_distribution<std::size_t> offset(0, text.size() - std::size_t(o.length));
   std::vector<std::vector<int>> windows;
   const int n_windows = o.offsets.empty() ? o.sequences : int(o.offsets.size());
