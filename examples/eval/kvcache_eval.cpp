@@ -105,7 +105,9 @@ Options parse(int argc, char** argv) {
       kvcache::detail::throw_error("unknown option '", a, "' (see the top of kvcache_eval.cpp)");
   }
   KVCACHE_REQUIRE(o.sequences >= 1, "--sequences must be >= 1, got ", o.sequences);
-  KVCACHE_REQUIRE(o.prefix >= 1 && o.prefix < o.length, "--prefix must be in [1, length), got ", o.prefix);
+  KVCACHE_REQUIRE(o.task != "lm" || (o.prefix >= 1 && o.prefix < o.length), "--prefix must be in [1, length), got ",
+                  o.prefix);
+  KVCACHE_REQUIRE(o.length >= 2, "--length must be >= 2, got ", o.length);
   for (double b : o.budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
   return o;
 }
