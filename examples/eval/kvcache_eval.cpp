@@ -112,6 +112,18 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
+/// Every (policy, budget) pair to run: Full once, the others at each budget.
+std::vector<std::pair<std::string, double>> policy_runs(const Options& o) {
+  std::vector<std::pair<std::string, double>> runs;
+  for (const auto& p : o.policies) {
+    if (p == "full")
+      runs.emplace_back(p, 1.0);
+    else
+      for (double b : o.budgets) runs.emplace_back(p, b);
+  }
+  return runs;
+}
+
 struct Result {
   double bits = 0, bytes = 0, kv_sum = 0, kv_peak = 0, steps = 0, seconds = 0;
 };
@@ -212,13 +224,7 @@ int main(int argc, char** argv) try {
                   " bytes, fewer than the requested length ", o.length);
   std::mt19937 rng(o.seed);
   if (o.task == "passkey") {
-    std::vector<std::pair<std::string, double>> runs;
-    for (const auto& p : o.policies) {
-      if (p == "full")
-        runs.emplace_back(p, 1.0);
-      else
-        for (double b : o.budgets) runs.emplace_back(p, b);
-    }
+    const auto runs = policy_runs(o);
     std::printf("Pass-key retrieval: %d prompt(s) per depth, seed %u; accuracy per depth.\n\n", o.prompts, o.seed);
     std::printf("| policy | budget | setting | context |");
     for (double d : o.depths) std::printf(" %.0f%% |", d * 100);
@@ -334,13 +340,7 @@ int main(int argc, char** argv) try {
       windows.back().push_back(static_cast<unsigned char>(text[at + std::size_t(i)]));
   }
   const auto cfg = model.cache_config(o.length + 8, kvcache::DType::kF16);
-  std::vector<std::pair<std::string, double>> runs;
-  for (const auto& p : o.policies) {
-    if (p == "full")
-      runs.emplace_back(p, 1.0);
-    else
-      for (double b : o.budgets) runs.emplace_back(p, b);
-  }
+  const auto runs = policy_runs(o);
   std::map<std::pair<std::string, double>, Result> results;
   int done = 0;
   for (const auto& [p, b] : runs) {

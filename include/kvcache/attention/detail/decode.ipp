@@ -15,9 +15,9 @@ inline constexpr int kMaxGroup = ::kvcache::detail::kMaxGroup;
 // prefetched (v not null); while its P.V runs, the next tile's K rows are, one cache line every other row step so
 // the requests are spread out rather than issued in a burst (k_next not null).
 template <int HB, class T>
-KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int ldq, int dk, T const* KVCACHE_RESTRICT k,
-                                  std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s,
-                                  T const* v, int dv, std::int64_t r_end) noexcept {
+KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int dk, T const* KVCACHE_RESTRICT k,
+                                  std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s, T const* v, int dv,
+                                  std::int64_t r_end) noexcept {
   constexpr int L = ops::kLanes;
   constexpr std::int64_t kPrefetchRows = 8;
   const int full = dk / L * L, tail = dk - full;
@@ -25,10 +25,10 @@ KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int ldq, int 
     T const* kr = k + r * dk;
     if (v != nullptr) {
       if (r + kPrefetchRows < r_end) {
-        char const* kn = reinterpret_cast<char const*>(kr + kPrefetchRows * dk);
+        const char* kn = reinterpret_cast<const char*>(kr + kPrefetchRows * dk);
         for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
       }
-      char const* vr = reinterpret_cast<char const*>(v + r * dv);
+      const char* vr = reinterpret_cast<const char*>(v + r * dv);
       for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
     }
     ops::Vec acc[HB];
@@ -59,14 +59,14 @@ KVCACHE_INLINE void decode_scores(float const* KVCACHE_RESTRICT q, int ldq, int 
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
 // k_next (if not null): n_next K rows of width dk to prefetch while this runs.
 template <int HB, class T>
-KVCACHE_INLINE void decode_pv(float const* KVCACHE_RESTRICT p, int dv, T const* KVCACHE_RESTRICT v, std::int64_t r0,
+KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, T const* KVCACHE_RESTRICT v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
                               int dk) noexcept {
   constexpr int L = ops::kLanes;
   constexpr int NA = HB >= 8 ? 1 : 8 / HB;
   const int full = dv / L * L, tail = dv - full;
   const std::size_t next_bytes = k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
-  char const* kn = reinterpret_cast<char const*>(k_next);
+  const char* kn = reinterpret_cast<const char*>(k_next);
   std::size_t step = 0;
   for (int c = 0; c < dv; c += L) {
     const int w = c < full ? L : tail;  // lanes in this chunk
@@ -80,8 +80,7 @@ KVCACHE_INLINE void decode_pv(float const* KVCACHE_RESTRICT p, int dv, T const* 
       if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
       for (int a = 0; a < NA; ++a) {
         const ops::Vec vv = w == L ? ops::load(v + (r + a) * dv + c) : ops::load_n(v + (r + a) * dv + c, w);
-        for (int h = 0; h < HB; ++h)
-          acc[h][a] = ops::fma(ops::set1(p[h * kDecodeTile + (r + a - r0)]), vv, acc[h][a]);
+        for (int h = 0; h < HB; ++h) acc[h][a] = ops::fma(ops::set1(p[h * kDecodeTile + (r + a - r0)]), vv, acc[h][a]);
       }
     }
     for (; r < r1; ++r) {
@@ -99,7 +98,7 @@ KVCACHE_INLINE void decode_pv(float const* KVCACHE_RESTRICT p, int dv, T const* 
 }
 
 template <class T>
-KVCACHE_INLINE void decode_scores_any(int hb, float const* q, int ldq, int dk, T const* k, std::int64_t r0,
+KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T const* k, std::int64_t r0,
                                       std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end) noexcept {
   switch (hb) {
     case 1:
@@ -113,7 +112,7 @@ KVCACHE_INLINE void decode_scores_any(int hb, float const* q, int ldq, int dk, T
   }
 }
 template <class T>
-KVCACHE_INLINE void decode_pv_any(int hb, float const* p, int dv, T const* v, std::int64_t r0, std::int64_t r1,
+KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, T const* v, std::int64_t r0, std::int64_t r1,
                                   float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
@@ -140,7 +139,7 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 /// mt_h at column j / kDecodeTile. The final probability is then probs * e^(mt - m_final) / l_final: one multiply per
 /// row and head, reusing the exponentials the softmax computed anyway.
 template <class T>
-KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
+KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
                                      std::int64_t ld, float* tile_max, std::int64_t ldt) noexcept {
   constexpr int L = ops::kLanes;
@@ -200,8 +199,7 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1,
-                    dk);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1, dk);
       h0 += hb;
     }
   }
@@ -209,8 +207,8 @@ KVCACHE_NOINLINE void decode_partial(float const* q, int ldq, int g, int dk, int
 
 /// acc[j] += sum_h probs[h][j] * scale[h][j / kDecodeTile] for j in [0, n): the group's probabilities, summed, added
 /// into a per-slot accumulator. probs: [g, ld] from decode_partial; scale: [g, ldt] = e^(tile max - m_final) / l_final.
-KVCACHE_NOINLINE inline void accumulate_probabilities(float const* probs, int g, std::int64_t ld, std::int64_t n,
-                                                      float const* scale, std::int64_t ldt, float* acc) noexcept {
+KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g, std::int64_t ld, std::int64_t n,
+                                                      const float* scale, std::int64_t ldt, float* acc) noexcept {
   constexpr int L = ops::kLanes;
   for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;

@@ -18,7 +18,7 @@ KVCACHE_INLINE int pad_lanes(int n) noexcept { return (n + ops::kLanes - 1) / op
 
 // s[i][col0 .. col0 + NV*L) = sum_c q[i][c] kt[c][col0 ..] for MR rows.
 template <int MR>
-KVCACHE_INLINE void qk_micro(float const* KVCACHE_RESTRICT q, int ldq, int kd, float const* KVCACHE_RESTRICT kt,
+KVCACHE_INLINE void qk_micro(const float* KVCACHE_RESTRICT q, int ldq, int kd, const float* KVCACHE_RESTRICT kt,
                              int col0, float* KVCACHE_RESTRICT s) noexcept {
   constexpr int L = ops::kLanes, NV = kPrefillNV, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
@@ -38,7 +38,7 @@ KVCACHE_INLINE void qk_micro(float const* KVCACHE_RESTRICT q, int ldq, int kd, f
 
 // o[i][col0 .. col0 + NV*L) += sum_{j < nk} p[i][j] vp[j][col0 ..] for MR rows.
 template <int MR, int NV>
-KVCACHE_INLINE void pv_micro(float const* KVCACHE_RESTRICT p, int nk, float const* KVCACHE_RESTRICT vp, int ldv,
+KVCACHE_INLINE void pv_micro(const float* KVCACHE_RESTRICT p, int nk, const float* KVCACHE_RESTRICT vp, int ldv,
                              int col0, float* KVCACHE_RESTRICT o, int ldo) noexcept {
   constexpr int L = ops::kLanes, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
@@ -57,11 +57,11 @@ KVCACHE_INLINE void pv_micro(float const* KVCACHE_RESTRICT p, int nk, float cons
 }
 
 template <int MR>
-KVCACHE_INLINE void qk_rows(float const* q, int ldq, int kd, float const* kt, float* s) noexcept {
+KVCACHE_INLINE void qk_rows(const float* q, int ldq, int kd, const float* kt, float* s) noexcept {
   for (int col0 = 0; col0 < kPrefillKvTile; col0 += kPrefillNV * ops::kLanes) qk_micro<MR>(q, ldq, kd, kt, col0, s);
 }
 template <int MR>
-KVCACHE_INLINE void pv_rows(float const* p, int nk, float const* vp, int ldv, float* o) noexcept {
+KVCACHE_INLINE void pv_rows(const float* p, int nk, const float* vp, int ldv, float* o) noexcept {
   constexpr int W = kPrefillNV * ops::kLanes;
   int col0 = 0;
   for (; col0 + W <= ldv; col0 += W) pv_micro<MR, kPrefillNV>(p, nk, vp, ldv, col0, o, ldv);
@@ -78,14 +78,14 @@ KVCACHE_INLINE void pv_rows(float const* p, int nk, float const* vp, int ldv, fl
 }
 
 // S = Q K^T for rows [r0, r1) (row stride of q: kd, of s: kPrefillKvTile).
-inline void qk_block(float const* q, int kd, float const* kt, int r0, int r1, float* s) noexcept {
+inline void qk_block(const float* q, int kd, const float* kt, int r0, int r1, float* s) noexcept {
   constexpr int MR = kPrefillMR, B = kPrefillKvTile;
   int i = r0;
   for (; i + MR <= r1; i += MR) qk_rows<MR>(q + i * kd, kd, kd, kt, s + i * B);
   for (; i < r1; ++i) qk_rows<1>(q + i * kd, kd, kd, kt, s + i * B);
 }
 // O += P V for rows [0, m) (row stride of o: ldv).
-inline void pv_block(float const* p, int m, int nk, float const* vp, int ldv, float* o) noexcept {
+inline void pv_block(const float* p, int m, int nk, const float* vp, int ldv, float* o) noexcept {
   constexpr int MR = kPrefillMR, B = kPrefillKvTile;
   int i = 0;
   for (; i + MR <= m; i += MR) pv_rows<MR>(p + i * B, nk, vp, ldv, o + i * ldv);
@@ -145,7 +145,7 @@ inline PrefillScratch prefill_scratch(float* base, int dk, int dv) noexcept {
 using ::kvcache::detail::PrefillArgs;
 
 template <class T>
-KVCACHE_NOINLINE void prefill_block(PrefillArgs const& a, T const* k, T const* v, PrefillScratch const& sc) noexcept {
+KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v, const PrefillScratch& sc) noexcept {
   constexpr int L = ops::kLanes, B = kPrefillKvTile;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int g = a.g, kd = pad_lanes(a.dk), ldv = pad_lanes(a.dv);
@@ -153,7 +153,7 @@ KVCACHE_NOINLINE void prefill_block(PrefillArgs const& a, T const* k, T const* v
 
   for (int i = 0; i < M; ++i) {
     const std::int64_t t = a.t0 + i / g;
-    float const* src = a.q + (t * a.n_q + a.kv_head * g + i % g) * a.dk;
+    const float* src = a.q + (t * a.n_q + a.kv_head * g + i % g) * a.dk;
     float* dst = sc.q + i * kd;
     for (int c = 0; c < a.dk; ++c) dst[c] = src[c] * a.scale;
     for (int c = a.dk; c < kd; ++c) dst[c] = 0.0f;

@@ -10,7 +10,7 @@ inline void convert_n(D* KVCACHE_RESTRICT dst, S const* KVCACHE_RESTRICT src, st
 }
 
 /// dst[i] = exp(src[i]) with the op set's exp.
-inline void exp_n(float* dst, float const* src, std::size_t n) noexcept {
+inline void exp_n(float* dst, const float* src, std::size_t n) noexcept {
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) store(dst + i, exp(load(src + i)));
   if (i < n) store_n(dst + i, exp(load_n(src + i, static_cast<int>(n - i))), static_cast<int>(n - i));
