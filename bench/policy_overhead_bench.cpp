@@ -83,7 +83,7 @@ void run_case(benchmark::State& st, P policy, std::int64_t budget, kvcache::KVCa
 int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
   kvcache::KVCacheOptions rope;
-  rope.has_rope = true;
+  rope.rope = kvcache::RopeConfig{};
   for (std::int64_t ctx : {32768, 4096})
     for (double frac : {0.10, 0.25}) {
       const std::int64_t b = static_cast<std::int64_t>(frac * static_cast<double>(ctx));

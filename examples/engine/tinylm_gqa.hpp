@@ -82,8 +82,7 @@ class TinyLmGqa {
   /// Options with this model's RoPE, for policies that keep positions inside the cache.
   [[nodiscard]] kvcache::KVCacheOptions cache_options() const {
     kvcache::KVCacheOptions o;
-    o.has_rope = true;
-    o.rope.base = cfg_.rope_theta;
+    o.rope = kvcache::RopeConfig{0, cfg_.rope_theta, false};
     return o;
   }
 

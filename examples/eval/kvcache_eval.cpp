@@ -62,6 +62,16 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+// A number from the command line; anything else is an Error naming the option and the text.
+template <class T>
+T number(const std::string& option, const std::string& text) {
+  std::istringstream in(text);
+  T v{};
+  in >> v;
+  KVCACHE_REQUIRE(!in.fail() && in.eof(), "option ", option, " expects a number, got '", text, "'");
+  return v;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -77,30 +87,30 @@ Options parse(int argc, char** argv) {
     else if (a == "--csv")
       o.csv = value();
     else if (a == "--seed")
-      o.seed = static_cast<unsigned>(std::stoul(value()));
+      o.seed = number<unsigned>(a, value());
     else if (a == "--sequences")
-      o.sequences = std::stoi(value());
+      o.sequences = number<int>(a, value());
     else if (a == "--length")
-      o.length = std::stoll(value());
+      o.length = number<std::int64_t>(a, value());
     else if (a == "--prefix")
-      o.prefix = std::stoll(value());
+      o.prefix = number<std::int64_t>(a, value());
     else if (a == "--policies")
       o.policies = split(value());
     else if (a == "--task")
       o.task = value();
     else if (a == "--contexts") {
       o.contexts.clear();
-      for (auto& x : split(value())) o.contexts.push_back(std::stoll(x));
+      for (auto& x : split(value())) o.contexts.push_back(number<std::int64_t>(a, x));
     } else if (a == "--depths") {
       o.depths.clear();
-      for (auto& x : split(value())) o.depths.push_back(std::stod(x));
+      for (auto& x : split(value())) o.depths.push_back(number<double>(a, x));
     } else if (a == "--prompts")
-      o.prompts = std::stoi(value());
+      o.prompts = number<int>(a, value());
     else if (a == "--offsets")
-      for (auto& x : split(value())) o.offsets.push_back(std::stoull(x));
+      for (auto& x : split(value())) o.offsets.push_back(number<std::size_t>(a, x));
     else if (a == "--budgets") {
       o.budgets.clear();
-      for (auto& b : split(value())) o.budgets.push_back(std::stod(b));
+      for (auto& b : split(value())) o.budgets.push_back(number<double>(a, b));
     } else
       kvcache::detail::throw_error("unknown option '", a, "' (see the top of kvcache_eval.cpp)");
   }

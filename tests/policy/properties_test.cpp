@@ -322,3 +322,43 @@ TEST(ChunkedPrefillTest, ThreeChunksKeepWhatOneChunkKeeps) {
 }
 
 }  // namespace
+
+namespace {
+
+// A step with badly shaped queries or output is rejected before anything is appended: lengths, positions and the
+// following steps are as if it never happened.
+TEST(RejectedStepTest, ChangesNothing) {
+  Sequence seq(20, 3, 41);
+  KVCache<kvcache::H2O> cache(config(80, DType::kF32, 1), kvcache::H2O(Count::of(6), Count::of(5)));
+  KVCache<kvcache::H2O> clean(config(80, DType::kF32, 1), kvcache::H2O(Count::of(6), Count::of(5)));
+  run(cache, seq, 1, [](std::int64_t) {});
+  run(clean, seq, 1, [](std::int64_t) {});
+  std::vector<float> k(kKv * kD), q(kQ * kD), out(kQ * kD), wide(kQ * (kD + 1));
+  kvtest::expect_error_mentioning(
+      [&] {
+        cache.decode(0, ConstTensorView<float, 2>(k.data(), kKv, kD), ConstTensorView<float, 2>(k.data(), kKv, kD), 99,
+                     ConstTensorView<float, 2>(wide.data(), kQ, kD + 1), TensorView<float, 2>(out.data(), kQ, kD));
+      },
+      "queries are [1, 4, 17], expected [1, 4, 16]");
+  kvtest::expect_error_mentioning(
+      [&] {
+        cache.decode(0, ConstTensorView<float, 2>(k.data(), kKv, kD), ConstTensorView<float, 2>(k.data(), kKv, kD), 99,
+                     ConstTensorView<float, 2>(q.data(), kQ, kD), TensorView<float, 2>(wide.data(), kQ, kD + 1));
+      },
+      "the output is [1, 4, 17], expected [1, 4, 16]");
+  const std::vector<Position> p2 = {100, 101};
+  std::vector<float> k2(kKv * 2 * kD), q2(2 * kQ * kD);
+  kvtest::expect_error_mentioning(
+      [&] {
+        cache.prefill(0, ConstTensorView<float, 3>(k2.data(), kKv, 2, kD),
+                      ConstTensorView<float, 3>(k2.data(), kKv, 2, kD), p2,
+                      ConstTensorView<float, 3>(q2.data(), 1, kQ, kD), TensorView<float, 3>(q2.data(), 1, kQ, kD));
+      },
+      "queries are [1, 4, 16], expected [2, 4, 16]");
+  for (int h = 0; h < kKv; ++h) {
+    auto a = cache.layer(0).positions(h), b = clean.layer(0).positions(h);
+    ASSERT_EQ(std::vector<Position>(a.begin(), a.end()), std::vector<Position>(b.begin(), b.end())) << "head " << h;
+  }
+}
+
+}  // namespace

@@ -38,8 +38,7 @@ TEST_P(StreamingPositionsTest, AttentionMatchesThePapersInCachePositions) {
     return std::vector<double>(m.begin() + t * kD, m.begin() + (t + 1) * kD);
   };
   kvcache::KVCacheOptions opt;
-  opt.has_rope = true;
-  opt.rope.base = kBase;
+  opt.rope = kvcache::RopeConfig{0, kBase, false};
   kvcache::KVCache<kvcache::StreamingLLM> cache({1, {1, 1, kD, kD}, 16, GetParam()}, kvcache::StreamingLLM(S, R), opt);
   std::vector<std::int64_t> kept_positions;  // what the paper's cache holds, in position order
   for (std::int64_t t = 0; t < T; ++t) {
@@ -95,7 +94,7 @@ TEST_P(StreamingPositionsTest, AttentionMatchesThePapersInCachePositions) {
 // The same model in original-position mode differs once the window has moved (a check that the test can tell).
 TEST(StreamingPositionsTest, OriginalModeIsDifferentAfterEviction) {
   kvcache::KVCacheOptions opt;
-  opt.has_rope = true;
+  opt.rope = kvcache::RopeConfig{};
   kvcache::KVCache<kvcache::StreamingLLM> in_cache({1, {1, 1, kD, kD}, 16, kvcache::DType::kF32},
                                                    kvcache::StreamingLLM(2, 3), opt);
   kvcache::KVCache<kvcache::StreamingLLM> original(

@@ -144,7 +144,7 @@ TEST_P(WorkedExampleTest, SnapKVPoolsTheWindowVotes) {
 // algorithms.md 3.10: S = 2, R = 2, tokens fed one at a time.
 TEST_P(WorkedExampleTest, StreamingLLMSinksAndWindow) {
   kvcache::KVCacheOptions opt;
-  opt.has_rope = true;
+  opt.rope = kvcache::RopeConfig{};
   KVCache<kvcache::StreamingLLM> cache(kvtest::one_head_config(16, 12), kvcache::StreamingLLM(2, 2), opt);
   const std::vector<std::set<int>> expect = {{0},          {0, 1},       {0, 1, 2},    {0, 1, 2, 3}, {0, 1, 3, 4},
                                              {0, 1, 4, 5}, {0, 1, 5, 6}, {0, 1, 6, 7}, {0, 1, 7, 8}};

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -38,9 +39,8 @@ struct KVCacheOptions {
   /// Batched eviction (design.md 3.6): during decode a head may grow to budget + slack before it is cut back to the
   /// budget. 0 evicts every step, as the papers do.
   std::int64_t eviction_slack = 0;
-  /// Needed only by policies with in-cache positions (StreamingLLM's default mode).
-  RopeConfig rope{};
-  bool has_rope = false;
+  /// The model's RoPE; needed only by policies with in-cache positions (StreamingLLM's default mode).
+  std::optional<RopeConfig> rope;
   /// Optional per-(layer, KV head) override of the policy's budget, e.g. to give some layers more.
   std::function<ResolvedBudget(int layer, int kv_head, ResolvedBudget policy_budget)> budget_override;
   /// Threads the kernels may use (the executor's concurrency is capped by this when sizing workspaces).
@@ -66,9 +66,9 @@ class KVCache {
         prefill_ws_(config.shape, std::max(1, options_.max_threads)),
         decode_ws_(config.shape, config.capacity, std::max(1, options_.max_threads), needs_.decode_scores) {
     KVCACHE_REQUIRE(options_.eviction_slack >= 0, "eviction_slack must be >= 0, got ", options_.eviction_slack);
-    KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.has_rope, "policy '", P::kName,
-                    "' keeps positions inside the cache and needs KVCacheOptions::rope (set has_rope = true)");
-    if (needs_.in_cache_positions) rope_ = Rope(options_.rope, config.shape.head_dim_k);
+    KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.rope.has_value(), "policy '", P::kName,
+                    "' keeps positions inside the cache and needs KVCacheOptions::rope (the model's RoPE)");
+    if (needs_.in_cache_positions) rope_ = Rope(*options_.rope, config.shape.head_dim_k);
     const std::size_t n_kv = std::size_t(config.shape.n_kv_heads), cap = std::size_t(config.capacity);
     const bool scores = needs_.prefill_scores || needs_.prefill_window > 0 || needs_.decode_scores;
     layers_.resize(std::size_t(config.n_layers));
@@ -124,11 +124,10 @@ class KVCache {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     const std::int64_t m = k.dimension(1);
-    KVCACHE_REQUIRE(q.dimension(0) == m, "prefill: ", m, " key rows but ", q.dimension(0), " query tokens");
     const std::int64_t window = needs_.prefill_window;
     KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
                     window, " prompt queries, but the last chunk has ", m, " tokens");
-    const std::int64_t before = kv.length(0);
+    check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
     append_rows(l, k, v, positions);
     PrefillOptions opt;
     const bool sums = needs_.prefill_scores || (last_chunk && window > 0);
@@ -137,12 +136,7 @@ class KVCache {
       opt.column_sums_stride = config_.capacity;
       opt.column_sums_begin = needs_.prefill_scores ? 0 : m - window;
     }
-    try {
-      prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
-    } catch (...) {
-      for (int h = 0; h < kv.n_kv_heads(); ++h) truncate(l, h, before);  // a rejected call changes nothing
-      throw;
-    }
+    prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
     st.prompt_length += m;
     if (last_chunk) {
       resolve_budgets(l);
@@ -157,6 +151,7 @@ class KVCache {
     LayerState& st = layers_[std::size_t(l)];
     KVCACHE_REQUIRE(k.dimension(0) == kv.n_kv_heads() && v.dimension(0) == kv.n_kv_heads(),
                     "decode: keys and values need one row per KV head (", kv.n_kv_heads(), ")");
+    check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
     if (!st.resolved) resolve_budgets(l);
     const Position pos[1] = {position};
     append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
@@ -186,6 +181,18 @@ class KVCache {
     KVCACHE_REQUIRE(l >= 0 && l < config_.n_layers, "layer ", l, " does not exist (the cache has ", config_.n_layers,
                     ")");
     return layers_[std::size_t(l)];
+  }
+
+  // Shapes of a step's queries ([tokens, n_q_heads, head_dim_k]) and output ([tokens, n_q_heads, head_dim_v]),
+  // checked before anything is appended, so that a rejected call changes nothing. Keys, values and positions are
+  // checked by the storage's append, which also changes nothing when it throws.
+  void check_step(std::int64_t q_tokens, std::int64_t q_heads, std::int64_t q_dim, std::int64_t o_tokens,
+                  std::int64_t o_heads, std::int64_t o_dim, std::int64_t tokens) const {
+    const auto& sh = config_.shape;
+    KVCACHE_REQUIRE(q_tokens == tokens && q_heads == sh.n_q_heads && q_dim == sh.head_dim_k, "queries are [", q_tokens,
+                    ", ", q_heads, ", ", q_dim, "], expected [", tokens, ", ", sh.n_q_heads, ", ", sh.head_dim_k, "]");
+    KVCACHE_REQUIRE(o_tokens == tokens && o_heads == sh.n_q_heads && o_dim == sh.dim_v(), "the output is [", o_tokens,
+                    ", ", o_heads, ", ", o_dim, "], expected [", tokens, ", ", sh.n_q_heads, ", ", sh.dim_v(), "]");
   }
 
   void resolve_budgets(int l) {
@@ -309,19 +316,6 @@ class KVCache {
         convert(kv.k_rows_mut<bf16>(h) + slot * dk, x, std::size_t(dk), isa);
         break;
     }
-  }
-
-  void truncate(int l, int h, std::int64_t length) {
-    LayerSlots& kv = storage_.layer(l);
-    const std::int64_t n = kv.length(h);
-    if (n <= length) return;
-    std::vector<std::int32_t> drop;
-    for (std::int64_t s = length; s < n; ++s) drop.push_back(static_cast<std::int32_t>(s));
-    kv.remove(h, drop);
-    LayerState& st = layers_[std::size_t(l)];
-    if (!st.sink_slots.empty())
-      for (auto& slot : st.sink_slots[std::size_t(h)])
-        if (slot >= length) slot = -1;
   }
 
   void evict(int l, std::int64_t slack, bool after_prefill) {
