@@ -11,6 +11,10 @@
 // overhead_fraction = (policy - attention) / attention, medians over repetitions. Target: <= 0.05 at 32k.
 // Policies that never evict during decode (Full, SnapKV, L2 once) grow by one row per iteration, so every case runs a
 // fixed number of iterations.
+// DMC merges 3 tokens of 4 (its prompt is run token by token, so it holds about B / 4 rows): the step's cost is
+// taking the key and queries back to pre-RoPE, the merge and its rotation, and the neuron zeroing.
+// FastGen is timed in generation with every head on one of its policies (+frequent, +frequent+local): its profiling
+// is a prompt-time cost (attention/profile.hpp, O(L^2 d)), reported apart by prefill_bench's callers, not per step.
 
 #include <benchmark/benchmark.h>
 
@@ -35,6 +39,32 @@ std::vector<float> noise(std::size_t n, std::uint32_t seed) {
   for (auto& e : v) e = static_cast<float>((seed = seed * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
   return v;
 }
+
+// FastGen with every head on a fixed policy and no profiling (see the top of the file).
+struct FastGenAs : kvcache::FastGen {
+  int fixed;
+  FastGenAs(Choice c)
+      : FastGen(0.95,
+                [](kvcache::Position p) {
+                  return p < 4        ? kvcache::TokenClass::kSpecial
+                         : p % 7 == 3 ? kvcache::TokenClass::kPunctuation
+                                      : kvcache::TokenClass::kOther;
+                }),
+        fixed(int(c)) {}
+  [[nodiscard]] kvcache::PolicyNeeds needs() const noexcept {
+    auto n = FastGen::needs();
+    n.prefill_profile = false;
+    return n;
+  }
+  [[nodiscard]] kvcache::ResolvedBudget budget_now(kvcache::RankInput in, kvcache::ResolvedBudget b) const noexcept {
+    in.head_choice = fixed;
+    return FastGen::budget_now(in, b);
+  }
+  void rank(kvcache::RankInput in, std::span<float> priority) const noexcept {
+    in.head_choice = fixed;
+    FastGen::rank(in, priority);
+  }
+};
 
 template <class P>
 void run_case(benchmark::State& st, P policy, std::int64_t budget, kvcache::KVCacheOptions opt) {
@@ -107,6 +137,15 @@ int main(int argc, char** argv) {
         run_case(st, kvcache::L2Norm(Count::of(b), {}, kvcache::L2Norm::Mode::kEveryStep), b, {});
       });
       add("snapkv", [=](benchmark::State& st) { run_case(st, kvcache::SnapKV(Count::of(b), 32, 7), b, {}); });
+      add("fastgen_frequent",
+          [=](benchmark::State& st) { run_case(st, FastGenAs(kvcache::FastGen::Choice::kFrequent), b, {}); });
+      add("fastgen_local",
+          [=](benchmark::State& st) { run_case(st, FastGenAs(kvcache::FastGen::Choice::kLocal), b, {}); });
+      add("dmc_merge_3_of_4", [=](benchmark::State& st) {
+        kvcache::DMC dmc;  // the official neuron conventions, with a decision rule that merges 3 tokens of 4
+        dmc.decide = [](const kvcache::DMC::Step& s) { return s.position % 4 != 0; };
+        run_case(st, dmc, b, rope);
+      });
     }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -96,6 +96,7 @@ class TinyLmGqa {
       KVCACHE_REQUIRE(tokens[std::size_t(t)] >= 0 && tokens[std::size_t(t)] < cfg_.vocab, "token ",
                       tokens[std::size_t(t)], " is outside the vocabulary of ", cfg_.vocab);
       x.row(t) = embed_.row(tokens[std::size_t(t)]);
+      record(first + kvcache::Position(t), tokens[std::size_t(t)]);
     }
     std::vector<kvcache::Position> pos(static_cast<std::size_t>(T));
     for (std::int64_t t = 0; t < T; ++t) pos[std::size_t(t)] = first + kvcache::Position(t);
@@ -127,6 +128,7 @@ class TinyLmGqa {
   template <class Cache>
   Eigen::VectorXf decode(Cache& cache, int token, kvcache::Position pos) {
     KVCACHE_REQUIRE(token >= 0 && token < cfg_.vocab, "token ", token, " is outside the vocabulary of ", cfg_.vocab);
+    record(pos, token);
     Matrix x = embed_.row(token);
     const int nq = cfg_.n_heads, nkv = cfg_.n_kv_heads, hd = cfg_.head_dim;
     Matrix out(1, nq * hd);
@@ -146,7 +148,17 @@ class TinyLmGqa {
     return (rms_norm(x, norm_) * lm_head_.transpose()).row(0).transpose();
   }
 
+  /// The token last run at a position (-1 if none): what a policy that classifies tokens (FastGen) asks the engine.
+  [[nodiscard]] int token_at(kvcache::Position p) const {
+    return p >= 0 && std::size_t(p) < tokens_.size() ? tokens_[std::size_t(p)] : -1;
+  }
+
  private:
+  void record(kvcache::Position p, int token) {
+    if (std::size_t(p) >= tokens_.size()) tokens_.resize(std::size_t(p) + 1, -1);
+    tokens_[std::size_t(p)] = token;
+  }
+
   struct Layer {
     Matrix in_norm, post_norm, wq, wk, wv, wo, wg, wu, wd;
   };
@@ -190,6 +202,7 @@ class TinyLmGqa {
   Matrix embed_, norm_, lm_head_;
   std::vector<Layer> layers_;
   std::vector<double> inv_freq_;
+  std::vector<int> tokens_;  // by position, as last run
 };
 
 }  // namespace engine

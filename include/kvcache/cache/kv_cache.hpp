@@ -25,6 +25,7 @@
 
 #include "kvcache/attention/decode.hpp"
 #include "kvcache/attention/prefill.hpp"
+#include "kvcache/attention/profile.hpp"
 #include "kvcache/core/budget.hpp"
 #include "kvcache/core/config.hpp"
 #include "kvcache/core/executor.hpp"
@@ -69,6 +70,18 @@ class KVCache {
     KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.rope.has_value(), "policy '", P::kName,
                     "' keeps positions inside the cache and needs KVCacheOptions::rope (the model's RoPE)");
     if (needs_.in_cache_positions) rope_ = Rope(*options_.rope, config.shape.head_dim_k);
+    KVCACHE_REQUIRE(!needs_.prefill_profile || ProfilingPolicy<P>, "policy '", P::kName,
+                    "' asks for prefill_profile but has no profile_window() and profile() (see policy/policy.hpp)");
+    KVCACHE_REQUIRE(!needs_.slot_tags || TaggingPolicy<P>, "policy '", P::kName,
+                    "' asks for slot_tags but has no tag(Position) (see policy/policy.hpp)");
+    KVCACHE_REQUIRE(!needs_.merge_on_append || MergingPolicy<P>, "policy '", P::kName,
+                    "' asks for merge_on_append but is not a MergingPolicy (see policy/policy.hpp)");
+    if constexpr (MergingPolicy<P>) {
+      if (needs_.merge_on_append) {
+        policy_.validate(config.shape.head_dim_k);
+        if (options_.rope) rope_ = Rope(*options_.rope, config.shape.head_dim_k);
+      }
+    }
     const std::size_t n_kv = std::size_t(config.shape.n_kv_heads), cap = std::size_t(config.capacity);
     const bool scores = needs_.prefill_scores || needs_.prefill_window > 0 || needs_.decode_scores;
     layers_.resize(std::size_t(config.n_layers));
@@ -78,6 +91,23 @@ class KVCache {
       if (needs_.key_norms) l.key_norms.assign(n_kv * cap, 0.0f);
       l.budgets.assign(n_kv, ResolvedBudget{});
       if (needs_.in_cache_positions) l.rotated_at.assign(n_kv * cap, 0);
+      if (needs_.slot_tags) l.tags.assign(n_kv * cap, 0);
+      if (needs_.prefill_profile) l.choices.assign(n_kv, -1);
+      if (needs_.merge_on_append) {
+        l.merge_count.assign(n_kv, 0);
+        l.merge_start.assign(n_kv, 0);
+        l.merge_sum.assign(n_kv * merge_stride(), 0.0);
+        l.merge_ring.assign(n_kv * merge_stride() * std::size_t(std::max(1, merge_window())), 0.0f);
+      }
+    }
+    if (needs_.merge_on_append) {
+      const std::size_t nq = std::size_t(config.shape.n_q_heads), dk = std::size_t(config.shape.head_dim_k);
+      merge_k_.assign(n_kv * dk, 0.0f);
+      merge_q_.assign(nq * dk, 0.0f);
+      merge_qz_.assign(nq * dk, 0.0f);
+      merge_kstep_.assign(n_kv * dk, 0.0f);
+      merge_vstep_.assign(n_kv * std::size_t(config.shape.dim_v()), 0.0f);
+      merge_v_.assign(std::size_t(config.shape.dim_v()), 0.0f);
     }
     priority_.assign(cap, 0.0f);
     scratch_.assign(cap, 0);
@@ -101,6 +131,12 @@ class KVCache {
     return {s.data() + std::size_t(kv_head) * std::size_t(config_.capacity), std::size_t(length(l, kv_head))};
   }
   [[nodiscard]] std::int64_t prompt_length(int l) const { return state(l).prompt_length; }
+  /// What a profiling policy (FastGen) chose for (layer, KV head) from the prompt; -1 before profiling or for
+  /// policies that do not profile. FastGen::choice_name() says what the number means.
+  [[nodiscard]] int head_choice(int l, int kv_head) const {
+    const auto& c = state(l).choices;
+    return c.empty() ? -1 : c[std::size_t(kv_head)];
+  }
 
   /// Forgets the sequence; the next prefill starts a new one. Nothing carries over (scores, budgets, positions).
   void reset() noexcept {
@@ -110,6 +146,10 @@ class KVCache {
       std::fill(l.value_norms.begin(), l.value_norms.end(), 0.0f);
       std::fill(l.key_norms.begin(), l.key_norms.end(), 0.0f);
       std::fill(l.rotated_at.begin(), l.rotated_at.end(), 0);
+      std::fill(l.tags.begin(), l.tags.end(), std::uint8_t{0});
+      std::fill(l.choices.begin(), l.choices.end(), -1);
+      std::fill(l.merge_count.begin(), l.merge_count.end(), 0);
+      std::fill(l.merge_start.begin(), l.merge_start.end(), 0);
       std::fill(l.budgets.begin(), l.budgets.end(), ResolvedBudget{});
       l.sink_keys.clear();
       l.sink_slots.clear();
@@ -128,6 +168,16 @@ class KVCache {
     KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
                     window, " prompt queries, but the last chunk has ", m, " tokens");
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
+    if constexpr (MergingPolicy<P>) {
+      if (needs_.merge_on_append) {
+        prefill_merging(l, k, v, positions, q, out);
+        return;
+      }
+    }
+    const bool profile = needs_.prefill_profile && st.choices[0] < 0 && kv.length(0) == 0;
+    KVCACHE_REQUIRE(!needs_.prefill_profile || !profile || last_chunk, "prefill: policy '", P::kName,
+                    "' profiles the whole prompt's attention, so the prompt must come in one prefill call "
+                    "(last_chunk = true); later chunks are appended");
     append_rows(l, k, v, positions);
     PrefillOptions opt;
     const bool sums = needs_.prefill_scores || (last_chunk && window > 0);
@@ -138,6 +188,8 @@ class KVCache {
     }
     prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
     st.prompt_length += m;
+    if constexpr (ProfilingPolicy<P>)
+      if (profile) profile_prompt(l, q);
     if (last_chunk) {
       resolve_budgets(l);
       if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
@@ -153,6 +205,12 @@ class KVCache {
                     "decode: keys and values need one row per KV head (", kv.n_kv_heads(), ")");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
     if (!st.resolved) resolve_budgets(l);
+    if constexpr (MergingPolicy<P>) {
+      if (needs_.merge_on_append) {
+        decode_merging(l, k.data(), v.data(), position, q.data(), out.data());
+        return;
+      }
+    }
     const Position pos[1] = {position};
     append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
                 ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
@@ -173,6 +231,13 @@ class KVCache {
     std::vector<std::vector<float>> sink_keys;          // in-cache mode: [n_kv][sinks x dk] f32, at original rotation
     std::vector<std::vector<std::int64_t>> sink_slots;  // in-cache mode: [n_kv][sinks], the slot of each sink (or -1)
     std::vector<ResolvedBudget> budgets;
+    std::vector<std::uint8_t> tags;  // [n_kv, capacity], the policy's tag of each row (slot_tags)
+    std::vector<int> choices;        // [n_kv], profile()'s choice per head, -1 before (prefill_profile)
+    // Merging (DMC), per head: the open group's newest members in a ring of merge_window() entries of
+    // [key (pre-RoPE), value, weight] (or, with no window, running sums in merge_sum), its size and ring start.
+    std::vector<float> merge_ring;
+    std::vector<double> merge_sum;
+    std::vector<int> merge_count, merge_start;
     std::int64_t prompt_length = 0;
     bool resolved = false;
   };
@@ -241,6 +306,8 @@ class KVCache {
         const float* vrow = v.data() + (std::int64_t(h) * m + i) * dv;
         if (needs_.value_norms) st.value_norms[slot] = row_norm(vrow, dv, true);
         if (needs_.key_norms) st.key_norms[slot] = row_norm(krow, dk, false);
+        if constexpr (TaggingPolicy<P>)
+          if (needs_.slot_tags) st.tags[slot] = policy_.tag(positions[std::size_t(i)]);
         if (needs_.in_cache_positions) {
           st.rotated_at[slot] = positions[std::size_t(i)];
           if (positions[std::size_t(i)] < sink_count()) {
@@ -318,15 +385,174 @@ class KVCache {
     }
   }
 
+  [[nodiscard]] int merge_window() const noexcept {
+    if constexpr (MergingPolicy<P>) return policy_.window;
+    return 0;
+  }
+  [[nodiscard]] std::size_t merge_stride() const noexcept {
+    return std::size_t(config_.shape.head_dim_k + config_.shape.dim_v() + 1);
+  }
+
+  // A merging policy's prompt runs token by token, as its decode (the official DMC inference; algorithms.md 8.8).
+  void prefill_merging(int l, ConstTensorView<float, 3> k, ConstTensorView<float, 3> v,
+                       std::span<const Position> positions, ConstTensorView<float, 3> q, TensorView<float, 3> out) {
+    const LayerSlots& kv = storage_.layer(l);
+    const std::int64_t m = k.dimension(1);
+    const int n_kv = kv.n_kv_heads(), dk = kv.head_dim_k(), dv = kv.head_dim_v();
+    KVCACHE_REQUIRE(k.dimension(0) == n_kv && v.dimension(0) == n_kv && k.dimension(2) == dk && v.dimension(2) == dv &&
+                        v.dimension(1) == m,
+                    "prefill: keys are [", k.dimension(0), ", ", m, ", ", k.dimension(2), "] and values [",
+                    v.dimension(0), ", ", v.dimension(1), ", ", v.dimension(2), "], expected [", n_kv, ", n, ", dk,
+                    "] and [", n_kv, ", n, ", dv, "]");
+    KVCACHE_REQUIRE(std::int64_t(positions.size()) == m, "prefill: ", positions.size(), " positions for ", m,
+                    " tokens");
+    KVCACHE_REQUIRE(kv.max_length() + m <= config_.capacity, "prefill: ", m, " more tokens would exceed the capacity ",
+                    config_.capacity, " (a head holds ", kv.max_length(), ")");
+    LayerState& st = layers_[std::size_t(l)];
+    const std::int64_t nq = q.dimension(1);
+    for (std::int64_t i = 0; i < m; ++i) {
+      for (int h = 0; h < n_kv; ++h) {
+        std::copy_n(&k(h, i, 0), dk, merge_kstep_.data() + std::size_t(h) * std::size_t(dk));
+        std::copy_n(&v(h, i, 0), dv, merge_vstep_.data() + std::size_t(h) * std::size_t(dv));
+      }
+      decode_merging(l, merge_kstep_.data(), merge_vstep_.data(), positions[std::size_t(i)], &q(i, 0, 0),
+                     &out(i, 0, 0));
+      (void)nq;
+    }
+    st.prompt_length += m;
+    if (!st.resolved) resolve_budgets(l);
+  }
+
+  // One step of a merging policy (DMC; algorithms.md 8.3) for one layer. k: [n_kv, dk], v: [n_kv, dv], q, out:
+  // [n_q, dk | dv], k and q rotated at `position` (when KVCacheOptions::rope is set). Per head: the pre-RoPE key and
+  // the group's pre-RoPE queries go to the policy, which says merge or not and with what weight; the head's newest slot
+  // (merge) or a new slot (otherwise; always for a head's first token) then holds the weighted mean of the group's
+  // newest `window` members, its key rotated at `position`, the neuron zeroed (zero_neurons). The queries' neuron is
+  // zeroed too, then attention runs over the heads' rows.
+  void decode_merging(int l, const float* k, const float* v, Position position, const float* q, float* out) {
+    if constexpr (MergingPolicy<P>) {
+      LayerSlots& kv = storage_.layer(l);
+      LayerState& st = layers_[std::size_t(l)];
+      const int n_kv = kv.n_kv_heads(), dk = kv.head_dim_k(), dv = kv.head_dim_v();
+      const int nq = config_.shape.n_q_heads, g = nq / n_kv;
+      const int idx = policy_.neuron_index(dk), window = merge_window();
+      const bool zero = policy_.zero_neurons, rotated = options_.rope.has_value();
+      KVCACHE_REQUIRE(kv.max_length() < config_.capacity, "decode: the cache is full (capacity ", config_.capacity,
+                      ")");
+      const std::size_t udk = std::size_t(dk), udv = std::size_t(dv), stride = merge_stride();
+      std::copy_n(k, n_kv * dk, merge_k_.data());
+      std::copy_n(q, nq * dk, merge_q_.data());
+      if (rotated) {  // back to pre-RoPE: rotate by -position
+        rope_.angles(-double(position), rope_cos_, rope_sin_);
+        for (int h = 0; h < n_kv; ++h) rope_.apply(merge_k_.data() + std::size_t(h) * udk, rope_cos_, rope_sin_);
+        for (int a = 0; a < nq; ++a) rope_.apply(merge_q_.data() + std::size_t(a) * udk, rope_cos_, rope_sin_);
+        rope_.angles(double(position), rope_cos_, rope_sin_);
+        rope_cached_ = false;
+      }
+      float* krow = row_.data();
+      float* vrow = merge_v_.data();
+      for (int h = 0; h < n_kv; ++h) {
+        const float* kp = merge_k_.data() + std::size_t(h) * udk;
+        const float* vp = v + std::size_t(h) * udv;
+        MergeStep s;
+        s.layer = l;
+        s.kv_head = h;
+        s.position = position;
+        s.key = {kp, udk};
+        s.queries = {merge_q_.data() + std::size_t(h) * std::size_t(g) * udk, std::size_t(g) * udk};
+        s.head_dim = dk;
+        const bool merge = kv.length(h) > 0 && policy_.merges(s);
+        const float w = policy_.importance(s);
+        KVCACHE_REQUIRE(w > 0 && std::isfinite(w), "policy '", P::kName, "' gave layer ", l, " head ", h,
+                        " an importance of ", w, " at position ", position, "; it must be positive and finite");
+        int& count = st.merge_count[std::size_t(h)];
+        int& start = st.merge_start[std::size_t(h)];
+        double* sum = st.merge_sum.data() + std::size_t(h) * stride;
+        if (!merge) count = 0, start = 0;
+        if (window > 0) {
+          float* ring = st.merge_ring.data() + std::size_t(h) * stride * std::size_t(window);
+          if (count == window) start = (start + 1) % window, --count;  // the oldest member leaves the group
+          float* e = ring + std::size_t((start + count) % window) * stride;
+          std::copy_n(kp, dk, e);
+          std::copy_n(vp, dv, e + dk);
+          e[dk + dv] = w;
+          ++count;
+          if (count == 1) {
+            std::copy_n(kp, dk, krow);
+            std::copy_n(vp, dv, vrow);
+          } else {  // the weighted mean of the ring, recomputed (no drift from adding and subtracting)
+            std::fill_n(sum, stride, 0.0);
+            for (int i = 0; i < count; ++i) {
+              const float* x = ring + std::size_t((start + i) % window) * stride;
+              const double wi = x[dk + dv];
+              for (std::size_t c = 0; c + 1 < stride; ++c) sum[c] += wi * double(x[c]);
+              sum[stride - 1] += wi;
+            }
+            for (int c = 0; c < dk; ++c) krow[c] = float(sum[c] / sum[stride - 1]);
+            for (int c = 0; c < dv; ++c) vrow[c] = float(sum[std::size_t(dk + c)] / sum[stride - 1]);
+          }
+        } else {  // no window: running sums over the whole group
+          if (count == 0) std::fill_n(sum, stride, 0.0);
+          for (int c = 0; c < dk; ++c) sum[c] += double(w) * kp[c];
+          for (int c = 0; c < dv; ++c) sum[std::size_t(dk + c)] += double(w) * vp[c];
+          sum[stride - 1] += w;
+          ++count;
+          for (int c = 0; c < dk; ++c) krow[c] = count == 1 ? kp[c] : float(sum[c] / sum[stride - 1]);
+          for (int c = 0; c < dv; ++c) vrow[c] = count == 1 ? vp[c] : float(sum[std::size_t(dk + c)] / sum[stride - 1]);
+        }
+        if (zero) krow[idx] = 0.0f;
+        if (rotated) {
+          rope_.apply(krow, rope_cos_, rope_sin_);
+          if (zero) krow[idx] = 0.0f;
+        }
+        if (merge) {
+          kv.overwrite(h, kv.length(h) - 1, krow, vrow, position);
+        } else {
+          const Position p[1] = {position};
+          kv.append(h, ConstTensorView<float, 2>(krow, 1, dk), ConstTensorView<float, 2>(vrow, 1, dv), p);
+        }
+      }
+      const float* qa = q;
+      if (zero) {
+        std::copy_n(q, nq * dk, merge_qz_.data());
+        for (int a = 0; a < nq; ++a) merge_qz_[std::size_t(a) * udk + std::size_t(idx)] = 0.0f;
+        qa = merge_qz_.data();
+      }
+      decode_attention(kv, ConstTensorView<float, 2>(qa, nq, dk), TensorView<float, 2>(out, nq, config_.shape.dim_v()),
+                       decode_ws_, DecodeOptions{}, exec_);
+    }
+  }
+
+  // Profiling policies (FastGen): the prompt's attention statistics per head (attention/profile.hpp), then the
+  // policy's choice for each head. Scratch is allocated here, once per prompt and layer: a prompt-time step.
+  void profile_prompt(int l, ConstTensorView<float, 3> q) {
+    const LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    const std::int64_t m = kv.length(0), window = policy_.profile_window(m), cap = config_.capacity;
+    std::vector<float> cols(std::size_t(kv.n_kv_heads() * cap), 0.0f), band(cols.size(), 0.0f);
+    attention_profile(kv, q, window, cols.data(), band.data(), cap);
+    for (int h = 0; h < kv.n_kv_heads(); ++h) {
+      const std::size_t base = std::size_t(h) * std::size_t(cap);
+      ProfileInput in;
+      in.layer = l;
+      in.kv_head = h;
+      in.positions = kv.positions(h);
+      in.column_sums = {cols.data() + base, std::size_t(m)};
+      in.band_sums = {band.data() + base, std::size_t(m)};
+      if (!st.tags.empty()) in.tags = {st.tags.data() + base, std::size_t(m)};
+      in.prompt_length = m;
+      in.window = window;
+      st.choices[std::size_t(h)] = policy_.profile(in);
+    }
+  }
+
   void evict(int l, std::int64_t slack, bool after_prefill) {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     const std::size_t cap = std::size_t(config_.capacity);
     const Isa isa = active_isa();
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
-      const ResolvedBudget& b = st.budgets[std::size_t(h)];
       const std::int64_t n = kv.length(h);
-      if (b.unlimited() || n <= b.total + slack) continue;
       const std::size_t base = std::size_t(h) * cap, un = std::size_t(n);
       RankInput in;
       in.layer = l;
@@ -336,8 +562,13 @@ class KVCache {
       if (!st.scores.empty()) in.scores = {st.scores.data() + base, un};
       if (!st.value_norms.empty()) in.value_norms = {st.value_norms.data() + base, un};
       if (!st.key_norms.empty()) in.key_norms = {st.key_norms.data() + base, un};
+      if (!st.tags.empty()) in.tags = {st.tags.data() + base, un};
+      if (!st.choices.empty()) in.head_choice = st.choices[std::size_t(h)];
       in.prompt_length = st.prompt_length;
       in.after_prefill = after_prefill;
+      ResolvedBudget b = st.budgets[std::size_t(h)];
+      if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);
+      if (b.unlimited() || n <= b.total + slack) continue;
       std::span<float> priority(priority_.data(), un);
       policy_.rank(in, priority);
       const std::size_t r = select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data(), un),
@@ -349,6 +580,7 @@ class KVCache {
         if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
         if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
         if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];
+        if (!st.tags.empty()) st.tags[t] = st.tags[f];
         if (!st.sink_slots.empty()) {
           const Position moved = kv.positions(h)[std::size_t(to)];
           if (moved < sink_count()) st.sink_slots[std::size_t(h)][std::size_t(moved)] = to;
@@ -370,6 +602,7 @@ class KVCache {
   std::vector<float> priority_;
   std::vector<std::int32_t> scratch_, removals_;
   std::vector<float> row_;
+  std::vector<float> merge_k_, merge_q_, merge_qz_, merge_kstep_, merge_vstep_, merge_v_;  // merging scratch
   std::vector<std::int64_t> first_ = std::vector<std::int64_t>(std::size_t(config_.shape.n_kv_heads));
   std::vector<double> rope_cos_, rope_sin_;  // in-cache mode: the rotation of the last shift, reused while unchanged
   double rope_delta_ = 0.0;

@@ -2,6 +2,8 @@
 
 // Every policy, for users who want them all.
 
+#include "kvcache/policy/dmc.hpp"
+#include "kvcache/policy/fastgen.hpp"
 #include "kvcache/policy/full.hpp"
 #include "kvcache/policy/h2o.hpp"
 #include "kvcache/policy/l2_norm.hpp"

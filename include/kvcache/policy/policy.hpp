@@ -32,6 +32,9 @@ struct PolicyNeeds {
   bool value_norms = false;            ///< L1 norm of each value row, taken when it is appended (VATP)
   bool key_norms = false;              ///< L2 norm of each key row, taken when it is appended (L2-norm)
   bool in_cache_positions = false;     ///< StreamingLLM's positions inside the cache (needs RoPE re-rotation)
+  bool prefill_profile = false;        ///< per-head statistics of the prompt's attention map, then profile() (FastGen)
+  bool slot_tags = false;              ///< a tag per row from tag(position), taken when it is appended (FastGen)
+  bool merge_on_append = false;        ///< each head may merge a new token into its newest slot (DMC; MergingPolicy)
   bool compress_after_prefill = true;  ///< select once the (last chunk of the) prompt is in
   bool evict_during_decode = true;     ///< select after decode steps that leave a head over budget + slack
 };
@@ -45,8 +48,68 @@ struct RankInput {
   std::span<const float> scores;       ///< accumulated attention, summed over the group's query heads
   std::span<const float> value_norms;  ///< L1
   std::span<const float> key_norms;    ///< L2
+  std::span<const std::uint8_t> tags;  ///< the policy's tag(position) of each row (PolicyNeeds::slot_tags)
   std::int64_t prompt_length = 0;
   bool after_prefill = false;  ///< ranking right after the prompt (else after a decode step)
+  int head_choice = -1;        ///< what profile() chose for this (layer, KV head); -1: not profiled
+};
+
+/// What a profiling policy (PolicyNeeds::prefill_profile) sees of one (layer, KV head) once the prompt is in. With
+/// A[i][j] the prompt's causal attention averaged over the group's query heads (attention/profile.hpp):
+/// column_sums[j] = sum_i A[i][j]; band_sums[j] = the same over the queries i with 0 <= i - j < window.
+struct ProfileInput {
+  int layer = 0;
+  int kv_head = 0;
+  std::span<const Position> positions;
+  std::span<const float> column_sums;
+  std::span<const float> band_sums;
+  std::span<const std::uint8_t> tags;
+  std::int64_t prompt_length = 0;  ///< L, the number of prompt queries
+  std::int64_t window = 0;         ///< the band's width, from profile_window(L)
+};
+
+/// The optional members of a policy that chooses per head from the prompt (FastGen):
+///   std::int64_t profile_window(std::int64_t prompt_length) const;   the band width to measure
+///   int profile(ProfileInput const& in) const;                        the head's choice, kept by KVCache
+/// and of a policy whose budget depends on what the head holds (its choice, its rows' tags):
+///   ResolvedBudget budget_now(RankInput const& in, ResolvedBudget static_budget) const;
+/// and of a policy that tags rows when they are appended (PolicyNeeds::slot_tags):
+///   std::uint8_t tag(Position position) const;
+template <class P>
+concept ProfilingPolicy = requires(P const& p, const ProfileInput& in) {
+  { p.profile_window(std::int64_t{0}) } -> std::convertible_to<std::int64_t>;
+  { p.profile(in) } -> std::convertible_to<int>;
+};
+template <class P>
+concept DynamicBudgetPolicy = requires(P const& p, const RankInput& in, ResolvedBudget b) {
+  { p.budget_now(in, b) } -> std::same_as<ResolvedBudget>;
+};
+/// What a merging policy (DMC) decides from, for one (layer, KV head) at one step; keys and queries are pre-RoPE.
+struct MergeStep {
+  int layer = 0;
+  int kv_head = 0;
+  Position position = 0;
+  std::span<const float> key;      ///< [head_dim]
+  std::span<const float> queries;  ///< [group, head_dim], the group's query heads
+  int head_dim = 0;
+};
+
+/// A policy that merges instead of evicting (PolicyNeeds::merge_on_append): KVCache asks it, per head and step,
+/// whether the new token joins the newest slot and with what weight; the slot holds the weighted mean of its group's
+/// newest `window` tokens (0: all), keys averaged before RoPE and rotated at the newest position.
+template <class P>
+concept MergingPolicy = requires(P const& p, const MergeStep& s, int d) {
+  { p.merges(s) } -> std::convertible_to<bool>;
+  { p.importance(s) } -> std::convertible_to<float>;
+  { p.neuron_index(d) } -> std::convertible_to<int>;
+  p.validate(d);
+  { p.window } -> std::convertible_to<int>;
+  { p.zero_neurons } -> std::convertible_to<bool>;
+};
+
+template <class P>
+concept TaggingPolicy = requires(P const& p, Position pos) {
+  { p.tag(pos) } -> std::convertible_to<std::uint8_t>;
 };
 
 template <class P>

@@ -196,6 +196,31 @@ class LayerSlots {
     length_[static_cast<std::size_t>(h)] = new_len;
   }
 
+  /// Rewrites row `slot` of head h in place: key [head_dim_k], value [head_dim_v] (f32, converted to dtype()) and
+  /// position. For merging policies (DMC), whose newest slot absorbs the new token. Length does not change.
+  void overwrite(int h, std::int64_t slot, const float* k, const float* v, Position position) {
+    check_head(h, "overwrite");
+    KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite: slot ", slot, " does not exist in head ", h,
+                    ", which holds ", length(h), " rows");
+    const std::size_t ok = std::size_t(slot) * std::size_t(dk_), ov = std::size_t(slot) * std::size_t(dv_);
+    const Isa isa = active_isa();
+    switch (dtype_) {
+      case DType::kF32:
+        convert(static_cast<float*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        convert(static_cast<float*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        break;
+      case DType::kF16:
+        convert(static_cast<f16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        convert(static_cast<f16*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        break;
+      case DType::kBF16:
+        convert(static_cast<bf16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        convert(static_cast<bf16*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        break;
+    }
+    pos_rows(h)[slot] = position;
+  }
+
   /// Drops every row of head h (or of every head). Memory stays allocated.
   void clear(int h) noexcept { length_[static_cast<std::size_t>(h)] = 0; }
   void clear() noexcept {

@@ -1,0 +1,199 @@
+#pragma once
+
+// FastGen, adaptive per-head KV cache compression (Ge, Zhang, Liu, Zhang, Han, Gao, ICLR 2024; algorithms.md 7). The
+// official repository has no code; this follows the paper, with cold-compress (KVCacheHybrid) for the details.
+//
+// Profiling (once, when the prompt is in; Eq. 1-2): for each KV head, with A the prompt's attention averaged over the
+// group's query heads, the recovery of a keep-policy C is rec(C) = (1/L) sum_i sum_j M_C[i][j] A[i][j]; the head
+// takes the first policy of
+//   special  ->  special + punctuation  ->  + frequent  ->  + local  ->  full
+// whose recovery reaches the threshold T, and its cache becomes that policy's keep set for the last prompt row.
+//   special, punctuation: token classes, from the engine (tag(position) -> TokenClass);
+//   frequent: ceil(r_f x len) rows among those no other component keeps (for the last row), ranked by the mean
+//             attention they received, sum_i A[i][j] / (len - j);
+//   local: the rows within W = max(1, int(r_l x L)) of the newest.
+// Generation: a special / special+punctuation head keeps only rows of its classes (a new token of another class is
+// attended to once, by its own query, then dropped: cold-compress masks it instead); a frequent head keeps its class
+// rows and the ceil(r_f x len) best by mean accumulated attention (sum over prompt and decode queries, divided by the
+// number of queries that saw the row); a local head also keeps the W newest; a full head keeps everything.
+// Lengths: W is a fraction of the prompt length L (the paper's "input sequence length"), the frequent count of the
+// current sequence length len (the paper's "current sequence length"; cold-compress uses prompt + max new tokens).
+// GQA (the paper is MHA-only): profiled on the group's mean attention, one choice per KV head (algorithms.md 7.8).
+// No global tokens (cold-compress adds 4; the paper has none). T >= 1 is the full cache for every head.
+// The prompt must arrive in one prefill call (profiling needs all of its attention map); later chunks are appended.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "kvcache/core/error.hpp"
+#include "kvcache/policy/policy.hpp"
+
+namespace kvcache {
+
+/// The token classes FastGen's policies are built from; the engine says which token is which.
+enum class TokenClass : std::uint8_t { kOther = 0, kSpecial = 1, kPunctuation = 2 };
+
+struct FastGen {
+  /// The policies of Eq. 2, in the paper's order (increasing memory).
+  enum class Choice : std::uint8_t { kSpecial, kPunctuation, kFrequent, kLocal, kFull };
+  static constexpr std::string_view kName = "fastgen";
+  static constexpr int kChoices = 5;
+
+  double threshold = 0.95;      ///< T, the attention a head's policy must recover (paper: 0.91 - 0.98)
+  double local_ratio = 0.3;     ///< r_l (paper)
+  double frequent_ratio = 0.3;  ///< r_f (paper)
+  std::function<TokenClass(Position)> token_class;  ///< the class of the token at a position (from the engine)
+
+  FastGen(double threshold_, std::function<TokenClass(Position)> token_class_, double local_ratio_ = 0.3,
+          double frequent_ratio_ = 0.3)
+      : threshold(threshold_),
+        local_ratio(local_ratio_),
+        frequent_ratio(frequent_ratio_),
+        token_class(std::move(token_class_)) {
+    KVCACHE_REQUIRE(threshold > 0 && threshold <= 1, "FastGen: the recovery threshold T must be in (0, 1], got ",
+                    threshold);
+    KVCACHE_REQUIRE(local_ratio > 0 && local_ratio <= 1, "FastGen: r_l must be in (0, 1], got ", local_ratio);
+    KVCACHE_REQUIRE(frequent_ratio >= 0 && frequent_ratio <= 1, "FastGen: r_f must be in [0, 1], got ", frequent_ratio);
+    KVCACHE_REQUIRE(static_cast<bool>(token_class),
+                    "FastGen: token_class is empty; the engine must say which "
+                    "positions hold special and punctuation tokens");
+  }
+
+  static constexpr std::string_view choice_name(int c) noexcept {
+    constexpr std::string_view names[] = {"special", "special+punct", "special+punct+frequent",
+                                          "special+punct+frequent+local", "full"};
+    return c >= 0 && c < kChoices ? names[c] : std::string_view("full (not profiled)");
+  }
+
+  [[nodiscard]] PolicyNeeds needs() const noexcept {
+    PolicyNeeds n;
+    n.prefill_profile = true;
+    n.slot_tags = true;
+    n.prefill_scores = true;
+    n.decode_scores = true;
+    return n;
+  }
+  /// The static budget is unlimited: the real one depends on each head's choice and rows (budget_now).
+  [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t) const { return {}; }
+  [[nodiscard]] std::uint8_t tag(Position p) const { return static_cast<std::uint8_t>(token_class(p)); }
+
+  [[nodiscard]] std::int64_t profile_window(std::int64_t prompt_length) const noexcept {
+    return std::max<std::int64_t>(1, std::int64_t(local_ratio * double(prompt_length)));
+  }
+  [[nodiscard]] std::int64_t frequent_count(std::int64_t length) const noexcept {
+    return std::int64_t(std::ceil(frequent_ratio * double(length) - 1e-9));
+  }
+
+  /// rec(C) of the five policies for one head, in the order of Choice (algorithms.md 7.3 - 7.4).
+  [[nodiscard]] std::array<double, kChoices> recoveries(const ProfileInput& in) const {
+    const std::size_t n = in.positions.size();
+    const auto L = double(in.prompt_length);
+    std::array<double, kChoices> rec{};
+    double special = 0, punct = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      if (in.tags[j] == std::uint8_t(TokenClass::kSpecial)) special += in.column_sums[j];
+      if (in.tags[j] == std::uint8_t(TokenClass::kPunctuation)) punct += in.column_sums[j];
+    }
+    rec[0] = special / L;
+    rec[1] = (special + punct) / L;
+    const Position newest = n ? *std::max_element(in.positions.begin(), in.positions.end()) : 0;
+    const std::int64_t nf = frequent_count(in.prompt_length);
+    // + frequent: the best nf unclassed rows by mean attention.
+    auto frequent = [&](bool exclude_window) {
+      std::vector<std::size_t> cand;
+      for (std::size_t j = 0; j < n; ++j)
+        if (in.tags[j] == 0 && !(exclude_window && in.positions[j] > newest - in.window)) cand.push_back(j);
+      const std::size_t k = std::min<std::size_t>(cand.size(), std::size_t(nf));
+      std::partial_sort(cand.begin(), cand.begin() + std::ptrdiff_t(k), cand.end(), [&](std::size_t a, std::size_t b) {
+        const double ma = mean_attention(in.column_sums[a], newest, in.positions[a]);
+        const double mb = mean_attention(in.column_sums[b], newest, in.positions[b]);
+        return ma != mb ? ma > mb : in.positions[a] > in.positions[b];
+      });
+      cand.resize(k);
+      return cand;
+    };
+    std::vector<char> kept(n, 0);
+    double freq = 0;
+    for (std::size_t j : frequent(false)) freq += in.column_sums[j];
+    rec[2] = (special + punct + freq) / L;
+    // + local: frequent chosen outside the last row's window; the band of every row no column set keeps.
+    double cols = special + punct;
+    for (std::size_t j : frequent(true)) {
+      cols += in.column_sums[j];
+      kept[j] = 1;
+    }
+    double band = 0;
+    for (std::size_t j = 0; j < n; ++j)
+      if (in.tags[j] == 0 && !kept[j]) band += in.band_sums[j];
+    rec[3] = (cols + band) / L;
+    rec[4] = 1.0;
+    return rec;
+  }
+
+  /// The head's choice: the first policy whose recovery reaches T.
+  [[nodiscard]] int profile(const ProfileInput& in) const {
+    if (threshold >= 1.0) return int(Choice::kFull);
+    const auto rec = recoveries(in);
+    for (int c = 0; c < kChoices - 1; ++c)
+      if (rec[std::size_t(c)] >= threshold) return c;
+    return int(Choice::kFull);
+  }
+
+  /// How many rows the head keeps now: its class rows, plus (frequent) the best ceil(r_f x len) others, plus (local)
+  /// the W newest.
+  [[nodiscard]] ResolvedBudget budget_now(const RankInput& in, ResolvedBudget) const noexcept {
+    const int c = in.head_choice;
+    if (c < 0 || c >= int(Choice::kFull)) return {};
+    const std::size_t n = in.positions.size();
+    if (n == 0) return {};
+    const Position newest = *std::max_element(in.positions.begin(), in.positions.end());
+    const std::int64_t window = c == int(Choice::kLocal) ? profile_window(in.prompt_length) : 0;
+    std::int64_t classed = 0, in_window = 0, others = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      const bool recent = window > 0 && in.positions[j] > newest - window;
+      if (recent)
+        ++in_window;
+      else if (keeps_class(c, in.tags[j]))
+        ++classed;
+      else
+        ++others;
+    }
+    ResolvedBudget b;
+    b.recent = window;
+    b.total = in_window + classed;
+    if (c >= int(Choice::kFrequent)) b.total += std::min(others, frequent_count(std::int64_t(newest) + 1));
+    return b;
+  }
+
+  void rank(const RankInput& in, std::span<float> priority) const noexcept {
+    const int c = in.head_choice;
+    const Position newest = in.positions.empty() ? 0 : *std::max_element(in.positions.begin(), in.positions.end());
+    for (std::size_t j = 0; j < priority.size(); ++j) {
+      if (keeps_class(c, in.tags[j]))
+        priority[j] = std::numeric_limits<float>::infinity();
+      else if (c >= int(Choice::kFrequent) && !in.scores.empty())
+        priority[j] = float(mean_attention(in.scores[j], newest, in.positions[j]));
+      else
+        priority[j] = -std::numeric_limits<float>::infinity();
+    }
+  }
+
+ private:
+  static bool keeps_class(int choice, std::uint8_t tag) noexcept {
+    if (tag == std::uint8_t(TokenClass::kSpecial)) return true;
+    return tag == std::uint8_t(TokenClass::kPunctuation) && choice >= int(Choice::kPunctuation);
+  }
+  // Attention a row received per query that could see it (queries at positions pos .. newest).
+  static double mean_attention(double sum, Position newest, Position pos) noexcept {
+    return sum / double(std::int64_t(newest) - pos + 1);
+  }
+};
+
+}  // namespace kvcache

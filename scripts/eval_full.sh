@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The full evaluation behind docs/evaluation.md and the README's table and plot: every policy at 10%, 25% and 50%,
+# 4 language-modelling windows of 2048 bytes, pass-key prompts of 1024 and 2048 bytes (2 per depth), 4 streams of
+# 8192 bytes. About 35 minutes on one core of the development machine. Writes docs/eval/ (CSV, SVG, table.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if ! command -v gnuplot >/dev/null; then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gnuplot-nox >/dev/null
+fi
+cmake --workflow --preset eval >/dev/null
+out=docs/eval
+./build/release/examples/kvcache-eval --task all --sequences 4 --length 2048 --prefix 512 --contexts 1024,2048 \
+  --prompts 2 --streams 4 --stream-policies full,streaming_llm_original,streaming_llm,h2o,vatp,l2_norm \
+  --stream-budgets 0.1,0.25,0.5 --out "$out" "$@" | tee "$out/table.md"
+gnuplot -e "dir='$out'" docs/plots.gp
