@@ -131,6 +131,39 @@ void stream(TinyLmGqa& model, Cache& cache, std::span<const int> seq, std::int64
   s.decode_seconds += std::chrono::duration<double>(detail::Clock::now() - t0).count();
 }
 
+/// The baseline for a long stream that the StreamingLLM paper calls sliding window with re-computation: each segment
+/// is scored by a fresh full cache that first prefills the `context` bytes before it (positions from 0, so within the
+/// trained length), then decodes the segment. Slow in a real engine (it recomputes the context for every segment);
+/// here it says what the model can do on each segment's text with a short clean context.
+template <class MakeCache>
+void stream_recompute(TinyLmGqa& model, MakeCache&& make_cache, std::span<const int> seq, std::int64_t segment,
+                      std::int64_t context, std::vector<double>& bits, std::vector<double>& count, TaskStats& s) {
+  const auto L = std::int64_t(seq.size());
+  const std::size_t segments = std::size_t((L - 1 + segment - 1) / segment);
+  bits.resize(std::max(bits.size(), segments), 0.0);
+  count.resize(std::max(count.size(), segments), 0.0);
+  for (std::size_t k = 0; k < segments; ++k) {
+    const std::int64_t begin = 1 + std::int64_t(k) * segment, end = std::min(L, begin + segment);
+    const std::int64_t from = std::max<std::int64_t>(0, begin - context);
+    auto cache = make_cache();
+    const Matrix logits = model.prefill(cache, seq.subspan(std::size_t(from), std::size_t(begin - from)), 0);
+    Eigen::VectorXf last = logits.row(logits.rows() - 1).transpose();
+    const auto t0 = detail::Clock::now();
+    for (std::int64_t t = begin; t < end; ++t) {
+      const double b = detail::surprisal_bits(last, seq[std::size_t(t)]);
+      bits[k] += b;
+      count[k] += 1;
+      s.bits += b;
+      s.scored += 1;
+      if (t + 1 < end) {
+        last = model.decode(cache, seq[std::size_t(t)], kvcache::Position(t - from));
+        s.steps += 1;
+      }
+    }
+    s.decode_seconds += std::chrono::duration<double>(detail::Clock::now() - t0).count();
+  }
+}
+
 /// A pass-key prompt in the format the models were trained on (MODELS.md): filler text with the needle at a depth,
 /// then the question. The answer is the five digits of `key`.
 struct PasskeyPrompt {
