@@ -12,6 +12,7 @@ if ! command -v gnuplot >/dev/null; then
 fi
 cmake --workflow --preset eval >/dev/null
 out=docs/eval
+mkdir -p "$out"
 ./build/release/examples/kvcache-eval --task all --sequences 4 --length 2048 --prefix 512 --contexts 1024,2048 \
   --prompts 2 --streams 4 --stream-policies full,recompute,streaming_llm_original,streaming_llm,h2o,vatp,l2_norm \
   --stream-budgets 0.1,0.25,0.5 --out "$out" "$@" | tee "$out/table.md"

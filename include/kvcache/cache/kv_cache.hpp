@@ -233,8 +233,9 @@ class KVCache {
     std::vector<ResolvedBudget> budgets;
     std::vector<std::uint8_t> tags;  // [n_kv, capacity], the policy's tag of each row (slot_tags)
     std::vector<int> choices;        // [n_kv], profile()'s choice per head, -1 before (prefill_profile)
-    // Merging (DMC), per head: the open group's newest members in a ring of merge_window() entries of
-    // [key (pre-RoPE), value, weight] (or, with no window, running sums in merge_sum), its size and ring start.
+    // Merging (DMC), per head: the open group's weighted sums in double (merge_sum: [key (pre-RoPE), value, weight])
+    // and, with a window, its newest members in a ring of merge_window() entries (to take the oldest back out), the
+    // group's size and the ring's start.
     std::vector<float> merge_ring;
     std::vector<double> merge_sum;
     std::vector<int> merge_count, merge_start;
@@ -442,12 +443,16 @@ class KVCache {
       const std::size_t udk = std::size_t(dk), udv = std::size_t(dv), stride = merge_stride();
       std::copy_n(k, n_kv * dk, merge_k_.data());
       std::copy_n(q, nq * dk, merge_q_.data());
-      if (rotated) {  // back to pre-RoPE: rotate by -position
-        rope_.angles(-double(position), rope_cos_, rope_sin_);
-        for (int h = 0; h < n_kv; ++h) rope_.apply(merge_k_.data() + std::size_t(h) * udk, rope_cos_, rope_sin_);
-        for (int a = 0; a < nq; ++a) rope_.apply(merge_q_.data() + std::size_t(a) * udk, rope_cos_, rope_sin_);
-        rope_.angles(double(position), rope_cos_, rope_sin_);
-        rope_cached_ = false;
+      if (rotated) {  // back to pre-RoPE: rotate by -position (the angles are shared by every layer of a step)
+        if (!merge_angles_ || position != merge_angles_at_) {
+          rope_.angles(double(position), rope_cos_, rope_sin_);
+          merge_sin_neg_.assign(rope_sin_.begin(), rope_sin_.end());
+          for (double& x : merge_sin_neg_) x = -x;
+          merge_angles_at_ = position;
+          merge_angles_ = true;
+        }
+        for (int h = 0; h < n_kv; ++h) rope_.apply(merge_k_.data() + std::size_t(h) * udk, rope_cos_, merge_sin_neg_);
+        for (int a = 0; a < nq; ++a) rope_.apply(merge_q_.data() + std::size_t(a) * udk, rope_cos_, merge_sin_neg_);
       }
       float* krow = row_.data();
       float* vrow = merge_v_.data();
@@ -469,36 +474,34 @@ class KVCache {
         int& start = st.merge_start[std::size_t(h)];
         double* sum = st.merge_sum.data() + std::size_t(h) * stride;
         if (!merge) count = 0, start = 0;
+        // The group's sums in double: add the new member; with a window, the oldest leaves once the group is full.
+        if (count == 0) std::fill_n(sum, stride, 0.0);
         if (window > 0) {
           float* ring = st.merge_ring.data() + std::size_t(h) * stride * std::size_t(window);
-          if (count == window) start = (start + 1) % window, --count;  // the oldest member leaves the group
+          if (count == window) {
+            const float* old = ring + std::size_t(start) * stride;
+            const double wo = old[stride - 1];
+            for (std::size_t c = 0; c + 1 < stride; ++c) sum[c] -= wo * double(old[c]);
+            sum[stride - 1] -= wo;
+            start = (start + 1) % window;
+            --count;
+          }
           float* e = ring + std::size_t((start + count) % window) * stride;
           std::copy_n(kp, dk, e);
           std::copy_n(vp, dv, e + dk);
           e[dk + dv] = w;
-          ++count;
-          if (count == 1) {
-            std::copy_n(kp, dk, krow);
-            std::copy_n(vp, dv, vrow);
-          } else {  // the weighted mean of the ring, recomputed (no drift from adding and subtracting)
-            std::fill_n(sum, stride, 0.0);
-            for (int i = 0; i < count; ++i) {
-              const float* x = ring + std::size_t((start + i) % window) * stride;
-              const double wi = x[dk + dv];
-              for (std::size_t c = 0; c + 1 < stride; ++c) sum[c] += wi * double(x[c]);
-              sum[stride - 1] += wi;
-            }
-            for (int c = 0; c < dk; ++c) krow[c] = float(sum[c] / sum[stride - 1]);
-            for (int c = 0; c < dv; ++c) vrow[c] = float(sum[std::size_t(dk + c)] / sum[stride - 1]);
-          }
-        } else {  // no window: running sums over the whole group
-          if (count == 0) std::fill_n(sum, stride, 0.0);
-          for (int c = 0; c < dk; ++c) sum[c] += double(w) * kp[c];
-          for (int c = 0; c < dv; ++c) sum[std::size_t(dk + c)] += double(w) * vp[c];
-          sum[stride - 1] += w;
-          ++count;
-          for (int c = 0; c < dk; ++c) krow[c] = count == 1 ? kp[c] : float(sum[c] / sum[stride - 1]);
-          for (int c = 0; c < dv; ++c) vrow[c] = count == 1 ? vp[c] : float(sum[std::size_t(dk + c)] / sum[stride - 1]);
+        }
+        for (int c = 0; c < dk; ++c) sum[c] += double(w) * double(kp[c]);
+        for (int c = 0; c < dv; ++c) sum[std::size_t(dk + c)] += double(w) * double(vp[c]);
+        sum[stride - 1] += double(w);
+        ++count;
+        if (count == 1) {  // a new slot holds the token itself, exactly
+          std::copy_n(kp, dk, krow);
+          std::copy_n(vp, dv, vrow);
+        } else {
+          const double inv = 1.0 / sum[stride - 1];
+          for (int c = 0; c < dk; ++c) krow[c] = float(sum[c] * inv);
+          for (int c = 0; c < dv; ++c) vrow[c] = float(sum[std::size_t(dk + c)] * inv);
         }
         if (zero) krow[idx] = 0.0f;
         if (rotated) {
@@ -603,6 +606,9 @@ class KVCache {
   std::vector<std::int32_t> scratch_, removals_;
   std::vector<float> row_;
   std::vector<float> merge_k_, merge_q_, merge_qz_, merge_kstep_, merge_vstep_, merge_v_;  // merging scratch
+  std::vector<double> merge_sin_neg_;  // merging: -sin of the step's angles (rope_cos_ / rope_sin_ hold +position)
+  Position merge_angles_at_ = 0;
+  bool merge_angles_ = false;
   std::vector<std::int64_t> first_ = std::vector<std::int64_t>(std::size_t(config_.shape.n_kv_heads));
   std::vector<double> rope_cos_, rope_sin_;  // in-cache mode: the rotation of the last shift, reused while unchanged
   double rope_delta_ = 0.0;
