@@ -60,19 +60,6 @@ std::vector<double> key_rows(const kvcache::LayerSlots& kv, int h) {
   return out;
 }
 
-// One decode step whose attention over the cached one-hot keys is `a` (position -> probability).
-template <class Cache>
-void decode_with_attention(Cache& cache, int d, Position pos, const std::vector<std::pair<int, double>>& a) {
-  std::vector<float> k(std::size_t(d), 0.0f), v(std::size_t(d), 0.0f), q(std::size_t(d), kvtest::logit_of(0, d)),
-      out(static_cast<std::size_t>(d));
-  k[std::size_t(pos)] = 1.0f;
-  v[0] = 1.0f;
-  for (auto [j, p] : a) q[std::size_t(j)] = kvtest::logit_of(p, d);
-  cache.decode(0, kvcache::ConstTensorView<float, 2>(k.data(), 1, d),
-               kvcache::ConstTensorView<float, 2>(v.data(), 1, d), pos,
-               kvcache::ConstTensorView<float, 2>(q.data(), 1, d), kvcache::TensorView<float, 2>(out.data(), 1, d));
-}
-
 class FastGenTest : public testing::TestWithParam<kvcache::Isa> {
  protected:
   kvtest::ScopedIsa isa_{GetParam()};
@@ -136,15 +123,15 @@ TEST_P(FastGenTest, GenerationFollowsTheChosenPolicy) {
   {  // special only: every new token is dropped after it attends, punctuation included
     KVCache<FastGen> cache(kvtest::one_head_config(16, 14), FastGen(0.40, example_class));
     kvtest::prefill(cache, 0, prompt);
-    decode_with_attention(cache, 16, 8, {{0, 0.5}, {8, 0.5}});
-    decode_with_attention(cache, 16, 9, {{0, 0.5}, {9, 0.5}});
+    kvtest::decode_with_attention(cache, 16, 8, {{0, 0.5}, {8, 0.5}});
+    kvtest::decode_with_attention(cache, 16, 9, {{0, 0.5}, {9, 0.5}});
     EXPECT_EQ(kept(cache, 0), (std::set<int>{0}));
   }
   {  // special + punctuation: the new punctuation stays, the rest goes
     KVCache<FastGen> cache(kvtest::one_head_config(16, 14), FastGen(0.45, example_class));
     kvtest::prefill(cache, 0, prompt);
-    decode_with_attention(cache, 16, 8, {{0, 0.5}, {8, 0.5}});
-    decode_with_attention(cache, 16, 9, {{0, 0.5}, {9, 0.5}});
+    kvtest::decode_with_attention(cache, 16, 8, {{0, 0.5}, {8, 0.5}});
+    kvtest::decode_with_attention(cache, 16, 9, {{0, 0.5}, {9, 0.5}});
     EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 3, 6, 9}));
   }
   {  // + frequent: len 9 -> ceil(2.7) = 3 unclassed rows among {1, 2, 4, 8} by mean attention
@@ -152,13 +139,14 @@ TEST_P(FastGenTest, GenerationFollowsTheChosenPolicy) {
     kvtest::prefill(cache, 0, prompt);
     // Means after this step: 1: (1.1 + 0.1) / 8 = 0.15, 2: (1.4 + 0.05) / 7 = 0.207, 4: (1.2 + 0.05) / 5 = 0.25,
     // 8: 0.6 / 1 = 0.6; so 1 goes.
-    decode_with_attention(cache, 16, 8, {{0, 0.1}, {1, 0.1}, {2, 0.05}, {3, 0.05}, {4, 0.05}, {6, 0.05}, {8, 0.6}});
+    kvtest::decode_with_attention(cache, 16, 8,
+                                  {{0, 0.1}, {1, 0.1}, {2, 0.05}, {3, 0.05}, {4, 0.05}, {6, 0.05}, {8, 0.6}});
     EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 2, 3, 4, 6, 8}));
   }
   {  // + local (W = 2 of the prompt's 8): the two newest are protected whatever their attention
     KVCache<FastGen> cache(kvtest::one_head_config(16, 14), FastGen(0.98, example_class));
     kvtest::prefill(cache, 0, prompt);
-    decode_with_attention(cache, 16, 8, {{0, 0.9}, {8, 0.1}});
+    kvtest::decode_with_attention(cache, 16, 8, {{0, 0.9}, {8, 0.1}});
     const auto k = kept(cache, 0);
     EXPECT_TRUE(k.count(7) && k.count(8));
     EXPECT_TRUE(k.count(0) && k.count(3) && k.count(6));

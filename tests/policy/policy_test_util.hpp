@@ -58,6 +58,19 @@ std::set<int> kept(const Cache& cache, int layer, int head = 0) {
   return std::set<int>(pos.begin(), pos.end());
 }
 
+// One decode step whose attention over the cached one-hot keys is `a` (position -> probability).
+template <class Cache>
+void decode_with_attention(Cache& cache, int d, kvcache::Position pos, const std::vector<std::pair<int, double>>& a) {
+  std::vector<float> k(std::size_t(d), 0.0f), v(std::size_t(d), 0.0f), q(std::size_t(d), logit_of(0, d)),
+      out(static_cast<std::size_t>(d));
+  k[std::size_t(pos)] = 1.0f;
+  v[0] = 1.0f;
+  for (auto [j, p] : a) q[std::size_t(j)] = logit_of(p, d);
+  cache.decode(0, kvcache::ConstTensorView<float, 2>(k.data(), 1, d),
+               kvcache::ConstTensorView<float, 2>(v.data(), 1, d), pos,
+               kvcache::ConstTensorView<float, 2>(q.data(), 1, d), kvcache::TensorView<float, 2>(out.data(), 1, d));
+}
+
 inline kvcache::CacheConfig one_head_config(int d, std::int64_t capacity, int layers = 1) {
   return kvcache::CacheConfig{layers, {1, 1, d, d}, capacity, kvcache::DType::kF32};
 }

@@ -27,19 +27,6 @@ const std::vector<std::vector<double>> kA = {
     {0.2, 0.0, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1},
 };
 
-// One decode step whose attention over the cached keys (one-hot, by position) is `a` (position -> probability).
-template <class Cache>
-void decode_with_attention(Cache& cache, int d, kvcache::Position pos, const std::vector<std::pair<int, double>>& a) {
-  std::vector<float> k(std::size_t(d), 0.0f), v(std::size_t(d), 0.0f), q(std::size_t(d), kvtest::logit_of(0, d)),
-      out(static_cast<std::size_t>(d));
-  k[std::size_t(pos)] = 1.0f;
-  v[0] = 1.0f;
-  for (auto [j, p] : a) q[std::size_t(j)] = kvtest::logit_of(p, d);
-  cache.decode(0, kvcache::ConstTensorView<float, 2>(k.data(), 1, d),
-               kvcache::ConstTensorView<float, 2>(v.data(), 1, d), pos,
-               kvcache::ConstTensorView<float, 2>(q.data(), 1, d), kvcache::TensorView<float, 2>(out.data(), 1, d));
-}
-
 class WorkedExampleTest : public testing::TestWithParam<kvcache::Isa> {
  protected:
   kvtest::ScopedIsa isa_{GetParam()};
@@ -56,7 +43,7 @@ TEST_P(WorkedExampleTest, H2OPrefillThenOneDecodeStep) {
     const double expect = pos[s] == 0 ? 3.3 : pos[s] == 2 ? 1.4 : pos[s] == 6 ? 0.2 : 0.1;
     EXPECT_NEAR(sc[s], expect, 1e-5) << "position " << pos[s];
   }
-  decode_with_attention(cache, 16, 8, {{0, 0.3}, {2, 0.1}, {6, 0.1}, {7, 0.2}, {8, 0.3}});
+  kvtest::decode_with_attention(cache, 16, 8, {{0, 0.3}, {2, 0.1}, {6, 0.1}, {7, 0.2}, {8, 0.3}});
   EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 2, 7, 8}));
 }
 
@@ -152,7 +139,7 @@ TEST_P(WorkedExampleTest, StreamingLLMSinksAndWindow) {
   kvtest::prefill(cache, 0, one);
   EXPECT_EQ(kept(cache, 0), expect[0]);
   for (int t = 1; t <= 8; ++t) {
-    decode_with_attention(cache, 16, t, {});
+    kvtest::decode_with_attention(cache, 16, t, {});
     EXPECT_EQ(kept(cache, 0), expect[std::size_t(t)]) << "after token " << t;
   }
 }
