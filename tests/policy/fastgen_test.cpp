@@ -20,18 +20,6 @@ using kvcache::Position;
 using kvcache::TokenClass;
 using kvtest::kept;
 
-// algorithms.md 2.10, the matrix 7.11 profiles.
-const std::vector<std::vector<double>> kA = {
-    {1.0},
-    {0.5, 0.5},
-    {0.4, 0.2, 0.4},
-    {0.4, 0.1, 0.4, 0.1},
-    {0.3, 0.1, 0.3, 0.1, 0.2},
-    {0.3, 0.1, 0.1, 0.1, 0.3, 0.1},
-    {0.2, 0.1, 0.1, 0.1, 0.4, 0.0, 0.1},
-    {0.2, 0.0, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1},
-};
-
 // 7.11: special = {0} (BOS), punctuation = {3, 6}; later positions: 9 and 12 are punctuation.
 TokenClass example_class(Position p) {
   if (p == 0) return TokenClass::kSpecial;
@@ -78,7 +66,7 @@ TEST_P(FastGenTest, WorkedExampleChoosesAndKeepsPerThreshold) {
                         {0.45, FastGen::Choice::kPunctuation, {0, 3, 6}}};
   for (const Case& c : cases) {
     KVCache<FastGen> cache(kvtest::one_head_config(16, 12), FastGen(c.t, example_class));
-    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kA, 16));
+    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16));
     EXPECT_EQ(cache.head_choice(0, 0), choice(c.c)) << "T = " << c.t;
     EXPECT_EQ(kept(cache, 0), c.keep) << "T = " << c.t;
     EXPECT_EQ(cache.length(0, 0), std::int64_t(c.keep.size()));
@@ -87,7 +75,7 @@ TEST_P(FastGenTest, WorkedExampleChoosesAndKeepsPerThreshold) {
 
 TEST_P(FastGenTest, WorkedExampleRecoveries) {
   // The statistics KVCache profiles with, computed by attention_profile on the prompt whose attention is kA.
-  const auto p = kvtest::prompt_from_attention(kA, 16);
+  const auto p = kvtest::prompt_from_attention(kvtest::kA, 16);
   kvcache::LayerSlots kv({1, 1, 16, 16}, 12, kvcache::DType::kF32);
   kv.append(kvcache::ConstTensorView<float, 3>(p.k.data(), 1, 8, 16),
             kvcache::ConstTensorView<float, 3>(p.v.data(), 1, 8, 16), p.positions);
@@ -98,7 +86,7 @@ TEST_P(FastGenTest, WorkedExampleRecoveries) {
   for (int j = 0; j < 8; ++j) {
     EXPECT_NEAR(cols[std::size_t(j)], expect_cols[j], 1e-5) << j;
     double b = 0;  // rows i in [j, j + 1]
-    for (int i = j; i < std::min(8, j + 2); ++i) b += kA[std::size_t(i)][std::size_t(j)];
+    for (int i = j; i < std::min(8, j + 2); ++i) b += kvtest::kA[std::size_t(i)][std::size_t(j)];
     EXPECT_NEAR(band[std::size_t(j)], b, 1e-5) << j;
   }
   std::vector<std::uint8_t> tags;
@@ -119,7 +107,7 @@ TEST_P(FastGenTest, WorkedExampleRecoveries) {
 }
 
 TEST_P(FastGenTest, GenerationFollowsTheChosenPolicy) {
-  const auto prompt = kvtest::prompt_from_attention(kA, 16);
+  const auto prompt = kvtest::prompt_from_attention(kvtest::kA, 16);
   {  // special only: every new token is dropped after it attends, punctuation included
     KVCache<FastGen> cache(kvtest::one_head_config(16, 14), FastGen(0.40, example_class));
     kvtest::prefill(cache, 0, prompt);
@@ -303,7 +291,7 @@ TEST(FastGenPropertyTest, ClearErrors) {
   kvtest::expect_error_mentioning([] { FastGen(1.5, every_fifth); }, "threshold");
   kvtest::expect_error_mentioning([] { FastGen(0.9, nullptr); }, "token_class");
   KVCache<FastGen> cache(kvtest::one_head_config(16, 12), FastGen(0.9, every_fifth));
-  const auto p = kvtest::prompt_from_attention(kA, 16);
+  const auto p = kvtest::prompt_from_attention(kvtest::kA, 16);
   kvtest::expect_error_mentioning([&] { kvtest::prefill(cache, 0, p, /*last_chunk=*/false); }, "one prefill call");
   EXPECT_EQ(cache.length(0, 0), 0);  // the rejected call changed nothing
 }

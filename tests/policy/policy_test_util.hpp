@@ -20,6 +20,18 @@ struct Prompt {
   std::vector<kvcache::Position> positions;
 };
 
+// The causal attention matrix of algorithms.md 2.10 (H2O's worked example; FastGen's 7.11 profiles it too).
+inline const std::vector<std::vector<double>> kA = {
+    {1.0},
+    {0.5, 0.5},
+    {0.4, 0.2, 0.4},
+    {0.4, 0.1, 0.4, 0.1},
+    {0.3, 0.1, 0.3, 0.1, 0.2},
+    {0.3, 0.1, 0.1, 0.1, 0.3, 0.1},
+    {0.2, 0.1, 0.1, 0.1, 0.4, 0.0, 0.1},
+    {0.2, 0.0, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1},
+};
+
 inline float logit_of(double a, int d) { return static_cast<float>((a > 0 ? std::log(a) : -40.0) * std::sqrt(d)); }
 
 /// One KV head and one query head; attention rows A[i] (only j <= i is used), value rows given or e_0.

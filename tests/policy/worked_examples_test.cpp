@@ -15,18 +15,6 @@ using kvcache::Count;
 using kvcache::KVCache;
 using kvtest::kept;
 
-// algorithms.md 2.10
-const std::vector<std::vector<double>> kA = {
-    {1.0},
-    {0.5, 0.5},
-    {0.4, 0.2, 0.4},
-    {0.4, 0.1, 0.4, 0.1},
-    {0.3, 0.1, 0.3, 0.1, 0.2},
-    {0.3, 0.1, 0.1, 0.1, 0.3, 0.1},
-    {0.2, 0.1, 0.1, 0.1, 0.4, 0.0, 0.1},
-    {0.2, 0.0, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1},
-};
-
 class WorkedExampleTest : public testing::TestWithParam<kvcache::Isa> {
  protected:
   kvtest::ScopedIsa isa_{GetParam()};
@@ -34,7 +22,7 @@ class WorkedExampleTest : public testing::TestWithParam<kvcache::Isa> {
 
 TEST_P(WorkedExampleTest, H2OPrefillThenOneDecodeStep) {
   KVCache<kvcache::H2O> cache(kvtest::one_head_config(16, 12), kvcache::H2O(Count::of(2), Count::of(2)));
-  kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kA, 16));
+  kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16));
   EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 2, 6, 7}));
   // Accumulated (unnormalised) column sums of the kept tokens: {0: 3.3, 2: 1.4, 6: 0.2, 7: 0.1}.
   auto pos = cache.layer(0).positions(0);
@@ -60,7 +48,7 @@ static_assert(kvcache::Policy<NormalisedAttention>);
 
 TEST_P(WorkedExampleTest, H2OContrastWithNormalisedScores) {
   KVCache<NormalisedAttention> cache(kvtest::one_head_config(16, 12), NormalisedAttention(Count::of(2), Count::of(2)));
-  kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kA, 16));
+  kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16));
   EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 4, 6, 7}));
 }
 
@@ -68,12 +56,12 @@ TEST_P(WorkedExampleTest, VatpProtectsTheSink) {
   const std::vector<double> vnorm = {0.5, 4.0, 2.0, 6.0, 1.0, 8.0, 3.0, 3.0};
   {
     KVCache<kvcache::VATP> cache(kvtest::one_head_config(16, 12), kvcache::VATP(Count::of(2), Count::of(2), 1));
-    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kA, 16, vnorm));
+    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16, vnorm));
     EXPECT_EQ(kept(cache, 0), (std::set<int>{0, 1, 6, 7}));
   }
   {
     KVCache<kvcache::VATP> cache(kvtest::one_head_config(16, 12), kvcache::VATP(Count::of(2), Count::of(2), 0));
-    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kA, 16, vnorm));
+    kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16, vnorm));
     EXPECT_EQ(kept(cache, 0), (std::set<int>{1, 3, 6, 7}));  // the sink is lost without protection
   }
 }

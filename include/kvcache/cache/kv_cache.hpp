@@ -410,7 +410,6 @@ class KVCache {
     KVCACHE_REQUIRE(kv.max_length() + m <= config_.capacity, "prefill: ", m, " more tokens would exceed the capacity ",
                     config_.capacity, " (a head holds ", kv.max_length(), ")");
     LayerState& st = layers_[std::size_t(l)];
-    const std::int64_t nq = q.dimension(1);
     for (std::int64_t i = 0; i < m; ++i) {
       for (int h = 0; h < n_kv; ++h) {
         std::copy_n(&k(h, i, 0), dk, merge_kstep_.data() + std::size_t(h) * std::size_t(dk));
@@ -418,7 +417,6 @@ class KVCache {
       }
       decode_merging(l, merge_kstep_.data(), merge_vstep_.data(), positions[std::size_t(i)], &q(i, 0, 0),
                      &out(i, 0, 0));
-      (void)nq;
     }
     st.prompt_length += m;
     if (!st.resolved) resolve_budgets(l);
