@@ -4,6 +4,8 @@
 // Include this umbrella, or one family header.
 
 #include "kvcache/attention/decode.hpp"
+#include "kvcache/attention/mla.hpp"
+#include "kvcache/attention/mla_reference.hpp"
 #include "kvcache/attention/prefill.hpp"
 #include "kvcache/attention/reference.hpp"
 #include "kvcache/cache/kv_cache.hpp"
@@ -17,5 +19,6 @@
 #include "kvcache/policy/policies.hpp"
 #include "kvcache/simd/convert.hpp"
 #include "kvcache/simd/isa.hpp"
+#include "kvcache/storage/sliding_window.hpp"
 #include "kvcache/storage/slot_storage.hpp"
 #include "kvcache/version.hpp"

@@ -59,7 +59,8 @@ void check_decode(const DecodeCase& c, const Exec& ex = Exec{}, LayerSlots* give
                            std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits);
   EXPECT_LE(kvtest::max_abs_diff(out, ref), 2e-5) << what;
   if (c.probabilities) {
-    EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6) << what;
+    // A sum over g heads of probabilities <= 1 each: the bound grows with the group beyond 8.
+    EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6 * std::max(1, n_q / n_kv / 8)) << what;
     // Entries past each head's length are untouched.
     for (int h = 0; h < n_kv; ++h)
       for (std::int64_t j = kv.length(h); j < stride; ++j) ASSERT_EQ(probs[h * stride + j], 0.5f) << what;
@@ -91,9 +92,20 @@ TEST_P(DecodeTest, DimsThatAreNotMultiplesOfTheVectorWidth) {
   }
 }
 
-TEST_P(DecodeTest, LargeGroupsAreChunked) {
-  check_decode({{16, 1, 64, 64}, 130, DType::kF16});  // the largest group one kernel call serves
-  check_decode({{40, 2, 64, 64}, 130, DType::kF16});  // 20 per KV head: two chunks
+TEST_P(DecodeTest, LargeGroupsInOneCall) {
+  check_decode({{16, 1, 64, 64}, 130, DType::kF16});
+  check_decode({{40, 2, 64, 64}, 130, DType::kF16});  // 20 per KV head: not a multiple of the head block of 8
+  check_decode({{128, 1, 64, 64}, 70, DType::kBF16});
+}
+
+// The latent layout (MLA): one KV head whose rows are [latent | RoPE key] and whose values are the latent.
+TEST_P(DecodeTest, LatentLayout) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (std::int64_t len : {1, 7, 17, 1000}) check_decode({{4, 1, 112, 96, true}, len, dt});  // tinylm-mla
+    check_decode({{3, 1, 45, 37, true}, 65, dt});                                              // odd widths
+  }
+  check_decode({{128, 1, 576, 512, true}, 130, DType::kBF16, 2});  // DeepSeek-V2, split in two
+  check_decode({{8, 1, 112, 96, true}, 300, DType::kF16, 2}, kvtest::ThreadExecutor{2});
 }
 
 TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {

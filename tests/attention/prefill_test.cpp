@@ -102,6 +102,13 @@ TEST_P(PrefillTest, LargestGroupAndMha) {
   check_prefill({{8, 8, 64, 64}, 0, 40, DType::kF16, 0, -1});
 }
 
+TEST_P(PrefillTest, LatentLayout) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    check_prefill({{4, 1, 112, 96, true}, 0, 130, dt, 0, -1});  // tinylm-mla
+    check_prefill({{3, 1, 45, 37, true}, 9, 20, dt, 15, -1});   // odd widths, chunked
+  }
+}
+
 TEST_P(PrefillTest, ThreadsGiveTheSameAnswer) {
   check_prefill({{8, 2, 64, 64}, 10, 400, DType::kF16, -1}, kvtest::ThreadExecutor{2}, 2);
   check_prefill({{8, 2, 64, 64}, 10, 400, DType::kF16, 0, -1}, kvtest::ThreadExecutor{2}, 2);

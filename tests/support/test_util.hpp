@@ -33,8 +33,9 @@ inline void fill_random(kvcache::LayerSlots& kv, std::int64_t n, std::uint32_t s
   auto v = random_vector(static_cast<std::size_t>(n_kv * n * dv), seed + 1000003u);
   std::vector<kvcache::Position> pos(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = first_position + static_cast<std::int32_t>(i);
+  // The latent layout (MLA) stores keys only.
   kv.append(kvcache::ConstTensorView<float, 3>(k.data(), n_kv, n, dk),
-            kvcache::ConstTensorView<float, 3>(v.data(), n_kv, n, dv), pos);
+            kvcache::ConstTensorView<float, 3>(v.data(), kv.values_in_keys() ? 0 : n_kv, n, dv), pos);
 }
 
 inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {

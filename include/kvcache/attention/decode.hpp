@@ -64,6 +64,8 @@ class DecodeWorkspace {
     }
     query_stride_ = detail::pad_to(static_cast<std::size_t>(shape.head_dim_k), 16);
     queries_ = AlignedBuffer(sizeof(float) * query_stride_ * std::size_t(shape.n_q_heads));
+    tile_stride_ = detail::pad_to(std::size_t(g_) * detail::kDecodeTile, 16);
+    tile_scores_ = AlignedBuffer(sizeof(float) * tile_stride_ * std::size_t(n_kv_) * std::size_t(max_splits));
   }
 
   [[nodiscard]] int max_splits() const noexcept { return max_splits_; }
@@ -78,6 +80,10 @@ class DecodeWorkspace {
   // of its speed). Row stride query_stride().
   float* query(int i) noexcept { return queries_.as<float>() + query_stride_ * std::size_t(i); }
   [[nodiscard]] std::size_t query_stride() const noexcept { return query_stride_; }
+  // [g, kDecodeTile]: the scores of one tile, for the task of (head h, split)
+  float* tile_scores(int h, int split) noexcept {
+    return tile_scores_.as<float>() + tile_stride_ * (std::size_t(h) * std::size_t(max_splits_) + std::size_t(split));
+  }
   // [g, capacity]: unnormalised probabilities of head h's rows
   float* logits(int h) noexcept {
     return logits_.as<float>() + std::size_t(h) * std::size_t(g_) * std::size_t(capacity_);
@@ -98,17 +104,18 @@ class DecodeWorkspace {
   std::int64_t capacity_;
   int max_splits_;
   bool probabilities_;
-  std::size_t partial_stride_ = 0, query_stride_ = 0, tiles_ = 0;
-  AlignedBuffer partials_, logits_, tile_max_, queries_;
+  std::size_t partial_stride_ = 0, query_stride_ = 0, tiles_ = 0, tile_stride_ = 0;
+  AlignedBuffer partials_, logits_, tile_max_, queries_, tile_scores_;
 };
 
 namespace detail {
 
 template <class T>
-void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, const T* k, const T* v, std::int64_t r0,
-                       std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
-                       std::int64_t ldt) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, decode_partial, (q, ldq, g, dk, dv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt))
+void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, int ldv, const T* k, const T* v,
+                       std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld,
+                       float* tile_max, std::int64_t ldt, float* s) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, decode_partial,
+                       (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n,
                                  const float* scale, std::int64_t ldt, float* acc) noexcept {
@@ -124,7 +131,8 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
   for (int i = 0; i < n_q; ++i)
     for (int c = 0; c < dk; ++c) ws.query(i)[c] = q[std::size_t(i) * std::size_t(dk) + std::size_t(c)] * scale;
   // Split s of head h covers rows [len * s / splits, len * (s + 1) / splits), with inner boundaries rounded down to
-  // whole tiles (the probability export indexes tiles from row 0). Group heads go in chunks of kMaxGroup.
+  // whole tiles (the probability export indexes tiles from row 0). All g heads of a group go in one call, so each
+  // tile of rows is read from memory once per step (MLA: 128 heads on one latent).
   auto split_at = [splits](std::int64_t len, int s) {
     return s >= splits ? len : len * s / splits / kDecodeTile * kDecodeTile;
   };
@@ -135,19 +143,15 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     T const* k = static_cast<T const*>(kv.k_data(h));
     T const* v = static_cast<T const*>(kv.v_data(h));
     float* part = ws.partial(h, s);
-    for (int c0 = 0; c0 < g; c0 += kMaxGroup) {
-      const int gc = std::min(kMaxGroup, g - c0);
-      decode_head_range(isa, ws.query(h * g + c0), ldq, gc, dk, dv, k, v, r0, r1,
-                        part + std::size_t(c0) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + c0,
-                        part + std::size_t(g) * std::size_t(dv) + g + c0,
-                        probs ? ws.logits(h) + std::int64_t(c0) * ws.capacity() : nullptr, ws.capacity(),
-                        probs ? ws.tile_max(h) + std::int64_t(c0) * ws.tiles() : nullptr, ws.tiles());
-    }
+    decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), k, v, r0, r1, part,
+                      part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
+                      probs ? ws.logits(h) : nullptr, ws.capacity(), probs ? ws.tile_max(h) : nullptr, ws.tiles(),
+                      ws.tile_scores(h, s));
   });
   // Merge the splits of each head: M = max m_s, L = sum l_s e^(m_s - M), out = sum o_s e^(m_s - M) / L.
   ex.parallel_for(n_kv, [&](int h) noexcept {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-    float m_all[kMaxGroup * 64], l_all[kMaxGroup * 64];  // g <= 1024 query heads per KV head is plenty
+    float m_all[kMaxGroup], l_all[kMaxGroup];
     for (int i = 0; i < g; ++i) {
       float mx = kNegInf;
       for (int s = 0; s < splits; ++s) mx = std::max(mx, ws.partial(h, s)[g * dv + i]);
@@ -191,7 +195,7 @@ void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorV
   const auto n_q = static_cast<int>(q.dimension(0));
   KVCACHE_REQUIRE(n_q > 0 && n_q % n_kv == 0, "decode: ", n_q, " query heads are not a multiple of the ", n_kv,
                   " KV heads");
-  KVCACHE_REQUIRE(n_q / n_kv <= 1024, "decode: group size ", n_q / n_kv, " exceeds 1024");
+  KVCACHE_REQUIRE(n_q / n_kv <= detail::kMaxGroup, "decode: group size ", n_q / n_kv, " exceeds ", detail::kMaxGroup);
   KVCACHE_REQUIRE(q.dimension(1) == kv.head_dim_k(), "decode: queries have width ", q.dimension(1), ", head_dim_k is ",
                   kv.head_dim_k());
   KVCACHE_REQUIRE(out.dimension(0) == n_q && out.dimension(1) == kv.head_dim_v(), "decode: output is [",

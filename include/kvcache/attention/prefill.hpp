@@ -102,6 +102,7 @@ void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std:
         a.g = g;
         a.dk = kv.head_dim_k();
         a.dv = kv.head_dim_v();
+        a.v_stride = kv.v_stride();
         a.kv_head = h;
         a.n_old = kv.length(h) - n_new;
         a.t0 = b * tokens;

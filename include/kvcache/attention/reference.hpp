@@ -20,21 +20,22 @@ Eigen::MatrixXd rows_as_double(T const* p, std::int64_t n, int d) {
     for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(to_f32(p[i * d + c]));
   return m;
 }
-inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
+template <class T>
+void head_rows_as(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   const std::int64_t n = kv.length(h);
+  k = rows_as_double(kv.k_rows<T>(h), n, kv.head_dim_k());
+  // The latent layout (MLA): the value is the head of each key row.
+  v = kv.values_in_keys() ? Eigen::MatrixXd(k.leftCols(kv.head_dim_v()))
+                          : rows_as_double(kv.v_rows<T>(h), n, kv.head_dim_v());
+}
+inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   switch (kv.dtype()) {
     case DType::kF32:
-      k = rows_as_double(kv.k_rows<float>(h), n, kv.head_dim_k());
-      v = rows_as_double(kv.v_rows<float>(h), n, kv.head_dim_v());
-      break;
+      return head_rows_as<float>(kv, h, k, v);
     case DType::kF16:
-      k = rows_as_double(kv.k_rows<f16>(h), n, kv.head_dim_k());
-      v = rows_as_double(kv.v_rows<f16>(h), n, kv.head_dim_v());
-      break;
+      return head_rows_as<f16>(kv, h, k, v);
     case DType::kBF16:
-      k = rows_as_double(kv.k_rows<bf16>(h), n, kv.head_dim_k());
-      v = rows_as_double(kv.v_rows<bf16>(h), n, kv.head_dim_v());
-      break;
+      return head_rows_as<bf16>(kv, h, k, v);
   }
 }
 /// Softmax of scale * (k q) over the first n entries; the rest are 0.

@@ -12,6 +12,9 @@
 //
 // Shapes: prefill k, v: [n_kv_heads, m, head_dim]; q, out: [m, n_q_heads, head_dim]; positions: [m].
 //         decode  k, v: [n_kv_heads, head_dim];    q, out: [n_q_heads, head_dim];    one position.
+// MLA (AttentionShape::values_in_keys, attention/mla.hpp): k rows are [latent | RoPE key], v is empty, q the absorbed
+// queries and out the latent sums; set KVCacheOptions::softmax_scale. YOCO: one cache layer read by several model
+// layers (KVCacheOptions::readers, read_prefill, read_decode).
 // Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk) and, during
 // decode, budget + slack + 1 rows. Errors in shapes or budgets throw kvcache::Error before anything changes.
 
@@ -46,6 +49,13 @@ struct KVCacheOptions {
   std::function<ResolvedBudget(int layer, int kv_head, ResolvedBudget policy_budget)> budget_override;
   /// Threads the kernels may use (the executor's concurrency is capped by this when sizing workspaces).
   int max_threads = 1;
+  /// Softmax scale of attention; 0 means 1 / sqrt(head_dim_k). MLA needs 1 / sqrt(qk_nope + qk_rope), which differs
+  /// from the latent row's width (MlaShape::softmax_scale()).
+  float softmax_scale = 0.0f;
+  /// Attention calls per step on each cache layer: 1, or more for a cache that several model layers read (YOCO's
+  /// global cache, read by every cross-decoder layer). prefill()/decode() make the first read; read_prefill()/
+  /// read_decode() the others, in layer order; scores add up over all reads, and eviction waits for the last one.
+  int readers = 1;
 };
 
 template <class P, class Exec = SerialExecutor>
@@ -67,9 +77,20 @@ class KVCache {
         prefill_ws_(config.shape, std::max(1, options_.max_threads)),
         decode_ws_(config.shape, config.capacity, std::max(1, options_.max_threads), needs_.decode_scores) {
     KVCACHE_REQUIRE(options_.eviction_slack >= 0, "eviction_slack must be >= 0, got ", options_.eviction_slack);
+    KVCACHE_REQUIRE(!(config.shape.values_in_keys && needs_.in_cache_positions), "policy '", P::kName,
+                    "' re-rotates cached keys to in-cache positions, which the latent layout (MLA) does not support: "
+                    "only the RoPE tail of a latent row is rotated; use original positions");
+    KVCACHE_REQUIRE(!(config.shape.values_in_keys && needs_.merge_on_append), "policy '", P::kName,
+                    "' merges pre-RoPE keys per KV head, which the latent layout (MLA) does not have");
+    KVCACHE_REQUIRE(options_.readers >= 1, "readers must be >= 1, got ", options_.readers);
+    KVCACHE_REQUIRE(options_.readers == 1 || !needs_.merge_on_append, "policy '", P::kName,
+                    "' merges each new token into the step's attention, which needs one reader per cache layer; got ",
+                    options_.readers);
     KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.rope.has_value(), "policy '", P::kName,
                     "' keeps positions inside the cache and needs KVCacheOptions::rope (the model's RoPE)");
     if (needs_.in_cache_positions) rope_ = Rope(*options_.rope, config.shape.head_dim_k);
+    KVCACHE_REQUIRE(std::isfinite(options_.softmax_scale) && options_.softmax_scale >= 0.0f,
+                    "softmax_scale must be finite and >= 0 (0 = 1 / sqrt(head_dim_k)), got ", options_.softmax_scale);
     KVCACHE_REQUIRE(!needs_.prefill_profile || ProfilingPolicy<P>, "policy '", P::kName,
                     "' asks for prefill_profile but has no profile_window() and profile() (see policy/policy.hpp)");
     KVCACHE_REQUIRE(!needs_.slot_tags || TaggingPolicy<P>, "policy '", P::kName,
@@ -155,6 +176,8 @@ class KVCache {
       l.sink_slots.clear();
       l.prompt_length = 0;
       l.resolved = false;
+      l.pending_reads = 0;
+      l.pending_prefill = false;
     }
   }
 
@@ -165,6 +188,7 @@ class KVCache {
     LayerState& st = layers_[std::size_t(l)];
     const std::int64_t m = k.dimension(1);
     const std::int64_t window = needs_.prefill_window;
+    require_no_pending_reads(l, "prefill");
     KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
                     window, " prompt queries, but the last chunk has ", m, " tokens");
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
@@ -179,21 +203,31 @@ class KVCache {
                     "' profiles the whole prompt's attention, so the prompt must come in one prefill call "
                     "(last_chunk = true); later chunks are appended");
     append_rows(l, k, v, positions);
-    PrefillOptions opt;
-    const bool sums = needs_.prefill_scores || (last_chunk && window > 0);
-    if (sums) {
-      opt.column_sums = st.scores.data();
-      opt.column_sums_stride = config_.capacity;
-      opt.column_sums_begin = needs_.prefill_scores ? 0 : m - window;
-    }
+    const PrefillOptions opt = prefill_options(l, m, last_chunk);
     prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
     st.prompt_length += m;
     if constexpr (ProfilingPolicy<P>)
       if (profile) profile_prompt(l, q);
-    if (last_chunk) {
-      resolve_budgets(l);
-      if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
-    }
+    st.pending_reads = options_.readers - 1;
+    st.pending_m = m;
+    st.pending_last_chunk = last_chunk;
+    st.pending_prefill = true;
+    if (st.pending_reads == 0) finish_prefill(l);
+  }
+
+  /// A further read of the prompt chunk that prefill(l, ...) just appended, by the next model layer that reads cache
+  /// layer l (KVCacheOptions::readers > 1). q, out: [m, n_q_heads, head_dim] for the chunk's m tokens. Its scores
+  /// add to the first read's; after the last reader of the last chunk the policy compresses.
+  void read_prefill(int l, ConstTensorView<float, 3> q, TensorView<float, 3> out) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    KVCACHE_REQUIRE(st.pending_prefill && st.pending_reads > 0, "read_prefill: layer ", l,
+                    " has no prefill chunk waiting for readers (readers = ", options_.readers, ")");
+    const std::int64_t m = st.pending_m;
+    check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
+    PrefillOptions opt = prefill_options(l, m, st.pending_last_chunk);
+    prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
+    if (--st.pending_reads == 0) finish_prefill(l);
   }
 
   /// One decode step for one layer: the new token's k, v at `position`, then attention for q.
@@ -201,8 +235,9 @@ class KVCache {
               ConstTensorView<float, 2> q, TensorView<float, 2> out) {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
-    KVCACHE_REQUIRE(k.dimension(0) == kv.n_kv_heads() && v.dimension(0) == kv.n_kv_heads(),
+    KVCACHE_REQUIRE(k.dimension(0) == kv.n_kv_heads() && (v.dimension(0) == kv.n_kv_heads() || v.size() == 0),
                     "decode: keys and values need one row per KV head (", kv.n_kv_heads(), ")");
+    require_no_pending_reads(l, "decode");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
     if (!st.resolved) resolve_budgets(l);
     if constexpr (MergingPolicy<P>) {
@@ -215,13 +250,25 @@ class KVCache {
     append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
                 ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
     if (needs_.in_cache_positions) place_sinks(l, position);
-    DecodeOptions opt;
-    if (needs_.decode_scores) {
-      opt.probabilities = st.scores.data();
-      opt.probabilities_stride = config_.capacity;
-    }
+    const DecodeOptions opt = decode_options(l);
     decode_attention(kv, q, out, decode_ws_, opt, exec_);
-    if (needs_.evict_during_decode) evict(l, options_.eviction_slack, /*after_prefill=*/false);
+    st.pending_reads = options_.readers - 1;
+    st.pending_prefill = false;
+    if (st.pending_reads == 0 && needs_.evict_during_decode) evict(l, options_.eviction_slack, /*after_prefill=*/false);
+  }
+
+  /// A further read of the token that decode(l, ...) just appended, by the next model layer that reads cache layer l
+  /// (KVCacheOptions::readers > 1). q: [n_q_heads, head_dim_k], out: [n_q_heads, head_dim_v]. After the last reader
+  /// the policy evicts.
+  void read_decode(int l, ConstTensorView<float, 2> q, TensorView<float, 2> out) {
+    LayerSlots& kv = storage_.layer(l);
+    LayerState& st = layers_[std::size_t(l)];
+    KVCACHE_REQUIRE(!st.pending_prefill && st.pending_reads > 0, "read_decode: layer ", l,
+                    " has no decode step waiting for readers (readers = ", options_.readers, ")");
+    check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
+    decode_attention(kv, q, out, decode_ws_, decode_options(l), exec_);
+    if (--st.pending_reads == 0 && needs_.evict_during_decode)
+      evict(l, options_.eviction_slack, /*after_prefill=*/false);
   }
 
  private:
@@ -241,7 +288,46 @@ class KVCache {
     std::vector<int> merge_count, merge_start;
     std::int64_t prompt_length = 0;
     bool resolved = false;
+    // Shared caches (readers > 1): reads still due for the current step, and what that step was.
+    int pending_reads = 0;
+    std::int64_t pending_m = 0;
+    bool pending_prefill = false, pending_last_chunk = false;
   };
+
+  void require_no_pending_reads(int l, const char* who) const {
+    const int due = state(l).pending_reads;
+    KVCACHE_REQUIRE(due == 0, who, ": layer ", l, " still waits for ", due, " read(s) of its previous step (",
+                    options_.readers, " readers: call read_prefill / read_decode first)");
+  }
+
+  PrefillOptions prefill_options(int l, std::int64_t m, bool last_chunk) {
+    LayerState& st = layers_[std::size_t(l)];
+    PrefillOptions opt;
+    opt.scale = options_.softmax_scale;
+    const std::int64_t window = needs_.prefill_window;
+    if (needs_.prefill_scores || (last_chunk && window > 0)) {
+      opt.column_sums = st.scores.data();
+      opt.column_sums_stride = config_.capacity;
+      opt.column_sums_begin = needs_.prefill_scores ? 0 : m - window;
+    }
+    return opt;
+  }
+  DecodeOptions decode_options(int l) {
+    DecodeOptions opt;
+    opt.scale = options_.softmax_scale;
+    if (needs_.decode_scores) {
+      opt.probabilities = layers_[std::size_t(l)].scores.data();
+      opt.probabilities_stride = config_.capacity;
+    }
+    return opt;
+  }
+  void finish_prefill(int l) {
+    LayerState& st = layers_[std::size_t(l)];
+    st.pending_prefill = false;
+    if (!st.pending_last_chunk) return;
+    resolve_budgets(l);
+    if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
+  }
 
   const LayerState& state(int l) const {
     KVCACHE_REQUIRE(l >= 0 && l < config_.n_layers, "layer ", l, " does not exist (the cache has ", config_.n_layers,
@@ -304,7 +390,8 @@ class KVCache {
         if (!st.scores.empty()) st.scores[slot] = 0.0f;
         // Norms come from the values and keys as given (fp32), before any rounding to the storage type.
         const float* krow = k.data() + (std::int64_t(h) * m + i) * dk;
-        const float* vrow = v.data() + (std::int64_t(h) * m + i) * dv;
+        // The latent layout's value is the head of the key row.
+        const float* vrow = kv.values_in_keys() ? krow : v.data() + (std::int64_t(h) * m + i) * dv;
         if (needs_.value_norms) st.value_norms[slot] = row_norm(vrow, dv, true);
         if (needs_.key_norms) st.key_norms[slot] = row_norm(krow, dk, false);
         if constexpr (TaggingPolicy<P>)
@@ -531,7 +618,7 @@ class KVCache {
     LayerState& st = layers_[std::size_t(l)];
     const std::int64_t m = kv.length(0), window = policy_.profile_window(m), cap = config_.capacity;
     std::vector<float> cols(std::size_t(kv.n_kv_heads() * cap), 0.0f), band(cols.size(), 0.0f);
-    attention_profile(kv, q, window, cols.data(), band.data(), cap);
+    attention_profile(kv, q, window, cols.data(), band.data(), cap, options_.softmax_scale);
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
       const std::size_t base = std::size_t(h) * std::size_t(cap);
       ProfileInput in;

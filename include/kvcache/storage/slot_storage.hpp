@@ -9,6 +9,10 @@
 // live rows stay dense (kernels need no mask), each surviving row moves at most once, and removing r rows moves at
 // most r rows. Slot order therefore carries no meaning after a removal: the original position travels with each row.
 //
+// With AttentionShape::values_in_keys (MLA's latent layout) no value rows exist: the value of a row is the first
+// head_dim_v elements of its key row, v_data() aliases k_data() with row stride v_stride() = head_dim_k, appends take
+// keys only, and a row costs head_dim_k elements.
+//
 // Nothing allocates after construction. Mutating calls validate their arguments and throw kvcache::Error naming
 // the bad value, before touching any row (a failed call changes nothing).
 
@@ -35,16 +39,21 @@ class LayerSlots {
   };
 
   LayerSlots(const AttentionShape& shape, std::int64_t capacity, DType dtype)
-      : n_kv_heads_(shape.n_kv_heads), dk_(shape.head_dim_k), dv_(shape.dim_v()), capacity_(capacity), dtype_(dtype) {
+      : n_kv_heads_(shape.n_kv_heads),
+        dk_(shape.head_dim_k),
+        dv_(shape.dim_v()),
+        values_in_keys_(shape.values_in_keys),
+        capacity_(capacity),
+        dtype_(dtype) {
     shape.validate();
     KVCACHE_REQUIRE(capacity > 0 && capacity <= CacheConfig::kMaxCapacity, "capacity must be in [1, ",
                     CacheConfig::kMaxCapacity, "], got ", capacity);
     const std::size_t cap = static_cast<std::size_t>(capacity);
     head_stride_k_ = round_up(cap * static_cast<std::size_t>(dk_) * elem_size(), kCacheLine);
-    head_stride_v_ = round_up(cap * static_cast<std::size_t>(dv_) * elem_size(), kCacheLine);
+    head_stride_v_ = values_in_keys_ ? 0 : round_up(cap * static_cast<std::size_t>(dv_) * elem_size(), kCacheLine);
     head_stride_pos_ = round_up(cap * sizeof(Position), kCacheLine);
     k_ = AlignedBuffer(head_stride_k_ * static_cast<std::size_t>(n_kv_heads_));
-    v_ = AlignedBuffer(head_stride_v_ * static_cast<std::size_t>(n_kv_heads_));
+    if (!values_in_keys_) v_ = AlignedBuffer(head_stride_v_ * static_cast<std::size_t>(n_kv_heads_));
     pos_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
     length_.assign(static_cast<std::size_t>(n_kv_heads_), 0);
     mark_.assign(cap, 0);
@@ -55,6 +64,10 @@ class LayerSlots {
   [[nodiscard]] int n_kv_heads() const noexcept { return n_kv_heads_; }
   [[nodiscard]] int head_dim_k() const noexcept { return dk_; }
   [[nodiscard]] int head_dim_v() const noexcept { return dv_; }
+  /// The latent layout: values are the first head_dim_v() elements of the key rows (see the top of this header).
+  [[nodiscard]] bool values_in_keys() const noexcept { return values_in_keys_; }
+  /// Elements between consecutive value rows: head_dim_v, or head_dim_k in the latent layout.
+  [[nodiscard]] int v_stride() const noexcept { return values_in_keys_ ? dk_ : dv_; }
   [[nodiscard]] std::int64_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] std::int64_t length(int h) const noexcept { return length_[static_cast<std::size_t>(h)]; }
   [[nodiscard]] std::int64_t max_length() const noexcept {
@@ -63,8 +76,10 @@ class LayerSlots {
     return m;
   }
 
-  /// Bytes of one cached token in one head: its key and value rows.
-  [[nodiscard]] std::size_t row_bytes() const noexcept { return static_cast<std::size_t>(dk_ + dv_) * elem_size(); }
+  /// Bytes of one cached token in one head: its key and value rows (the key row alone in the latent layout).
+  [[nodiscard]] std::size_t row_bytes() const noexcept {
+    return static_cast<std::size_t>(values_in_keys_ ? dk_ : dk_ + dv_) * elem_size();
+  }
   /// K and V bytes that head h holds now (length(h) rows).
   [[nodiscard]] std::size_t kv_bytes(int h) const noexcept { return static_cast<std::size_t>(length(h)) * row_bytes(); }
   /// K and V bytes that the layer holds now, summed over its heads.
@@ -84,9 +99,13 @@ class LayerSlots {
 
   /// Raw rows of head h (row stride head_dim_k / head_dim_v elements of dtype()).
   [[nodiscard]] const void* k_data(int h) const noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
-  [[nodiscard]] const void* v_data(int h) const noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
+  [[nodiscard]] const void* v_data(int h) const noexcept {
+    return values_in_keys_ ? k_data(h) : v_.data() + head_stride_v_ * std::size_t(h);
+  }
   [[nodiscard]] void* k_data(int h) noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
-  [[nodiscard]] void* v_data(int h) noexcept { return v_.data() + head_stride_v_ * std::size_t(h); }
+  [[nodiscard]] void* v_data(int h) noexcept {
+    return values_in_keys_ ? k_data(h) : v_.data() + head_stride_v_ * std::size_t(h);
+  }
 
   template <class T>
   [[nodiscard]] T const* k_rows(int h) const {
@@ -116,8 +135,11 @@ class LayerSlots {
   [[nodiscard]] ConstTensorView<T, 2> k(int h) const {
     return ConstTensorView<T, 2>(k_rows<T>(h), length(h), dk_);
   }
+  /// (Not in the latent layout, whose value rows are strided: use v_rows() with v_stride().)
   template <class T>
   [[nodiscard]] ConstTensorView<T, 2> v(int h) const {
+    KVCACHE_REQUIRE(!values_in_keys_, "v(): the latent layout has no separate value rows; read v_rows() with stride ",
+                    dk_);
     return ConstTensorView<T, 2>(v_rows<T>(h), length(h), dv_);
   }
   /// Original positions of the live rows of head h: [length(h)].
@@ -127,14 +149,14 @@ class LayerSlots {
   }
 
   /// Appends m rows to head h. k: [m, head_dim_k], v: [m, head_dim_v], positions: [m]. S may be any element type;
-  /// rows are converted to dtype() (round to nearest even when narrowing).
+  /// rows are converted to dtype() (round to nearest even when narrowing). The latent layout takes no values: v must
+  /// then be empty ([m, 0] or [0, 0]).
   template <class S>
   void append(int h, ConstTensorView<S, 2> k, ConstTensorView<S, 2> v, std::span<const Position> positions) {
     check_head(h, "append");
     const Eigen::Index m = k.dimension(0);
     KVCACHE_REQUIRE(k.dimension(1) == dk_, "append: keys have width ", k.dimension(1), ", head_dim_k is ", dk_);
-    KVCACHE_REQUIRE(v.dimension(1) == dv_, "append: values have width ", v.dimension(1), ", head_dim_v is ", dv_);
-    KVCACHE_REQUIRE(v.dimension(0) == m, "append: ", m, " key rows but ", v.dimension(0), " value rows");
+    check_values(v.size(), v.dimension(1), v.dimension(0), m);
     KVCACHE_REQUIRE(static_cast<Eigen::Index>(positions.size()) == m, "append: ", m, " rows but ", positions.size(),
                     " positions");
     KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
@@ -146,19 +168,19 @@ class LayerSlots {
   /// v: [n_kv_heads, m, head_dim_v], positions: [m].
   template <class S>
   void append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) {
-    KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && v.dimension(0) == n_kv_heads_, "append: keys have ",
-                    k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ", n_kv_heads_);
+    KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && (v.dimension(0) == n_kv_heads_ || v.size() == 0),
+                    "append: keys have ", k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ",
+                    n_kv_heads_);
     const Eigen::Index m = k.dimension(1);
     KVCACHE_REQUIRE(k.dimension(2) == dk_, "append: keys have width ", k.dimension(2), ", head_dim_k is ", dk_);
-    KVCACHE_REQUIRE(v.dimension(2) == dv_, "append: values have width ", v.dimension(2), ", head_dim_v is ", dv_);
-    KVCACHE_REQUIRE(v.dimension(1) == m, "append: ", m, " key rows but ", v.dimension(1), " value rows");
+    check_values(v.size(), v.dimension(2), v.dimension(1), m);
     KVCACHE_REQUIRE(static_cast<Eigen::Index>(positions.size()) == m, "append: ", m, " rows but ", positions.size(),
                     " positions");
     for (int h = 0; h < n_kv_heads_; ++h)
       KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
                       " more exceed the capacity of ", capacity_);
     for (int h = 0; h < n_kv_heads_; ++h)
-      append_rows(h, k.data() + h * m * dk_, v.data() + h * m * dv_, positions.data(), m);
+      append_rows(h, k.data() + h * m * dk_, values_in_keys_ ? nullptr : v.data() + h * m * dv_, positions.data(), m);
   }
 
   /// Removes the given slots of head h: distinct, each in [0, length(h)), in any order. The last surviving rows move
@@ -196,26 +218,28 @@ class LayerSlots {
     length_[static_cast<std::size_t>(h)] = new_len;
   }
 
-  /// Rewrites row `slot` of head h in place: key [head_dim_k], value [head_dim_v] (f32, converted to dtype()) and
-  /// position. For merging policies (DMC), whose newest slot absorbs the new token. Length does not change.
+  /// Rewrites row `slot` of head h in place: key [head_dim_k], value [head_dim_v] (f32, converted to dtype(); v is
+  /// ignored in the latent layout) and position. For merging policies (DMC), whose newest slot absorbs the new token.
+  /// Length does not change.
   void overwrite(int h, std::int64_t slot, const float* k, const float* v, Position position) {
     check_head(h, "overwrite");
     KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite: slot ", slot, " does not exist in head ", h,
                     ", which holds ", length(h), " rows");
     const std::size_t ok = std::size_t(slot) * std::size_t(dk_), ov = std::size_t(slot) * std::size_t(dv_);
     const Isa isa = active_isa();
+    const std::size_t nv = values_in_keys_ ? 0 : std::size_t(dv_);
     switch (dtype_) {
       case DType::kF32:
         convert(static_cast<float*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<float*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        convert(static_cast<float*>(v_data(h)) + ov, v, nv, isa);
         break;
       case DType::kF16:
         convert(static_cast<f16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<f16*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        convert(static_cast<f16*>(v_data(h)) + ov, v, nv, isa);
         break;
       case DType::kBF16:
         convert(static_cast<bf16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<bf16*>(v_data(h)) + ov, v, std::size_t(dv_), isa);
+        convert(static_cast<bf16*>(v_data(h)) + ov, v, nv, isa);
         break;
     }
     pos_rows(h)[slot] = position;
@@ -237,6 +261,16 @@ class LayerSlots {
     KVCACHE_REQUIRE(h >= 0 && h < n_kv_heads_, who, ": KV head ", h, " does not exist (the layer has ", n_kv_heads_,
                     ")");
   }
+  // Values of an append: [m, head_dim_v] with m rows, or empty in the latent layout.
+  void check_values(Eigen::Index size, Eigen::Index width, Eigen::Index rows, Eigen::Index m) const {
+    if (values_in_keys_) {
+      KVCACHE_REQUIRE(size == 0, "append: the latent layout stores no values (they are the first ", dv_,
+                      " elements of each key row); pass an empty value tensor");
+      return;
+    }
+    KVCACHE_REQUIRE(width == dv_, "append: values have width ", width, ", head_dim_v is ", dv_);
+    KVCACHE_REQUIRE(rows == m, "append: ", m, " key rows but ", rows, " value rows");
+  }
   Position* pos_rows(int h) noexcept {
     return pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h);
   }
@@ -245,7 +279,7 @@ class LayerSlots {
   void append_rows(int h, S const* k, S const* v, const Position* pos, std::int64_t m) {
     const std::size_t len = static_cast<std::size_t>(length(h));
     const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
-    const std::size_t nv = static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
+    const std::size_t nv = values_in_keys_ ? 0 : static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
     const Isa isa = active_isa();
     switch (dtype_) {
       case DType::kF32:
@@ -266,15 +300,16 @@ class LayerSlots {
   }
 
   void move_row(int h, std::int64_t from, std::int64_t to) noexcept {
-    const std::size_t kb = std::size_t(dk_) * elem_size(), vb = std::size_t(dv_) * elem_size();
+    const std::size_t kb = std::size_t(dk_) * elem_size(), vb = values_in_keys_ ? 0 : std::size_t(dv_) * elem_size();
     auto* kd = static_cast<std::byte*>(k_data(h));
     auto* vd = static_cast<std::byte*>(v_data(h));
     std::memcpy(kd + std::size_t(to) * kb, kd + std::size_t(from) * kb, kb);
-    std::memcpy(vd + std::size_t(to) * vb, vd + std::size_t(from) * vb, vb);
+    if (vb != 0) std::memcpy(vd + std::size_t(to) * vb, vd + std::size_t(from) * vb, vb);
     pos_rows(h)[to] = pos_rows(h)[from];
   }
 
   int n_kv_heads_, dk_, dv_;
+  bool values_in_keys_;
   std::int64_t capacity_;
   DType dtype_;
   std::size_t head_stride_k_ = 0, head_stride_v_ = 0, head_stride_pos_ = 0;  // bytes between heads

@@ -6,7 +6,6 @@
 // tile and head, then P.V with the tile's V rows hot in L1. Accumulation is fp32 whatever the storage type.
 
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
-inline constexpr int kMaxGroup = ::kvcache::detail::kMaxGroup;
 
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
@@ -53,13 +52,13 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
   }
 }
 
-// o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv.
-// o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv.
+// o[h] += sum_r p[h][r] * v[r] for HB heads and rows [r0, r1). o: [HB, dv] with row stride dv; v rows of width dv
+// at stride ldv (ldv > dv in the latent layout, where values are the head of each key row).
 // Each head keeps NA = 8 / HB accumulators that take alternate rows, so about 8 independent FMA chains are in flight
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
 // k_next (if not null): n_next K rows of width dk to prefetch while this runs.
 template <int HB, class T>
-KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, T const* KVCACHE_RESTRICT v, std::int64_t r0,
+KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, T const* v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
                               int dk) noexcept {
   constexpr int L = ops::kLanes;
@@ -79,12 +78,12 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, T const* 
     for (; r + NA <= r1; r += NA, step += NA) {
       if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
       for (int a = 0; a < NA; ++a) {
-        const ops::Vec vv = w == L ? ops::load(v + (r + a) * dv + c) : ops::load_n(v + (r + a) * dv + c, w);
+        const ops::Vec vv = w == L ? ops::load(v + (r + a) * ldv + c) : ops::load_n(v + (r + a) * ldv + c, w);
         for (int h = 0; h < HB; ++h) acc[h][a] = ops::fma(ops::set1(p[h * kDecodeTile + (r + a - r0)]), vv, acc[h][a]);
       }
     }
     for (; r < r1; ++r) {
-      const ops::Vec vv = w == L ? ops::load(v + r * dv + c) : ops::load_n(v + r * dv + c, w);
+      const ops::Vec vv = w == L ? ops::load(v + r * ldv + c) : ops::load_n(v + r * ldv + c, w);
       for (int h = 0; h < HB; ++h) acc[h][0] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h][0]);
     }
     for (int h = 0; h < HB; ++h) {
@@ -112,17 +111,17 @@ KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T
   }
 }
 template <class T>
-KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, T const* v, std::int64_t r0, std::int64_t r1,
-                                  float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
+KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T const* v, std::int64_t r0,
+                                  std::int64_t r1, float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
-      return decode_pv<1>(p, dv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<1>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 2:
-      return decode_pv<2>(p, dv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<2>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 4:
-      return decode_pv<4>(p, dv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<4>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     default:
-      return decode_pv<8>(p, dv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<8>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
   }
 }
 
@@ -131,7 +130,8 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
-/// k: rows of width dk; v: rows of width dv; g <= kMaxGroup.
+/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of g * kDecodeTile floats, 64-byte aligned.
+/// Any g: each tile of K and V rows is read from memory once for all g heads (MLA runs 128 heads on one latent).
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
 /// with s_hj = q_h . k_j.
 /// For probability export (probs not null; r0 must be a multiple of kDecodeTile): probs: [g, ld] receives
@@ -139,11 +139,10 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 /// mt_h at column j / kDecodeTile. The final probability is then probs * e^(mt - m_final) / l_final: one multiply per
 /// row and head, reusing the exponentials the softmax computed anyway.
 template <class T>
-KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, T const* k, T const* v,
+KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
-                                     std::int64_t ld, float* tile_max, std::int64_t ldt) noexcept {
+                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s) noexcept {
   constexpr int L = ops::kLanes;
-  alignas(64) float s[kMaxGroup * kDecodeTile];
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
     l[h] = 0.0f;
@@ -155,7 +154,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? v : nullptr, dv, r1);
+      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile,
+                        h0 == 0 && ldv == dv ? v : nullptr, dv, r1);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
@@ -199,7 +199,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1, dk);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr,
+                    r1 - t1, dk);
       h0 += hb;
     }
   }

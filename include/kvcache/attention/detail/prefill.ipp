@@ -104,11 +104,11 @@ inline void pack_kt(T const* k, int dk, int kd, std::int64_t j0, int nk, float* 
   for (int c = 0; c < kd; ++c)
     for (int j = (c < dk ? nk : 0); j < B; ++j) kt[c * B + j] = 0.0f;
 }
-// Packs values [j0, j0 + nk) into vp: [nk][ldv] f32, zero beyond dv.
+// Packs values [j0, j0 + nk) (rows of width dv at stride vs) into vp: [nk][ldv] f32, zero beyond dv.
 template <class T>
-inline void pack_v(T const* v, int dv, int ldv, std::int64_t j0, int nk, float* vp) noexcept {
+inline void pack_v(T const* v, int dv, int vs, int ldv, std::int64_t j0, int nk, float* vp) noexcept {
   for (int j = 0; j < nk; ++j) {
-    ops::convert_n(vp + j * ldv, v + (j0 + j) * dv, static_cast<std::size_t>(dv));
+    ops::convert_n(vp + j * ldv, v + (j0 + j) * vs, static_cast<std::size_t>(dv));
     for (int c = dv; c < ldv; ++c) vp[j * ldv + c] = 0.0f;
   }
 }
@@ -166,7 +166,7 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
   for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
     const int nk = static_cast<int>(kv_end - j0 < B ? kv_end - j0 : B);
     pack_kt(k, a.dk, kd, j0, nk, sc.kt);
-    pack_v(v, a.dv, ldv, j0, nk, sc.vp);
+    pack_v(v, a.dv, a.v_stride, ldv, j0, nk, sc.vp);
     qk_block(sc.q, kd, sc.kt, 0, M, sc.s);
     for (int i = 0; i < M; ++i) {
       float* srow = sc.s + i * B;

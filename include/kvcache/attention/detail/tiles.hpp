@@ -8,7 +8,7 @@
 namespace kvcache::detail {
 
 inline constexpr int kDecodeTile = 64;      ///< KV rows per online-softmax step of decode
-inline constexpr int kMaxGroup = 16;        ///< query heads one decode kernel call serves (larger groups are chunked)
+inline constexpr int kMaxGroup = 1024;      ///< query heads per KV head that decode accepts (MLA: all heads)
 inline constexpr int kPrefillKvTile = 64;   ///< keys per prefill tile
 inline constexpr int kPrefillMaxRows = 96;  ///< query rows (tokens x group heads) per prefill block
 inline constexpr int kMaxLanes = 16;        ///< widest op set (AVX-512)
@@ -32,6 +32,7 @@ struct PrefillArgs {
   const float* q;  // [n_new, n_q, dk], token-major
   float* out;      // [n_new, n_q, dv]
   int n_q, g, dk, dv, kv_head;
+  int v_stride;  // elements between value rows (dv, or dk in the latent layout)
   std::int64_t n_old;   // rows of this head before the new tokens; new token t is row n_old + t
   std::int64_t t0, t1;  // token block
   float scale;
