@@ -1,9 +1,9 @@
 #pragma once
 
-// The three evaluation tasks of kvcache-eval and the paper examples, over any cache type: teacher-forced language
-// modelling of a window, greedy pass-key retrieval, and a long stream scored per segment. Each task takes a cache the
-// caller built (so any policy, budget and storage type), runs the engine through it and adds what it measured into a
-// TaskStats. Not part of the installed library.
+// The three evaluation tasks of kvcache-eval and the paper examples, over any engine (engine/tinylm.hpp) and cache:
+// teacher-forced language modelling of a window, greedy pass-key retrieval, and a long stream scored per segment. Each
+// task takes a cache the caller built (so any policy, budget and storage type), runs the engine through it and adds
+// what it measured into a TaskStats. Not part of the installed library.
 
 #include <Eigen/Core>
 #include <cctype>
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tinylm_gqa.hpp"
+#include "engine/tinylm.hpp"
 #include "kvcache/kvcache.hpp"
 
 namespace engine {
@@ -39,8 +39,7 @@ struct TaskStats {
 /// FastGen's token classes for a byte-level model (algorithms.md 7.4, MODELS.md): the first `special` positions of
 /// the sequence play the special tokens (the models have no BOS; these are the bytes that act as sinks), and a byte
 /// made only of whitespace or ASCII punctuation is punctuation (cold-compress's is_punc_id, on bytes).
-inline std::function<kvcache::TokenClass(kvcache::Position)> byte_token_classes(const TinyLmGqa& model,
-                                                                                int special = 4) {
+inline std::function<kvcache::TokenClass(kvcache::Position)> byte_token_classes(const TinyLm& model, int special = 4) {
   return [&model, special](kvcache::Position p) {
     if (p < special) return kvcache::TokenClass::kSpecial;
     const int t = model.token_at(p);
@@ -87,8 +86,8 @@ using Clock = std::chrono::steady_clock;
 
 /// Language modelling: prefill window[0, prefix) (the policy compresses), then decode the rest byte by byte with
 /// teacher forcing and the policy active; scores every byte after the prefix.
-template <class Cache>
-void language_model(TinyLmGqa& model, Cache& cache, std::span<const int> window, std::int64_t prefix, TaskStats& s) {
+template <class Model, class Cache>
+void language_model(Model& model, Cache& cache, std::span<const int> window, std::int64_t prefix, TaskStats& s) {
   const Matrix logits = model.prefill(cache, window.first(std::size_t(prefix)), 0);
   Eigen::VectorXf last = logits.row(prefix - 1).transpose();
   const auto t0 = detail::Clock::now();
@@ -106,8 +105,8 @@ void language_model(TinyLmGqa& model, Cache& cache, std::span<const int> window,
 
 /// A long stream fed one byte at a time from the first (one-token prefill, then decode): bits[k] and count[k] gain
 /// the surprisal of every byte in segment k (bytes 1..segment are segment 0, and so on).
-template <class Cache>
-void stream(TinyLmGqa& model, Cache& cache, std::span<const int> seq, std::int64_t segment, std::vector<double>& bits,
+template <class Model, class Cache>
+void stream(Model& model, Cache& cache, std::span<const int> seq, std::int64_t segment, std::vector<double>& bits,
             std::vector<double>& count, TaskStats& s) {
   const std::size_t segments = std::size_t((std::int64_t(seq.size()) - 1 + segment - 1) / segment);
   bits.resize(std::max(bits.size(), segments), 0.0);
@@ -135,8 +134,8 @@ void stream(TinyLmGqa& model, Cache& cache, std::span<const int> seq, std::int64
 /// is scored by a fresh full cache that first prefills the `context` bytes before it (positions from 0, so within the
 /// trained length), then decodes the segment. Slow in a real engine (it recomputes the context for every segment);
 /// here it says what the model can do on each segment's text with a short clean context.
-template <class MakeCache>
-void stream_recompute(TinyLmGqa& model, MakeCache&& make_cache, std::span<const int> seq, std::int64_t segment,
+template <class Model, class MakeCache>
+void stream_recompute(Model& model, MakeCache&& make_cache, std::span<const int> seq, std::int64_t segment,
                       std::int64_t context, std::vector<double>& bits, std::vector<double>& count, TaskStats& s) {
   const auto L = std::int64_t(seq.size());
   const std::size_t segments = std::size_t((L - 1 + segment - 1) / segment);
@@ -212,8 +211,8 @@ inline std::vector<PasskeyPrompt> passkey_prompts(const std::string& text, std::
 /// is prefilled, then the policy compresses. Question-agnostic: the context is prefilled and compressed, then the
 /// question is prefilled as a further chunk with no new selection (what a chat engine can do, since it compresses
 /// before it has seen the question).
-template <class Cache>
-bool passkey(TinyLmGqa& model, Cache& cache, const PasskeyPrompt& p, bool question_aware, TaskStats& s) {
+template <class Model, class Cache>
+bool passkey(Model& model, Cache& cache, const PasskeyPrompt& p, bool question_aware, TaskStats& s) {
   Matrix logits;
   if (question_aware) {
     std::vector<int> all = p.context;

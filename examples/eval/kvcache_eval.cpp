@@ -1,4 +1,12 @@
-// kvcache-eval: what each policy does to a real model (tinylm-gqa, examples/models/MODELS.md).
+// kvcache-eval: what each policy does to a real model (the bundled tinylm-gqa, tinylm-mla or tinylm-yoco,
+// examples/models/MODELS.md; --model takes gqa, mla, yoco or a model file's path).
+//
+// What a budget means per architecture: rows per cache layer and KV head. GQA: 6 layers x 2 KV heads. MLA: one latent
+// row per layer and token, shared by all heads (scores summed over the 4 heads). YOCO: the one global cache (1 layer
+// x 2 KV heads) read by both cross-decoder layers (scores summed over them); the self-decoder's sliding-window rings
+// are fixed (2 layers x 256 tokens) and not counted in the KV bytes columns (their size is printed).
+// Not run on MLA: streaming_llm with in-cache positions (a latent row's RoPE part cannot be re-rotated on its own by
+// the library; streaming_llm_original runs instead).
 //
 // Tasks (--task; `all`, the default, runs the three in turn):
 //   lm       Language modelling: --sequences windows of --length bytes (offsets drawn from --seed, or --offsets); the
@@ -19,7 +27,7 @@
 // Output: markdown tables on stdout; with --out DIR, CSV files (lm.csv, passkey.csv, passkey_depths.csv, stream.csv,
 // stream_segments.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and exit status 1.
 //
-//   kvcache-eval [--task all|lm|passkey|stream] [--model F] [--text F] [--seed N] [--out DIR]
+//   kvcache-eval [--task all|lm|passkey|stream] [--model gqa|mla|yoco|F] [--text F] [--seed N] [--out DIR]
 //                [--policies full,streaming_llm,streaming_llm_original,h2o,vatp,l2_norm,snapkv,snapkv_k15]
 //                [--budgets 0.1,0.25,0.5] [--thresholds 0.9,0.95,0.98]   (FastGen runs at each threshold T)
 //                [--sequences N] [--length L] [--prefix P] [--offsets A,B,...]        (lm)
@@ -39,13 +47,15 @@
 
 #include "engine/tasks.hpp"
 #include "engine/tinylm_gqa.hpp"
+#include "engine/tinylm_mla.hpp"
+#include "engine/tinylm_yoco.hpp"
 #include "kvcache/kvcache.hpp"
 
 namespace {
 
 struct Options {
   std::string task = "all";
-  std::string model = KVCACHE_EXAMPLES_DIR "/models/tinylm-gqa.safetensors";
+  std::string model = "gqa";  // a bundled model's short name, or a path
   std::string text = KVCACHE_EXAMPLES_DIR "/data/val-dev.txt";
   std::string out;  // CSV directory; none when empty
   unsigned seed = 1;
@@ -202,40 +212,45 @@ std::int64_t budget_rows(double fraction, std::int64_t base) {
 }
 
 // Builds the cache of the named policy at a budget (a fraction of `base` tokens) and hands it to f.
-template <class F>
-void with_policy(const std::string& name, double budget, std::int64_t base, const engine::TinyLmGqa& model,
+template <class Model, class F>
+void with_policy(const std::string& name, double budget, std::int64_t base, const Model& model,
                  const kvcache::CacheConfig& cfg, F&& f, bool retrieval = false) {
   using kvcache::Count;
   const std::int64_t rows = budget_rows(budget, base);
+  const kvcache::KVCacheOptions opt = model.cache_options();  // MLA: softmax scale; YOCO: two readers; RoPE
   if (name == "full") {
-    kvcache::KVCache<kvcache::Full> c(cfg);
+    kvcache::KVCache<kvcache::Full> c(cfg, {}, opt);
     f(c);
   } else if (name == "streaming_llm") {
-    kvcache::KVCache<kvcache::StreamingLLM> c(cfg, kvcache::StreamingLLM(4, rows - 4), model.cache_options());
+    kvcache::KVCache<kvcache::StreamingLLM> c(cfg, kvcache::StreamingLLM(4, rows - 4), opt);
     f(c);
   } else if (name == "streaming_llm_original") {
     kvcache::KVCache<kvcache::StreamingLLM> c(
-        cfg, kvcache::StreamingLLM(4, rows - 4, kvcache::StreamingLLM::Positions::kOriginal));
+        cfg, kvcache::StreamingLLM(4, rows - 4, kvcache::StreamingLLM::Positions::kOriginal), opt);
     f(c);
   } else if (name == "h2o") {
-    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2)));
+    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2)), opt);
     f(c);
   } else if (name == "vatp") {
-    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4));
+    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4), opt);
     f(c);
   } else if (name == "l2_norm") {
-    // The official protocol: compress once after the prompt for retrieval, after every token for language modelling.
+    // The official protocol: compress once after the prompt for retrieval, after every token for language modelling;
+    // layers 0 and 1 kept whole (YOCO's one global layer has no such layers).
     const auto mode = retrieval ? kvcache::L2Norm::Mode::kOnce : kvcache::L2Norm::Mode::kEveryStep;
-    kvcache::KVCache<kvcache::L2Norm> c(cfg, kvcache::L2Norm(Count::of(rows), {0, 1}, mode));
+    const std::vector<int> skip = cfg.n_layers > 2 ? std::vector<int>{0, 1} : std::vector<int>{};
+    kvcache::KVCache<kvcache::L2Norm> c(cfg, kvcache::L2Norm(Count::of(rows), skip, mode), opt);
     f(c);
   } else if (name == "snapkv") {
-    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7));
+    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7),
+                                        opt);
     f(c);
   } else if (name == "snapkv_k15") {  // calibration.md: on bytes a needle spans ~4x the positions of sub-words
-    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15));
+    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15),
+                                        opt);
     f(c);
   } else if (name == "fastgen") {  // `budget` is the recovery threshold T; the paper's r_l = r_f = 0.3
-    kvcache::KVCache<kvcache::FastGen> c(cfg, kvcache::FastGen(budget, engine::byte_token_classes(model)));
+    kvcache::KVCache<kvcache::FastGen> c(cfg, kvcache::FastGen(budget, engine::byte_token_classes(model)), opt);
     f(c);
   } else {
     kvcache::detail::throw_error("unknown policy '", name,
@@ -244,7 +259,8 @@ void with_policy(const std::string& name, double budget, std::int64_t base, cons
   }
 }
 
-void run_lm(const Options& o, engine::TinyLmGqa& model, const std::string& text) {
+template <class Model>
+void run_lm(const Options& o, Model& model, const std::string& text) {
   const auto offsets = o.offsets.empty() ? engine::draw_offsets(text, o.length, o.sequences, o.seed) : o.offsets;
   std::vector<std::vector<int>> windows;
   for (std::size_t at : offsets) windows.push_back(engine::byte_window(text, at, o.length));
@@ -307,7 +323,8 @@ void run_lm(const Options& o, engine::TinyLmGqa& model, const std::string& text)
   std::fflush(stdout);
 }
 
-void run_passkey(const Options& o, engine::TinyLmGqa& model, const std::string& text) {
+template <class Model>
+void run_passkey(const Options& o, Model& model, const std::string& text) {
   const auto runs = policy_runs(o.policies, o.budgets, o.thresholds);
   std::printf(
       "\n### Pass-key retrieval\n\n%d prompt(s) per depth and context (seed %u), f16 cache, budget = a fraction "
@@ -357,7 +374,8 @@ void run_passkey(const Options& o, engine::TinyLmGqa& model, const std::string& 
   if (csv) csv << csv_rows[0] << csv_rows[1];
 }
 
-void run_stream(const Options& o, engine::TinyLmGqa& model, const std::string& text) {
+template <class Model>
+void run_stream(const Options& o, Model& model, const std::string& text) {
   constexpr std::int64_t kTrained = 2048, kSegment = 1024;
   const std::int64_t L = o.stream_length;
   const auto offsets = o.offsets.empty() ? engine::draw_offsets(text, L, o.streams, o.seed + 1) : o.offsets;
@@ -382,7 +400,11 @@ void run_stream(const Options& o, engine::TinyLmGqa& model, const std::string& t
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       if (p == "recompute")  // the paper's sliding window with re-computation, 1k bytes of fresh context
         engine::stream_recompute(
-            model, [&] { return kvcache::KVCache<kvcache::Full>(model.cache_config(2 * kSegment + 8, cfg.dtype)); },
+            model,
+            [&] {
+              return kvcache::KVCache<kvcache::Full>(model.cache_config(2 * kSegment + 8, cfg.dtype), {},
+                                                     model.cache_options());
+            },
             seqs[i], kSegment, kSegment, bits, count, s);
       else
         with_policy(p, b, kTrained, model, cfg,
@@ -415,17 +437,69 @@ void run_stream(const Options& o, engine::TinyLmGqa& model, const std::string& t
   }
 }
 
+// The bundled model's file for a short name (gqa, mla, yoco, tinylm-X), or the argument itself (a path).
+std::string model_path(const std::string& m) {
+  for (const char* name : {"gqa", "mla", "yoco"})
+    if (m == name || m == std::string("tinylm-") + name)
+      return std::string(KVCACHE_EXAMPLES_DIR "/models/tinylm-") + name + ".safetensors";
+  return m;
+}
+
+// The policies that can run on the model's cache layout (MLA's latent rows: not StreamingLLM's in-cache positions).
+template <class Model>
+std::vector<std::string> supported(const Model& model, const std::vector<std::string>& policies, bool& dropped) {
+  std::vector<std::string> out;
+  const bool latent = model.cache_config(1, kvcache::DType::kF16).shape.values_in_keys;
+  for (const auto& p : policies) {
+    if (latent && p == "streaming_llm")
+      dropped = true;
+    else
+      out.push_back(p);
+  }
+  return out;
+}
+
+template <class Model>
+void run(Options o, const std::string& path, const std::string& text) {
+  Model model(path);
+  std::printf("kvcache-eval: %s (%s), ISA %s\n", model.name(), path.c_str(),
+              std::string(kvcache::isa_name(kvcache::active_isa())).c_str());
+  if constexpr (std::is_same_v<Model, engine::TinyLmYoco>)
+    std::printf(
+        "\nThe self-decoder's sliding-window rings hold %lld tokens in each of %d layers (%lld bytes in f16), "
+        "outside the policy's reach and the KV bytes below.\n",
+        static_cast<long long>(model.window()), model.n_self_layers(),
+        static_cast<long long>(model.window() * model.n_self_layers() * 2 *
+                               model.cache_config(1, kvcache::DType::kF16).shape.n_kv_heads *
+                               model.cache_config(1, kvcache::DType::kF16).shape.head_dim_k * 2));
+  bool dropped = false;
+  o.policies = supported(model, o.policies, dropped);
+  o.stream_policies = supported(model, o.stream_policies, dropped);
+  if (dropped)
+    std::printf(
+        "\nNot run on %s: streaming_llm with in-cache positions (the latent layout's RoPE tail cannot be "
+        "re-rotated on its own); streaming_llm_original keeps original positions.\n",
+        model.name());
+  if (o.task == "all" || o.task == "lm") run_lm(o, model, text);
+  if (o.task == "all" || o.task == "passkey") run_passkey(o, model, text);
+  if (o.task == "all" || o.task == "stream") run_stream(o, model, text);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  engine::TinyLmGqa model(o.model);
+  const std::string path = model_path(o.model);
   const std::string text = engine::read_text(o.text);
-  std::printf("kvcache-eval: tinylm-gqa (%s), ISA %s\n", o.model.c_str(),
-              std::string(kvcache::isa_name(kvcache::active_isa())).c_str());
-  if (o.task == "all" || o.task == "lm") run_lm(o, model, text);
-  if (o.task == "all" || o.task == "passkey") run_passkey(o, model, text);
-  if (o.task == "all" || o.task == "stream") run_stream(o, model, text);
+  const std::string kind = engine::model_attention(path);
+  if (kind == "gqa")
+    run<engine::TinyLmGqa>(o, path, text);
+  else if (kind == "mla")
+    run<engine::TinyLmMla>(o, path, text);
+  else if (kind == "yoco")
+    run<engine::TinyLmYoco>(o, path, text);
+  else
+    kvcache::detail::throw_error("'", path, "' is a '", kind, "' model; kvcache-eval runs gqa, mla and yoco");
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "kvcache-eval: %s\n", e.what());
