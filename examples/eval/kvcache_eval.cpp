@@ -45,6 +45,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "engine/policy_by_name.hpp"
 #include "engine/tasks.hpp"
 #include "engine/tinylm_gqa.hpp"
 #include "engine/tinylm_mla.hpp"
@@ -205,60 +206,6 @@ std::ofstream csv_file(const Options& o, const std::string& name, const std::str
   return f;
 }
 
-/// Rows per layer and KV head for a budget given as a fraction of `base` tokens (at least 40, so that every policy's
-/// protected sinks, window and recent rows fit).
-std::int64_t budget_rows(double fraction, std::int64_t base) {
-  return std::max<std::int64_t>(40, std::int64_t(fraction * double(base)));
-}
-
-// Builds the cache of the named policy at a budget (a fraction of `base` tokens) and hands it to f.
-template <class Model, class F>
-void with_policy(const std::string& name, double budget, std::int64_t base, const Model& model,
-                 const kvcache::CacheConfig& cfg, F&& f, bool retrieval = false) {
-  using kvcache::Count;
-  const std::int64_t rows = budget_rows(budget, base);
-  const kvcache::KVCacheOptions opt = model.cache_options();  // MLA: softmax scale; YOCO: two readers; RoPE
-  if (name == "full") {
-    kvcache::KVCache<kvcache::Full> c(cfg, {}, opt);
-    f(c);
-  } else if (name == "streaming_llm") {
-    kvcache::KVCache<kvcache::StreamingLLM> c(cfg, kvcache::StreamingLLM(4, rows - 4), opt);
-    f(c);
-  } else if (name == "streaming_llm_original") {
-    kvcache::KVCache<kvcache::StreamingLLM> c(
-        cfg, kvcache::StreamingLLM(4, rows - 4, kvcache::StreamingLLM::Positions::kOriginal), opt);
-    f(c);
-  } else if (name == "h2o") {
-    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2)), opt);
-    f(c);
-  } else if (name == "vatp") {
-    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4), opt);
-    f(c);
-  } else if (name == "l2_norm") {
-    // The official protocol: compress once after the prompt for retrieval, after every token for language modelling;
-    // layers 0 and 1 kept whole (YOCO's one global layer has no such layers).
-    const auto mode = retrieval ? kvcache::L2Norm::Mode::kOnce : kvcache::L2Norm::Mode::kEveryStep;
-    const std::vector<int> skip = cfg.n_layers > 2 ? std::vector<int>{0, 1} : std::vector<int>{};
-    kvcache::KVCache<kvcache::L2Norm> c(cfg, kvcache::L2Norm(Count::of(rows), skip, mode), opt);
-    f(c);
-  } else if (name == "snapkv") {
-    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7),
-                                        opt);
-    f(c);
-  } else if (name == "snapkv_k15") {  // calibration.md: on bytes a needle spans ~4x the positions of sub-words
-    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15),
-                                        opt);
-    f(c);
-  } else if (name == "fastgen") {  // `budget` is the recovery threshold T; the paper's r_l = r_f = 0.3
-    kvcache::KVCache<kvcache::FastGen> c(cfg, kvcache::FastGen(budget, engine::byte_token_classes(model)), opt);
-    f(c);
-  } else {
-    kvcache::detail::throw_error("unknown policy '", name,
-                                 "'; known: full, streaming_llm, streaming_llm_original, h2o, vatp, l2_norm, snapkv, "
-                                 "snapkv_k15, fastgen");
-  }
-}
-
 template <class Model>
 void run_lm(const Options& o, Model& model, const std::string& text) {
   const auto offsets = o.offsets.empty() ? engine::draw_offsets(text, o.length, o.sequences, o.seed) : o.offsets;
@@ -272,7 +219,7 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
   for (const auto& [p, b] : runs) {
     engine::TaskStats& r = results[{p, b}];
     for (const auto& w : windows)
-      with_policy(p, b, o.length, model, cfg, [&](auto& cache) {
+      engine::with_policy(p, b, o.length, model, cfg, [&](auto& cache) {
         engine::language_model(model, cache, w, o.prefix, r);
         if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
           for (int l = 0; l < cfg.n_layers; ++l)
@@ -347,7 +294,7 @@ void run_passkey(const Options& o, Model& model, const std::string& text) {
         engine::TaskStats s;
         std::vector<int> hits(o.depths.size(), 0);
         for (std::size_t i = 0; i < prompts.size(); ++i)
-          with_policy(
+          engine::with_policy(
               p, b, T, model, cfg,
               [&](auto& cache) {
                 hits[i / std::size_t(o.prompts)] += engine::passkey(model, cache, prompts[i], aware, s) ? 1 : 0;
@@ -407,8 +354,8 @@ void run_stream(const Options& o, Model& model, const std::string& text) {
             },
             seqs[i], kSegment, kSegment, bits, count, s);
       else
-        with_policy(p, b, kTrained, model, cfg,
-                    [&](auto& cache) { engine::stream(model, cache, seqs[i], kSegment, bits, count, s); });
+        engine::with_policy(p, b, kTrained, model, cfg,
+                            [&](auto& cache) { engine::stream(model, cache, seqs[i], kSegment, bits, count, s); });
       std::fprintf(stderr, "stream %s at %s: %zu/%zu\n", p.c_str(), percent(p, b).c_str(), i + 1, seqs.size());
     }
     const auto mean = [&](std::int64_t from, std::int64_t to) {
@@ -417,7 +364,7 @@ void run_stream(const Options& o, Model& model, const std::string& text) {
         a += bits[std::size_t(k)], n += count[std::size_t(k)];
       return a / n;
     };
-    const std::int64_t rows = p == "full" ? L : p == "recompute" ? 2 * kSegment : budget_rows(b, kTrained);
+    const std::int64_t rows = p == "full" ? L : p == "recompute" ? 2 * kSegment : engine::budget_rows(b, kTrained);
     std::printf("| %s | %s |", p.c_str(),
                 p == "full"        ? "all"
                 : p == "recompute" ? "1k-2k, fresh"
