@@ -6,6 +6,7 @@
 if (!exists("dir")) dir = "docs/eval"
 if (!exists("ctx")) ctx = 1024
 if (!exists("stream_budget")) stream_budget = 0.25
+if (!exists("model")) model = "tinylm-gqa"
 set datafile separator ","
 set termoption noenhanced
 set terminal svg size 760,440 dynamic font "Helvetica,13"
@@ -17,7 +18,7 @@ policies = "streaming_llm streaming_llm_original h2o vatp l2_norm snapkv snapkv_
 stats dir."/lm.csv" using (strcol(1) eq "full" ? $3 : 1/0) nooutput
 full = STATS_max
 set output dir."/quality_vs_budget.svg"
-set title "tinylm-gqa, language modelling: bits per byte against the KV budget"
+set title sprintf("%s, language modelling: bits per byte against the KV budget", model)
 set xlabel "KV budget, % of the window (rows per layer and KV head)"
 set ylabel "bits per byte (decoded bytes)"
 set xrange [0:55]
@@ -32,7 +33,7 @@ unset label 1
 set output dir."/passkey_vs_budget.svg"
 set terminal svg size 1000,420 dynamic font "Helvetica,13"
 set termoption noenhanced
-set multiplot layout 1,2 title sprintf("tinylm-gqa, pass-key retrieval at %d bytes: accuracy against the KV budget", ctx)
+set multiplot layout 1,2 title sprintf("%s, pass-key retrieval at %d bytes: accuracy against the KV budget", model, ctx)
 set yrange [-0.05:1.05]
 set xrange [0:55]
 set ylabel "accuracy"
@@ -49,7 +50,7 @@ unset multiplot
 set terminal svg size 760,440 dynamic font "Helvetica,13"
 set termoption noenhanced
 set output dir."/stream.svg"
-set title sprintf("tinylm-gqa, streams of 4x the trained length; budget %d rows", int(stream_budget * 2048))
+set title sprintf("%s, streams of 4x the trained length; budget %d rows", model, int(stream_budget * 2048))
 set xlabel "bytes into the stream (end of each 1k segment)"
 set ylabel "bits per byte in the segment"
 set xrange [*:*]

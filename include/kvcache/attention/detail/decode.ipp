@@ -30,6 +30,48 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
       const char* vr = reinterpret_cast<const char*>(v + r * dv);
       for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
     }
+    if constexpr (ops::kLanes >= 16 && HB == 8) {
+      // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
+      // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
+      if (r + 1 < r1) {
+        T const* kr1 = kr + dk;
+        ops::Vec a0[HB], a1[HB];
+        for (int h = 0; h < HB; ++h) a0[h] = a1[h] = ops::zero();
+        for (int c = 0; c < full; c += L) {
+          const ops::Vec k0 = ops::load(kr + c), k1 = ops::load(kr1 + c);
+          for (int h = 0; h < HB; ++h) {
+            const ops::Vec qv = ops::load(q + h * ldq + c);
+            a0[h] = ops::fma(qv, k0, a0[h]);
+            a1[h] = ops::fma(qv, k1, a1[h]);
+          }
+        }
+        if (tail != 0) {
+          const ops::Vec k0 = ops::load_n(kr + full, tail), k1 = ops::load_n(kr1 + full, tail);
+          for (int h = 0; h < HB; ++h) {
+            const ops::Vec qv = ops::load_n(q + h * ldq + full, tail);
+            a0[h] = ops::fma(qv, k0, a0[h]);
+            a1[h] = ops::fma(qv, k1, a1[h]);
+          }
+        }
+        alignas(16) float sum[4];
+        for (int h = 0; h < HB; h += 4) {
+          ops::reduce_add_4(a0[h], a0[h + 1], a0[h + 2], a0[h + 3], sum);
+          for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r - r0)] = sum[i];
+          ops::reduce_add_4(a1[h], a1[h + 1], a1[h + 2], a1[h + 3], sum);
+          for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r + 1 - r0)] = sum[i];
+        }
+        if (v != nullptr) {  // the second row's prefetches (the first row's were issued above)
+          if (r + 1 + kPrefetchRows < r_end) {
+            const char* kn = reinterpret_cast<const char*>(kr1 + kPrefetchRows * dk);
+            for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
+          }
+          const char* vr = reinterpret_cast<const char*>(v + (r + 1) * dv);
+          for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
+        }
+        ++r;
+        continue;
+      }
+    }
     ops::Vec acc[HB];
     for (int h = 0; h < HB; ++h) acc[h] = ops::zero();
     for (int c = 0; c < full; c += L) {
@@ -67,7 +109,31 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
   const std::size_t next_bytes = k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
   const char* kn = reinterpret_cast<const char*>(k_next);
   std::size_t step = 0;
-  for (int c = 0; c < dv; c += L) {
+  int c = 0;
+  if constexpr (ops::kLanes >= 16 && HB == 8) {
+    // Two column chunks at once: each broadcast probability feeds two FMAs (16 accumulators), 10 loads per 16 FMAs.
+    for (; c + 2 * L <= full; c += 2 * L) {
+      ops::Vec a0[HB], a1[HB];
+      for (int h = 0; h < HB; ++h) {
+        a0[h] = ops::load(o + h * dv + c);
+        a1[h] = ops::load(o + h * dv + c + L);
+      }
+      for (std::int64_t r = r0; r < r1; ++r, ++step) {
+        if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+        const ops::Vec v0 = ops::load(v + r * ldv + c), v1 = ops::load(v + r * ldv + c + L);
+        for (int h = 0; h < HB; ++h) {
+          const ops::Vec pv = ops::set1(p[h * kDecodeTile + (r - r0)]);
+          a0[h] = ops::fma(pv, v0, a0[h]);
+          a1[h] = ops::fma(pv, v1, a1[h]);
+        }
+      }
+      for (int h = 0; h < HB; ++h) {
+        ops::store(o + h * dv + c, a0[h]);
+        ops::store(o + h * dv + c + L, a1[h]);
+      }
+    }
+  }
+  for (; c < dv; c += L) {
     const int w = c < full ? L : tail;  // lanes in this chunk
     ops::Vec acc[HB][NA];
     for (int h = 0; h < HB; ++h) {
