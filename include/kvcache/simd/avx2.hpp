@@ -57,6 +57,12 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
   std::memcpy(p, buf, sizeof(T) * static_cast<unsigned>(n));
 }
 
+/// v, materialised in a register: stops the compiler from folding a loaded value into each instruction that uses
+/// it as a memory operand (one load per use), where the value feeds several FMAs.
+KVCACHE_INLINE Vec in_register(Vec v) noexcept {
+  asm("" : "+x"(v));
+  return v;
+}
 /// Hint: bring the cache line holding p into L1 (no fault on any address).
 KVCACHE_INLINE void prefetch(const void* p) noexcept { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 

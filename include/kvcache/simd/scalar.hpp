@@ -11,6 +11,7 @@
 //   reduce_add_4(a, b, c, d, out)  out[0..4) = the horizontal sums of a, b, c, d (shares the shuffles)
 //   exp                            see detail/math.ipp
 //   prefetch(p)                    cache hint
+//   in_register(v)                 v, kept in a register (no re-load per use as a memory operand)
 
 #include <cmath>
 #include <cstddef>
@@ -43,6 +44,7 @@ KVCACHE_INLINE void store_n(T* p, Vec v, int n) noexcept {
   if (n > 0) store(p, v);
 }
 
+KVCACHE_INLINE Vec in_register(Vec v) noexcept { return v; }
 /// Hint: bring the cache line holding p into L1 (no fault on any address).
 KVCACHE_INLINE void prefetch(const void* p) noexcept { __builtin_prefetch(p, 0, 3); }
 

@@ -40,7 +40,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
         for (int c = 0; c < full; c += L) {
           const ops::Vec k0 = ops::load(kr + c), k1 = ops::load(kr1 + c);
           for (int h = 0; h < HB; ++h) {
-            const ops::Vec qv = ops::load(q + h * ldq + c);
+            const ops::Vec qv = ops::in_register(ops::load(q + h * ldq + c));
             a0[h] = ops::fma(qv, k0, a0[h]);
             a1[h] = ops::fma(qv, k1, a1[h]);
           }
@@ -177,8 +177,8 @@ KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T
   }
 }
 template <class T>
-KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T const* v, std::int64_t r0,
-                                  std::int64_t r1, float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
+KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T const* v, std::int64_t r0, std::int64_t r1,
+                                  float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
       return decode_pv<1>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
@@ -220,8 +220,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile,
-                        h0 == 0 && ldv == dv ? v : nullptr, dv, r1);
+      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 && ldv == dv ? v : nullptr,
+                        dv, r1);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
@@ -265,8 +265,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr,
-                    r1 - t1, dk);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1,
+                    dk);
       h0 += hb;
     }
   }

@@ -32,7 +32,7 @@ struct PrefillArgs {
   const float* q;  // [n_new, n_q, dk], token-major
   float* out;      // [n_new, n_q, dv]
   int n_q, g, dk, dv, kv_head;
-  int v_stride;  // elements between value rows (dv, or dk in the latent layout)
+  int v_stride;         // elements between value rows (dv, or dk in the latent layout)
   std::int64_t n_old;   // rows of this head before the new tokens; new token t is row n_old + t
   std::int64_t t0, t1;  // token block
   float scale;
