@@ -99,10 +99,13 @@ TEST_P(PrefillTest, HeadDimsAndOddWidths) {
 
 TEST_P(PrefillTest, LargestGroupAndMha) {
   check_prefill({{16, 1, 64, 64}, 0, 40, DType::kF16, 0, -1});
+  check_prefill({{100, 1, 16, 16}, 3, 9, DType::kF16, 0, -1});  // wider than a block's 96 rows: two chunks of heads
+  check_prefill({{200, 2, 8, 8}, 0, 5, DType::kF32, -1});
   check_prefill({{8, 8, 64, 64}, 0, 40, DType::kF16, 0, -1});
 }
 
 TEST_P(PrefillTest, LatentLayout) {
+  check_prefill({{128, 1, 576, 512, true}, 2, 5, DType::kBF16, 0, -1});  // DeepSeek-V2: 128 heads in two chunks
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
     check_prefill({{4, 1, 112, 96, true}, 0, 130, dt, 0, -1});  // tinylm-mla
     check_prefill({{3, 1, 45, 37, true}, 9, 20, dt, 15, -1});   // odd widths, chunked

@@ -82,24 +82,30 @@ template <class T, class Exec>
 void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std::int64_t n_new, int n_q,
                  PrefillWorkspace& ws, const PrefillOptions& opt, float scale, const Exec& ex) {
   const int n_kv = kv.n_kv_heads(), g = n_q / n_kv;
-  const std::int64_t tokens = prefill_tokens_per_block(g);
-  const std::int64_t n_blocks = (n_new + tokens - 1) / tokens;
+  // A group wider than a block's rows (MLA: every head on one latent) goes in chunks of at most kPrefillMaxRows heads.
+  const int chunks = (g + kPrefillMaxRows - 1) / kPrefillMaxRows, gc = (g + chunks - 1) / chunks;
+  const std::int64_t tokens = prefill_tokens_per_block(gc);
+  const std::int64_t n_blocks = (n_new + tokens - 1) / tokens, per_head = chunks * n_blocks;
   const bool sums = opt.column_sums != nullptr;
   const std::int64_t cs_end = opt.column_sums_end < 0 ? n_new : opt.column_sums_end;
-  const std::int64_t units = sums ? n_kv : n_kv * n_blocks;
+  // With column sums a unit is a whole KV head (its blocks and chunks add into one row, so one worker owns it).
+  const std::int64_t units = sums ? n_kv : n_kv * per_head;
   const int workers =
       static_cast<int>(std::clamp<std::int64_t>(ex.concurrency(), 1, std::min<std::int64_t>(ws.max_workers(), units)));
   ex.parallel_for(workers, [&](int w) noexcept {
     float* scratch = ws.worker(w);
     for (std::int64_t u = w; u < units; u += workers) {
-      const int h = static_cast<int>(sums ? u : u / n_blocks);
-      const std::int64_t b_first = sums ? 0 : u % n_blocks, b_last = sums ? n_blocks : b_first + 1;
-      for (std::int64_t b = b_first; b < b_last; ++b) {
+      const int h = static_cast<int>(sums ? u : u / per_head);
+      const std::int64_t first = sums ? 0 : u % per_head, last = sums ? per_head : first + 1;
+      for (std::int64_t item = first; item < last; ++item) {
+        const int c = static_cast<int>(item / n_blocks);
+        const std::int64_t b = item % n_blocks;
         PrefillArgs a{};
         a.q = q;
         a.out = out;
         a.n_q = n_q;
-        a.g = g;
+        a.g = std::min(gc, g - c * gc);
+        a.head0 = h * g + c * gc;
         a.dk = kv.head_dim_k();
         a.dv = kv.head_dim_v();
         a.v_stride = kv.v_stride();
@@ -128,8 +134,7 @@ void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q, Tensor
   const auto n_q = static_cast<int>(q.dimension(1));
   KVCACHE_REQUIRE(n_q > 0 && n_q % n_kv == 0, "prefill: ", n_q, " query heads are not a multiple of the ", n_kv,
                   " KV heads");
-  KVCACHE_REQUIRE(n_q / n_kv <= detail::kPrefillMaxRows, "prefill: group size ", n_q / n_kv, " exceeds ",
-                  detail::kPrefillMaxRows);
+  KVCACHE_REQUIRE(n_q / n_kv <= detail::kMaxGroup, "prefill: group size ", n_q / n_kv, " exceeds ", detail::kMaxGroup);
   KVCACHE_REQUIRE(q.dimension(2) == kv.head_dim_k(), "prefill: queries have width ", q.dimension(2), ", head_dim_k is ",
                   kv.head_dim_k());
   KVCACHE_REQUIRE(out.dimension(0) == n_new && out.dimension(1) == n_q && out.dimension(2) == kv.head_dim_v(),

@@ -153,7 +153,7 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
 
   for (int i = 0; i < M; ++i) {
     const std::int64_t t = a.t0 + i / g;
-    const float* src = a.q + (t * a.n_q + a.kv_head * g + i % g) * a.dk;
+    const float* src = a.q + (t * a.n_q + a.head0 + i % g) * a.dk;
     float* dst = sc.q + i * kd;
     for (int c = 0; c < a.dk; ++c) dst[c] = src[c] * a.scale;
     for (int c = a.dk; c < kd; ++c) dst[c] = 0.0f;
@@ -209,7 +209,7 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
 
   for (int i = 0; i < M; ++i) {
     const std::int64_t t = a.t0 + i / g;
-    float* dst = a.out + (t * a.n_q + a.kv_head * g + i % g) * a.dv;
+    float* dst = a.out + (t * a.n_q + a.head0 + i % g) * a.dv;
     const ops::Vec inv = ops::set1(sc.l[i] > 0.0f ? 1.0f / sc.l[i] : 0.0f);
     int c = 0;
     for (; c + L <= a.dv; c += L) ops::store(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv));

@@ -29,12 +29,13 @@ constexpr int prefill_tokens_per_block(int g) noexcept { return g >= kPrefillMax
 
 /// Arguments of one (KV head, token block) unit of prefill work.
 struct PrefillArgs {
-  const float* q;  // [n_new, n_q, dk], token-major
-  float* out;      // [n_new, n_q, dv]
-  int n_q, g, dk, dv, kv_head;
-  int v_stride;         // elements between value rows (dv, or dk in the latent layout)
-  std::int64_t n_old;   // rows of this head before the new tokens; new token t is row n_old + t
-  std::int64_t t0, t1;  // token block
+  const float* q;               // [n_new, n_q, dk], token-major
+  float* out;                   // [n_new, n_q, dv]
+  int n_q, g, dk, dv, kv_head;  // g: the query heads of this unit (a group, or a chunk of a group above 96)
+  int head0;                    // the first of them: query heads head0 .. head0 + g - 1
+  int v_stride;                 // elements between value rows (dv, or dk in the latent layout)
+  std::int64_t n_old;           // rows of this head before the new tokens; new token t is row n_old + t
+  std::int64_t t0, t1;          // token block
   float scale;
   float* colsum;          // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
   std::int64_t cs0, cs1;  // token range whose probabilities are summed
