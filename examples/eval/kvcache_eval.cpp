@@ -389,6 +389,8 @@ std::string model_path(const std::string& m) {
   for (const char* name : {"gqa", "mla", "yoco"})
     if (m == name || m == std::string("tinylm-") + name)
       return std::string(KVCACHE_EXAMPLES_DIR "/models/tinylm-") + name + ".safetensors";
+  KVCACHE_REQUIRE(std::filesystem::exists(m), "--model '", m,
+                  "' is neither a bundled model (gqa, mla, yoco) nor a file");
   return m;
 }
 
