@@ -175,6 +175,7 @@ class KVCache {
       l.sink_keys.clear();
       l.sink_slots.clear();
       l.prompt_length = 0;
+      l.newest = -1;
       l.resolved = false;
       l.pending_reads = 0;
       l.pending_prefill = false;
@@ -287,6 +288,7 @@ class KVCache {
     std::vector<double> merge_sum;
     std::vector<int> merge_count, merge_start;
     std::int64_t prompt_length = 0;
+    Position newest = -1;  // the newest position appended (what RankInput::newest reports)
     bool resolved = false;
     // Shared caches (readers > 1): reads still due for the current step, and what that step was.
     int pending_reads = 0;
@@ -382,6 +384,7 @@ class KVCache {
     std::vector<std::int64_t>& first = first_;
     for (int h = 0; h < kv.n_kv_heads(); ++h) first[std::size_t(h)] = kv.length(h);
     kv.append(k, v, positions);  // validates shapes and capacity
+    for (Position p : positions) st.newest = std::max(st.newest, p);
     const std::size_t cap = std::size_t(config_.capacity);
     const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
@@ -653,6 +656,7 @@ class KVCache {
       if (!st.tags.empty()) in.tags = {st.tags.data() + base, un};
       if (!st.choices.empty()) in.head_choice = st.choices[std::size_t(h)];
       in.prompt_length = st.prompt_length;
+      in.newest = st.newest;
       in.after_prefill = after_prefill;
       ResolvedBudget b = st.budgets[std::size_t(h)];
       if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);

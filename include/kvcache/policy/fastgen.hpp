@@ -153,7 +153,7 @@ struct FastGen {
     if (c < 0 || c >= int(Choice::kFull)) return {};
     const std::size_t n = in.positions.size();
     if (n == 0) return {};
-    const Position newest = *std::max_element(in.positions.begin(), in.positions.end());
+    const Position newest = newest_of(in);
     const std::int64_t window = c == int(Choice::kLocal) ? profile_window(in.prompt_length) : 0;
     std::int64_t classed = 0, in_window = 0, others = 0;
     for (std::size_t j = 0; j < n; ++j) {
@@ -174,7 +174,7 @@ struct FastGen {
 
   void rank(const RankInput& in, std::span<float> priority) const noexcept {
     const int c = in.head_choice;
-    const Position newest = in.positions.empty() ? 0 : *std::max_element(in.positions.begin(), in.positions.end());
+    const Position newest = in.positions.empty() ? 0 : newest_of(in);
     for (std::size_t j = 0; j < priority.size(); ++j) {
       if (keeps_class(c, in.tags[j]))
         priority[j] = std::numeric_limits<float>::infinity();
@@ -186,6 +186,10 @@ struct FastGen {
   }
 
  private:
+  // The cache passes the step's position; a caller that does not gets the scan.
+  static Position newest_of(const RankInput& in) noexcept {
+    return in.newest >= 0 ? in.newest : *std::max_element(in.positions.begin(), in.positions.end());
+  }
   static bool keeps_class(int choice, std::uint8_t tag) noexcept {
     if (tag == std::uint8_t(TokenClass::kSpecial)) return true;
     return tag == std::uint8_t(TokenClass::kPunctuation) && choice >= int(Choice::kPunctuation);

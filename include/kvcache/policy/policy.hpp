@@ -50,6 +50,7 @@ struct RankInput {
   std::span<const float> key_norms;    ///< L2
   std::span<const std::uint8_t> tags;  ///< the policy's tag(position) of each row (PolicyNeeds::slot_tags)
   std::int64_t prompt_length = 0;
+  Position newest = -1;        ///< the newest position the layer has seen (the step's query); -1 if not known
   bool after_prefill = false;  ///< ranking right after the prompt (else after a decode step)
   int head_choice = -1;        ///< what profile() chose for this (layer, KV head); -1: not profiled
 };

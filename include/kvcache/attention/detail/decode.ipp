@@ -30,7 +30,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
       const char* vr = reinterpret_cast<const char*>(v + r * dv);
       for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
     }
-    if constexpr (ops::kLanes >= 16 && HB == 8) {
+    if constexpr (ops::kLanes >= 16 && HB >= 4) {
       // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
       // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
       if (r + 1 < r1) {
@@ -110,7 +110,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
   const char* kn = reinterpret_cast<const char*>(k_next);
   std::size_t step = 0;
   int c = 0;
-  if constexpr (ops::kLanes >= 16 && HB == 8) {
+  if constexpr (ops::kLanes >= 16 && HB >= 4) {
     // Two column chunks at once: each broadcast probability feeds two FMAs (16 accumulators), 10 loads per 16 FMAs.
     for (; c + 2 * L <= full; c += 2 * L) {
       ops::Vec a0[HB], a1[HB];
