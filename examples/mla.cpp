@@ -6,8 +6,8 @@
 //    same heads would cache, both as the paper counts it (2 n_h d_h per layer) and as DeepSeek's naive path
 //    materialises it (per-head keys [nope | rope] and values); tinylm-mla's number is checked against the cache.
 // 2. tinylm-mla's quality under each policy at the budgets the gqa and yoco examples use. A policy sees one latent
-//    row per layer, scored by all heads together; StreamingLLM runs with original positions only (the library does
-//    not re-rotate a latent row's RoPE tail) and DMC not at all (it merges per-head pre-RoPE keys, which MLA lacks).
+//    row per layer, scored by all heads together; StreamingLLM's in-cache positions re-rotate only the RoPE tail of
+//    a row; DMC does not run (it merges per-head pre-RoPE keys, which MLA lacks).
 //
 //   mla [--short]
 

@@ -21,7 +21,6 @@ if [[ $# -gt 0 && ( $1 == gqa || $1 == mla || $1 == yoco ) ]]; then
   if [[ $model != gqa ]]; then out=docs/eval/$model; fi
 fi
 stream_policies=full,recompute,streaming_llm_original,streaming_llm,h2o,vatp,l2_norm
-if [[ $model == mla ]]; then stream_policies=full,recompute,streaming_llm_original,h2o,vatp,l2_norm; fi
 mkdir -p "$out"
 ./build/release/examples/kvcache-eval --model "$model" --task all --sequences 4 --length 2048 --prefix 512 --contexts 1024,2048 \
   --prompts 2 --streams 4 --stream-policies "$stream_policies" \

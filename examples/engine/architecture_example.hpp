@@ -69,7 +69,6 @@ void print_quality(Model& model, const std::string& text, const QualityOptions& 
   std::vector<std::vector<int>> windows;
   for (std::size_t at : draw_offsets(text, length, n, 1)) windows.push_back(byte_window(text, at, length));
   const auto cfg = model.cache_config(length + 8, kvcache::DType::kF16);
-  const bool latent = cfg.shape.values_in_keys;
   std::printf(
       "\n%s on %d window(s) of %lld bytes of the validation text: prompt %lld bytes, then teacher-forced decoding "
       "with the policy active; budget = rows per cache layer and KV head as a fraction of the window; f16 cache.\n\n",
@@ -82,11 +81,6 @@ void print_quality(Model& model, const std::string& text, const QualityOptions& 
                                         : p == "fastgen" ? std::vector<double>{0.95}
                                                          : o.budgets;
     for (double b : budgets) {
-      if (latent && p == "streaming_llm") {
-        std::printf("| %s | %.0f%% | n/a: in-cache positions would re-rotate only a latent row's RoPE tail | | | |\n",
-                    p.c_str(), b * 100);
-        continue;
-      }
       TaskStats s;
       for (const auto& w : windows)
         with_policy(p, b, length, model, cfg, [&](auto& cache) { language_model(model, cache, w, prefix, s); });

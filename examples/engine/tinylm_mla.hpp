@@ -23,11 +23,12 @@ class TinyLmMla : public TinyLm {
   [[nodiscard]] kvcache::CacheConfig cache_config(std::int64_t capacity, kvcache::DType dtype) const {
     return {n_layers_, shape_.attention_shape(), capacity, dtype};
   }
-  /// The latent layout's softmax scale, 1 / sqrt(qk_nope + qk_rope). No RoPE: in-cache positions (StreamingLLM's
-  /// default) would have to re-rotate only the RoPE tail of each row, which the library does not do.
+  /// The latent layout's softmax scale, 1 / sqrt(qk_nope + qk_rope), and the RoPE of the rows' RoPE keys (for
+  /// StreamingLLM's in-cache positions, which re-rotate only that tail of a row).
   [[nodiscard]] kvcache::KVCacheOptions cache_options() const {
     kvcache::KVCacheOptions o;
     o.softmax_scale = shape_.softmax_scale();
+    o.rope = rope_config();
     return o;
   }
 

@@ -5,8 +5,7 @@
 // row per layer and token, shared by all heads (scores summed over the 4 heads). YOCO: the one global cache (1 layer
 // x 2 KV heads) read by both cross-decoder layers (scores summed over them); the self-decoder's sliding-window rings
 // are fixed (2 layers x 256 tokens) and not counted in the KV bytes columns (their size is printed).
-// Not run on MLA: streaming_llm with in-cache positions (a latent row's RoPE part cannot be re-rotated on its own by
-// the library; streaming_llm_original runs instead).
+// On MLA, streaming_llm's in-cache positions re-rotate only the RoPE tail of each latent row.
 //
 // Tasks (--task; `all`, the default, runs the three in turn):
 //   lm       Language modelling: --sequences windows of --length bytes (offsets drawn from --seed, or --offsets); the
@@ -394,20 +393,6 @@ std::string model_path(const std::string& m) {
   return m;
 }
 
-// The policies that can run on the model's cache layout (MLA's latent rows: not StreamingLLM's in-cache positions).
-template <class Model>
-std::vector<std::string> supported(const Model& model, const std::vector<std::string>& policies, bool& dropped) {
-  std::vector<std::string> out;
-  const bool latent = model.cache_config(1, kvcache::DType::kF16).shape.values_in_keys;
-  for (const auto& p : policies) {
-    if (latent && p == "streaming_llm")
-      dropped = true;
-    else
-      out.push_back(p);
-  }
-  return out;
-}
-
 template <class Model>
 void run(Options o, const std::string& path, const std::string& text) {
   Model model(path);
@@ -421,14 +406,6 @@ void run(Options o, const std::string& path, const std::string& text) {
         static_cast<long long>(model.window() * model.n_self_layers() * 2 *
                                model.cache_config(1, kvcache::DType::kF16).shape.n_kv_heads *
                                model.cache_config(1, kvcache::DType::kF16).shape.head_dim_k * 2));
-  bool dropped = false;
-  o.policies = supported(model, o.policies, dropped);
-  o.stream_policies = supported(model, o.stream_policies, dropped);
-  if (dropped)
-    std::printf(
-        "\nNot run on %s: streaming_llm with in-cache positions (the latent layout's RoPE tail cannot be "
-        "re-rotated on its own); streaming_llm_original keeps original positions.\n",
-        model.name());
   if (o.task == "all" || o.task == "lm") run_lm(o, model, text);
   if (o.task == "all" || o.task == "passkey") run_passkey(o, model, text);
   if (o.task == "all" || o.task == "stream") run_stream(o, model, text);

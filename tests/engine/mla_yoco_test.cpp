@@ -124,21 +124,13 @@ void check_unlimited_budgets(const std::string& name, bool streaming_in_cache) {
   EXPECT_EQ(max_abs(run(kvcache::KVCache<kvcache::StreamingLLM>(cfg, s, opt)), full), 0.0);
 }
 
-TEST(MlaEngineTest, UnlimitedBudgetsGiveFullsLogits) {
-  check_unlimited_budgets<engine::TinyLmMla>("tinylm-mla", false);
-}
+TEST(MlaEngineTest, UnlimitedBudgetsGiveFullsLogits) { check_unlimited_budgets<engine::TinyLmMla>("tinylm-mla", true); }
 TEST(YocoEngineTest, UnlimitedBudgetsGiveFullsLogits) {
   check_unlimited_budgets<engine::TinyLmYoco>("tinylm-yoco", true);
 }
 
-TEST(MlaEngineTest, PoliciesTheLatentLayoutCannotServeAreClearErrors) {
+TEST(MlaEngineTest, DmcOnTheLatentLayoutIsAClearError) {
   engine::TinyLmMla model(kModels + "/tinylm-mla.safetensors");
-  kvtest::expect_error_mentioning(
-      [&] {
-        kvcache::KVCache<kvcache::StreamingLLM> c(model.cache_config(64, kvcache::DType::kF16),
-                                                  kvcache::StreamingLLM(4, 40), model.cache_options());
-      },
-      "latent layout");
   kvtest::expect_error_mentioning(
       [&] { kvcache::KVCache<kvcache::DMC> c(model.cache_config(64, kvcache::DType::kF16), kvcache::DMC::official()); },
       "latent layout");

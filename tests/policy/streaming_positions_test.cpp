@@ -91,6 +91,76 @@ TEST_P(StreamingPositionsTest, AttentionMatchesThePapersInCachePositions) {
   }
 }
 
+// The latent layout (MLA): rows [c (kC) | k_R (kD)], values c, queries [q_c | q_R]; only the RoPE tail is rotated.
+// The paper's computation: the kept rows' tails rotated at ranks 0 .. n-1, the query's tail at n-1.
+TEST_P(StreamingPositionsTest, LatentRowsRotateOnlyTheirRopeTail) {
+  constexpr int kC = 8, kW = kC + kD;
+  const int S = 2, R = 3;
+  const std::int64_t T = 30;
+  const double scale = 0.25;
+  auto kraw = kvtest::random_vector(std::size_t(T * kW), 13), qraw = kvtest::random_vector(std::size_t(T * kW), 15);
+  auto part = [](const std::vector<float>& m, std::int64_t t, int from, int n) {
+    return std::vector<double>(m.begin() + t * kW + from, m.begin() + t * kW + from + n);
+  };
+  kvcache::KVCacheOptions opt;
+  opt.rope = kvcache::RopeConfig{0, kBase, false};
+  opt.softmax_scale = float(scale);
+  const kvcache::AttentionShape shape{2, 1, kW, kC, /*values_in_keys=*/true};
+  kvcache::KVCache<kvcache::StreamingLLM> cache({1, shape, 16, GetParam()}, kvcache::StreamingLLM(S, R), opt);
+  std::vector<std::int64_t> kept_positions;
+  for (std::int64_t t = 0; t < T; ++t) {
+    // Two query heads: the second is the first scaled, so both see the same rows differently.
+    std::vector<float> k(kW), q(2 * kW), out(2 * kC);
+    const auto kr = rotate(part(kraw, t, kC, kD), double(t)), qr = rotate(part(qraw, t, kC, kD), double(t));
+    for (int c = 0; c < kW; ++c) {
+      k[std::size_t(c)] = c < kC ? kraw[std::size_t(t * kW + c)] : float(kr[std::size_t(c - kC)]);
+      q[std::size_t(c)] = c < kC ? qraw[std::size_t(t * kW + c)] : float(qr[std::size_t(c - kC)]);
+      q[std::size_t(kW + c)] = 2.0f * q[std::size_t(c)];
+    }
+    const kvcache::Position p0[1] = {0};
+    if (t == 0)
+      cache.prefill(0, kvcache::ConstTensorView<float, 3>(k.data(), 1, 1, kW),
+                    kvcache::ConstTensorView<float, 3>(nullptr, 1, 1, 0), p0,
+                    kvcache::ConstTensorView<float, 3>(q.data(), 1, 2, kW),
+                    kvcache::TensorView<float, 3>(out.data(), 1, 2, kC));
+    else
+      cache.decode(0, kvcache::ConstTensorView<float, 2>(k.data(), 1, kW),
+                   kvcache::ConstTensorView<float, 2>(nullptr, 1, 0), kvcache::Position(t),
+                   kvcache::ConstTensorView<float, 2>(q.data(), 2, kW),
+                   kvcache::TensorView<float, 2>(out.data(), 2, kC));
+    kept_positions.push_back(t);
+    const std::size_t n = kept_positions.size();
+    const auto qp = rotate(part(qraw, t, kC, kD), double(n - 1));
+    for (int head = 0; head < 2; ++head) {
+      const double m = head == 0 ? 1.0 : 2.0;
+      std::vector<double> logits(n), expect(kC, 0.0);
+      for (std::size_t r = 0; r < n; ++r) {
+        const std::int64_t p = kept_positions[r];
+        const auto kp = rotate(part(kraw, p, kC, kD), double(r));
+        double dot = 0;
+        for (int c = 0; c < kC; ++c) dot += double(qraw[std::size_t(t * kW + c)]) * kraw[std::size_t(p * kW + c)];
+        for (int c = 0; c < kD; ++c) dot += qp[std::size_t(c)] * kp[std::size_t(c)];
+        logits[r] = m * dot * scale;
+      }
+      const double mx = *std::max_element(logits.begin(), logits.end());
+      double sum = 0;
+      for (double& x : logits) sum += (x = std::exp(x - mx));
+      for (std::size_t r = 0; r < n; ++r)
+        for (int c = 0; c < kC; ++c) {
+          const float stored = kraw[std::size_t(kept_positions[r] * kW + c)];
+          const double vv =
+              GetParam() == kvcache::DType::kF32 ? stored : kvcache::to_f32(kvcache::from_f32<kvcache::f16>(stored));
+          expect[std::size_t(c)] += logits[r] / sum * vv;
+        }
+      const double tol = GetParam() == kvcache::DType::kF32 ? 2e-5 : 1e-2;
+      for (int c = 0; c < kC; ++c)
+        ASSERT_NEAR(out[std::size_t(head * kC + c)], expect[std::size_t(c)], tol) << "t " << t << " head " << head;
+    }
+    if (n > std::size_t(S + R)) kept_positions.erase(kept_positions.begin() + S);
+    EXPECT_EQ(kvtest::kept(cache, 0), std::set<int>(kept_positions.begin(), kept_positions.end())) << "t " << t;
+  }
+}
+
 // The same model in original-position mode differs once the window has moved (a check that the test can tell).
 TEST(StreamingPositionsTest, OriginalModeIsDifferentAfterEviction) {
   kvcache::KVCacheOptions opt;

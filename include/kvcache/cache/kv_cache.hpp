@@ -77,9 +77,6 @@ class KVCache {
         prefill_ws_(config.shape, std::max(1, options_.max_threads)),
         decode_ws_(config.shape, config.capacity, std::max(1, options_.max_threads), needs_.decode_scores) {
     KVCACHE_REQUIRE(options_.eviction_slack >= 0, "eviction_slack must be >= 0, got ", options_.eviction_slack);
-    KVCACHE_REQUIRE(!(config.shape.values_in_keys && needs_.in_cache_positions), "policy '", P::kName,
-                    "' re-rotates cached keys to in-cache positions, which the latent layout (MLA) does not support: "
-                    "only the RoPE tail of a latent row is rotated; use original positions");
     KVCACHE_REQUIRE(!(config.shape.values_in_keys && needs_.merge_on_append), "policy '", P::kName,
                     "' merges pre-RoPE keys per KV head, which the latent layout (MLA) does not have");
     KVCACHE_REQUIRE(options_.readers >= 1, "readers must be >= 1, got ", options_.readers);
@@ -88,7 +85,8 @@ class KVCache {
                     options_.readers);
     KVCACHE_REQUIRE(!needs_.in_cache_positions || options_.rope.has_value(), "policy '", P::kName,
                     "' keeps positions inside the cache and needs KVCacheOptions::rope (the model's RoPE)");
-    if (needs_.in_cache_positions) rope_ = Rope(*options_.rope, config.shape.head_dim_k);
+    // The latent layout (MLA) rotates only the RoPE key at the end of each row: [head_dim_v, head_dim_k).
+    if (needs_.in_cache_positions) rope_ = Rope(*options_.rope, config.shape.head_dim_k - rope_offset());
     KVCACHE_REQUIRE(std::isfinite(options_.softmax_scale) && options_.softmax_scale >= 0.0f,
                     "softmax_scale must be finite and >= 0 (0 = 1 / sqrt(head_dim_k)), got ", options_.softmax_scale);
     KVCACHE_REQUIRE(!needs_.prefill_profile || ProfilingPolicy<P>, "policy '", P::kName,
@@ -296,6 +294,9 @@ class KVCache {
     bool pending_prefill = false, pending_last_chunk = false;
   };
 
+  // Where a key row's rotated part starts: 0, or head_dim_v in the latent layout ([latent | RoPE key]).
+  [[nodiscard]] int rope_offset() const noexcept { return config_.shape.values_in_keys ? config_.shape.dim_v() : 0; }
+
   void require_no_pending_reads(int l, const char* who) const {
     const int due = state(l).pending_reads;
     KVCACHE_REQUIRE(due == 0, who, ": layer ", l, " still waits for ", due, " read(s) of its previous step (",
@@ -453,7 +454,7 @@ class KVCache {
           rope_delta_ = delta;
           rope_cached_ = true;
         }
-        rope_.apply(x, rope_cos_, rope_sin_);
+        rope_.apply(x + rope_offset(), rope_cos_, rope_sin_);
         store_key_row(kv, h, s, x);
         at = target;
       }
