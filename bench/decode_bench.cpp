@@ -97,14 +97,7 @@ void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, 
 
 int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
-  for (int t : opt.threads) {
-    const double bw = t == 1 ? kvbench::read_bandwidth_gbps(kvcache::SerialExecutor{})
-                             : kvbench::read_bandwidth_gbps(kvcache::OpenMPExecutor{t});
-    g_read_bw[t] = bw;
-    benchmark::AddCustomContext("read_bw_" + std::to_string(t) + "t_GBps", std::to_string(bw));
-    std::fprintf(stderr, "measured read bandwidth, %d thread(s): %.2f GB/s\n", t, bw);
-  }
-  benchmark::AddCustomContext("working_set_MiB", std::to_string(kvbench::working_set_bytes() >> 20));
+  g_read_bw = kvbench::measure_read_bandwidths(opt.threads);
 
   for (DType dt : {DType::kF16, DType::kBF16, DType::kF32})
     for (int d : {128, 64})

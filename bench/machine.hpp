@@ -6,10 +6,16 @@
 //   FMA peak:       per ISA, 12 independent FMA chains per thread in registers; median of 7.
 // Both use the executor the kernels use, so "2 threads" means the same thing on both sides of a ratio.
 
+#include <benchmark/benchmark.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kvcache/kvcache.hpp"
@@ -137,6 +143,36 @@ double fma_peak_gflops(kvcache::Isa isa, const Exec& ex) {
   }
   if (sink[0] == 12345.0f) std::abort();
   return median(runs);
+}
+
+/// The read bandwidth for each thread count (GB/s), also recorded in the benchmark context and printed on stderr.
+inline std::map<int, double> measure_read_bandwidths(const std::vector<int>& threads) {
+  std::map<int, double> out;
+  for (int t : threads) {
+    const double bw =
+        t == 1 ? read_bandwidth_gbps(kvcache::SerialExecutor{}) : read_bandwidth_gbps(kvcache::OpenMPExecutor{t});
+    out[t] = bw;
+    benchmark::AddCustomContext("read_bw_" + std::to_string(t) + "t_GBps", std::to_string(bw));
+    std::fprintf(stderr, "measured read bandwidth, %d thread(s): %.2f GB/s\n", t, bw);
+  }
+  benchmark::AddCustomContext("working_set_MiB", std::to_string(working_set_bytes() >> 20));
+  return out;
+}
+
+/// The fp32 FMA peak (GFLOP/s) of each available ISA and thread count, keyed (int(isa), threads); also recorded in
+/// the benchmark context and printed on stderr.
+inline std::map<std::pair<int, int>, double> measure_fma_peaks(const std::vector<int>& threads) {
+  std::map<std::pair<int, int>, double> out;
+  for (kvcache::Isa isa : kvcache::available_isas())
+    for (int t : threads) {
+      const double p =
+          t == 1 ? fma_peak_gflops(isa, kvcache::SerialExecutor{}) : fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
+      out[{static_cast<int>(isa), t}] = p;
+      const std::string name(kvcache::isa_name(isa));
+      benchmark::AddCustomContext("fma_peak_" + name + "_" + std::to_string(t) + "t_GFLOPs", std::to_string(p));
+      std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n", name.c_str(), t, p);
+    }
+  return out;
 }
 
 }  // namespace kvbench

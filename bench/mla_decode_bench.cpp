@@ -108,24 +108,8 @@ void run_mla(benchmark::State& st, std::int64_t ctx, DType dt, Isa isa, const Ex
 
 int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
-  for (int t : opt.threads) {
-    const double bw = t == 1 ? kvbench::read_bandwidth_gbps(kvcache::SerialExecutor{})
-                             : kvbench::read_bandwidth_gbps(kvcache::OpenMPExecutor{t});
-    g_read_bw[t] = bw;
-    benchmark::AddCustomContext("read_bw_" + std::to_string(t) + "t_GBps", std::to_string(bw));
-    std::fprintf(stderr, "measured read bandwidth, %d thread(s): %.2f GB/s\n", t, bw);
-    for (Isa isa : kvcache::available_isas()) {
-      const double p = t == 1 ? kvbench::fma_peak_gflops(isa, kvcache::SerialExecutor{})
-                              : kvbench::fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
-      g_peak[{static_cast<int>(isa), t}] = p;
-      benchmark::AddCustomContext(
-          std::string("fma_peak_") + std::string(kvcache::isa_name(isa)) + "_" + std::to_string(t) + "t_GFLOPs",
-          std::to_string(p));
-      std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
-                   std::string(kvcache::isa_name(isa)).c_str(), t, p);
-    }
-  }
-  benchmark::AddCustomContext("working_set_MiB", std::to_string(kvbench::working_set_bytes() >> 20));
+  g_read_bw = kvbench::measure_read_bandwidths(opt.threads);
+  g_peak = kvbench::measure_fma_peaks(opt.threads);
 
   for (DType dt : {DType::kBF16, DType::kF16, DType::kF32})
     for (std::int64_t ctx : {4096, 32768})

@@ -64,17 +64,7 @@ void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, I
 
 int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
-  for (Isa isa : kvcache::available_isas())
-    for (int t : opt.threads) {
-      const double p = t == 1 ? kvbench::fma_peak_gflops(isa, kvcache::SerialExecutor{})
-                              : kvbench::fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
-      g_peak[{static_cast<int>(isa), t}] = p;
-      benchmark::AddCustomContext(
-          std::string("fma_peak_") + std::string(kvcache::isa_name(isa)) + "_" + std::to_string(t) + "t_GFLOPs",
-          std::to_string(p));
-      std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
-                   std::string(kvcache::isa_name(isa)).c_str(), t, p);
-    }
+  g_peak = kvbench::measure_fma_peaks(opt.threads);
 
   auto add = [&](std::int64_t n, int d, int g, DType dt, Isa isa, int t) {
     const std::string name = "Prefill/" + std::string(kvcache::dtype_name(dt)) + "/d" + std::to_string(d) + "/n" +
