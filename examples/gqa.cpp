@@ -7,7 +7,6 @@
 //
 //   gqa [--short]
 
-#include <cmath>
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
@@ -31,12 +30,9 @@ int main(int argc, char** argv) try {
   const double computed = 2.0 * 2.0 * L * hkv * d, measured = engine::measured_bytes_per_token(model, 64);
   std::printf("\ntinylm-gqa, f16: computed %.0f bytes per token, the library's cache holds %.0f.\n", computed,
               measured);
-  if (std::abs(computed - measured) > 0.5) {
-    std::fprintf(stderr, "gqa: the cache's byte accounting disagrees with the layout\n");
-    return 1;
-  }
+  engine::require_bytes_match("tinylm-gqa", computed, measured);
   std::printf("\n## tinylm-gqa under the policies\n");
-  engine::print_quality(model, engine::read_text(KVCACHE_EXAMPLES_DIR "/data/val-dev.txt"), q);
+  engine::print_quality(model, q);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "gqa: %s\n", e.what());

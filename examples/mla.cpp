@@ -11,7 +11,6 @@
 //
 //   mla [--short]
 
-#include <cmath>
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
@@ -50,12 +49,9 @@ int main(int argc, char** argv) try {
   const double computed = 2.0 * model.n_layers() * model.mla_shape().row_width();
   const double measured = engine::measured_bytes_per_token(model, 64);
   std::printf("tinylm-mla, f16: computed %.0f bytes per token, the library's cache holds %.0f.\n", computed, measured);
-  if (std::abs(computed - measured) > 0.5) {
-    std::fprintf(stderr, "mla: the cache's byte accounting disagrees with the layout\n");
-    return 1;
-  }
+  engine::require_bytes_match("tinylm-mla", computed, measured);
   std::printf("\n## tinylm-mla under the policies\n");
-  engine::print_quality(model, engine::read_text(KVCACHE_EXAMPLES_DIR "/data/val-dev.txt"), q);
+  engine::print_quality(model, q);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "mla: %s\n", e.what());

@@ -10,7 +10,6 @@
 //
 //   yoco [--short]
 
-#include <cmath>
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
@@ -46,12 +45,9 @@ int main(int argc, char** argv) try {
       "tinylm-yoco, f16: computed %.0f bytes per token in the global cache, the library's cache holds %.0f; "
       "the rings hold %.0f bytes at most.\n",
       computed, measured, 2 * ring);
-  if (std::abs(computed - measured) > 0.5) {
-    std::fprintf(stderr, "yoco: the cache's byte accounting disagrees with the layout\n");
-    return 1;
-  }
+  engine::require_bytes_match("tinylm-yoco", computed, measured);
   std::printf("\n## tinylm-yoco under the policies\n");
-  engine::print_quality(model, engine::read_text(KVCACHE_EXAMPLES_DIR "/data/val-dev.txt"), q);
+  engine::print_quality(model, q);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "yoco: %s\n", e.what());

@@ -4,6 +4,7 @@
 // a bundled model's quality under the policies at the same budgets (teacher-forced bits per byte on windows of the
 // validation text, as kvcache-eval's lm task).
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -55,15 +56,23 @@ double measured_bytes_per_token(Model& model, std::int64_t n) {
   return double(cache.kv_bytes()) / double(n);
 }
 
+/// Throws a kvcache::Error when the cache's byte accounting disagrees with the layout computed from the config.
+inline void require_bytes_match(const char* model, double computed, double measured) {
+  KVCACHE_REQUIRE(std::abs(computed - measured) <= 0.5, model, ": the layout says ", computed,
+                  " bytes per token, the cache holds ", measured);
+}
+
 struct QualityOptions {
   bool short_mode = false;
   std::vector<std::string> policies = {"full", "streaming_llm", "h2o", "vatp", "l2_norm", "snapkv", "fastgen"};
   std::vector<double> budgets = {0.25, 0.5};
 };
 
-/// Bits per byte of the model on validation windows under each policy and budget (same budgets for every model).
+/// Bits per byte of the model on windows of the bundled validation text under each policy and budget (the same
+/// budgets for every model).
 template <class Model>
-void print_quality(Model& model, const std::string& text, const QualityOptions& o) {
+void print_quality(Model& model, const QualityOptions& o) {
+  const std::string text = read_text(KVCACHE_EXAMPLES_DIR "/data/val-dev.txt");
   const std::int64_t length = o.short_mode ? 192 : 1024, prefix = length / 2;
   const int n = o.short_mode ? 1 : 2;
   std::vector<std::vector<int>> windows;

@@ -224,7 +224,7 @@ class KVCache {
                     " has no prefill chunk waiting for readers (readers = ", options_.readers, ")");
     const std::int64_t m = st.pending_m;
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
-    PrefillOptions opt = prefill_options(l, m, st.pending_last_chunk);
+    const PrefillOptions opt = prefill_options(l, m, st.pending_last_chunk);
     prefill_attention(kv, q, out, prefill_ws_, opt, exec_);
     if (--st.pending_reads == 0) finish_prefill(l);
   }
