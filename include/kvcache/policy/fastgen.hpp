@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -155,16 +156,23 @@ struct FastGen {
     if (n == 0) return {};
     const Position newest = newest_of(in);
     const std::int64_t window = c == int(Choice::kLocal) ? profile_window(in.prompt_length) : 0;
-    std::int64_t classed = 0, in_window = 0, others = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-      const bool recent = window > 0 && in.positions[j] > newest - window;
-      if (recent)
-        ++in_window;
-      else if (keeps_class(c, in.tags[j]))
-        ++classed;
-      else
-        ++others;
+    // Counted branch-free over 32-bit lanes so that the loop vectorises: it runs for every head at every step.
+    const auto from = static_cast<std::int32_t>(std::clamp<std::int64_t>(
+        window > 0 ? std::int64_t(newest) - window + 1 : std::numeric_limits<std::int32_t>::max(), 0,
+        std::numeric_limits<std::int32_t>::max()));
+    const std::uint8_t punct = c >= int(Choice::kPunctuation) ? std::uint8_t(TokenClass::kPunctuation) : 0xff;
+    std::int32_t in_window = 0, classed = 0;
+    const std::uint8_t* tags = in.tags.data();
+    const Position* pos = in.positions.data();
+    const auto n32 = static_cast<std::int32_t>(n);
+    for (std::int32_t j = 0; j < n32; ++j) {
+      const std::int32_t recent = std::int32_t(pos[j] >= from);
+      const std::int32_t keep =
+          std::int32_t(tags[j] == std::uint8_t(TokenClass::kSpecial)) | std::int32_t(tags[j] == punct);
+      in_window += recent;
+      classed += keep & (recent ^ 1);
     }
+    const std::int64_t others = std::int64_t(n) - in_window - classed;
     ResolvedBudget b;
     b.recent = window;
     b.total = in_window + classed;
@@ -175,24 +183,30 @@ struct FastGen {
   void rank(const RankInput& in, std::span<float> priority) const noexcept {
     const int c = in.head_choice;
     const Position newest = in.positions.empty() ? 0 : newest_of(in);
-    for (std::size_t j = 0; j < priority.size(); ++j) {
-      if (keeps_class(c, in.tags[j]))
-        priority[j] = std::numeric_limits<float>::infinity();
-      else if (c >= int(Choice::kFrequent) && !in.scores.empty())
-        priority[j] = float(mean_attention(in.scores[j], newest, in.positions[j]));
-      else
-        priority[j] = -std::numeric_limits<float>::infinity();
+    // Branch-free over 32-bit lanes (bit masks, not ?:, which GCC leaves scalar) so that the loop vectorises: it runs
+    // for every head at every step. Rows of a kept class get +inf; the others the mean attention of their column,
+    // or -inf for the choices without + frequent. The float quotient of two floats is the float rounding of their
+    // double quotient, so this ranks as mean_attention() does.
+    const std::uint8_t punct = c >= int(Choice::kPunctuation) ? std::uint8_t(TokenClass::kPunctuation) : 0xff;
+    const bool frequent = c >= int(Choice::kFrequent) && !in.scores.empty();
+    const std::uint8_t* tags = in.tags.data();
+    const Position* pos = in.positions.data();
+    const float* sc = frequent ? in.scores.data() : nullptr;
+    float* out = priority.data();
+    const std::size_t n = priority.size();
+    constexpr std::uint32_t kPlusInf = 0x7f800000u, kMinusInf = 0xff800000u;
+    for (std::size_t j = 0; j < n; ++j) {
+      const std::uint32_t keep =
+          0u - (std::uint32_t(tags[j] == std::uint8_t(TokenClass::kSpecial)) | std::uint32_t(tags[j] == punct));
+      const std::uint32_t other =
+          frequent ? std::bit_cast<std::uint32_t>(sc[j] / float(newest - pos[j] + 1)) : kMinusInf;
+      out[j] = std::bit_cast<float>((other & ~keep) | (kPlusInf & keep));
     }
   }
 
- private:
   // The cache passes the step's position; a caller that does not gets the scan.
   static Position newest_of(const RankInput& in) noexcept {
     return in.newest >= 0 ? in.newest : *std::max_element(in.positions.begin(), in.positions.end());
-  }
-  static bool keeps_class(int choice, std::uint8_t tag) noexcept {
-    if (tag == std::uint8_t(TokenClass::kSpecial)) return true;
-    return tag == std::uint8_t(TokenClass::kPunctuation) && choice >= int(Choice::kPunctuation);
   }
   // Attention a row received per query that could see it (queries at positions pos .. newest).
   static double mean_attention(double sum, Position newest, Position pos) noexcept {

@@ -21,6 +21,7 @@ namespace kvcache {
 
 struct H2O {
   static constexpr std::string_view kName = "h2o";
+  using ScoresArePriority = H2O;  // rank() is the identity on the scores: KVCache skips it (policy.hpp)
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
 

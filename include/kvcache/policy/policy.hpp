@@ -108,6 +108,15 @@ concept MergingPolicy = requires(P const& p, const MergeStep& s, int d) {
   { p.zero_neurons } -> std::convertible_to<bool>;
 };
 
+/// A policy whose priority is the accumulated score itself (H2O) may say so with `using ScoresArePriority = Self;`,
+/// naming its own type: KVCache then selects straight from the scores and skips rank() and its copy of them. A policy
+/// derived from it that overrides rank() inherits an alias naming the base, so it is not mistaken for one.
+template <class P>
+concept RanksByScores = requires {
+  typename P::ScoresArePriority;
+  requires std::same_as<typename P::ScoresArePriority, P>;
+};
+
 template <class P>
 concept TaggingPolicy = requires(P const& p, Position pos) {
   { p.tag(pos) } -> std::convertible_to<std::uint8_t>;

@@ -33,15 +33,16 @@ inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
 
 /// Fills `removals` with the slots to drop so that at most budget.total rows remain; returns how many.
 /// positions, priority: per slot [0, n). scratch: at least n entries. removals: at least n entries.
-/// isa: where the scans run (policy/detail/select_scan.ipp is compiled per ISA).
+/// isa: where the scans run (policy/detail/select_scan.ipp is compiled per ISA). newest: the largest position among
+/// the rows when the caller knows it (KVCache does: RankInput::newest), else -1 and it is scanned for.
 inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
                                    const ResolvedBudget& budget, std::span<std::int32_t> scratch,
-                                   std::span<std::int32_t> removals, Isa isa = Isa::kScalar) noexcept {
+                                   std::span<std::int32_t> removals, Isa isa = Isa::kScalar,
+                                   Position newest = -1) noexcept {
   const auto n = static_cast<std::int64_t>(positions.size());
   if (budget.unlimited() || n <= budget.total) return 0;
-  const Position newest = [&]() noexcept -> Position {
-    KVCACHE_DISPATCH_ISA(isa, newest_position, (positions.data(), n))
-  }();
+  if (newest < 0 && budget.recent > 0)
+    newest = [&]() noexcept -> Position { KVCACHE_DISPATCH_ISA(isa, newest_position, (positions.data(), n)) }();
   const std::int64_t recent_from =
       budget.recent > 0 ? std::int64_t{newest} - budget.recent + 1 : std::numeric_limits<std::int64_t>::max();
   auto is_protected = [&](std::int64_t s) {

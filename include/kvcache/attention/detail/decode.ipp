@@ -244,24 +244,23 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
       }
       const ops::Vec mh = ops::set1(m[h]);
       ops::Vec lv = ops::zero();
+      float* dst = probs != nullptr ? probs + h * ld + t0 : nullptr;  // the export: the same exponentials, stored twice
       r = 0;
       for (; r + L <= nt; r += L) {
         const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
         ops::store(sh + r, p);
+        if (dst != nullptr) ops::store(dst + r, p);
         lv = ops::add(lv, p);
       }
       float lt = 0.0f;
       if (r < nt) {
-        ops::store_n(sh + r, ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh)), nt - r);
+        const ops::Vec p = ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh));
+        ops::store_n(sh + r, p, nt - r);
+        if (dst != nullptr) ops::store_n(dst + r, p, nt - r);
         for (; r < nt; ++r) lt += sh[r];
       }
       l[h] += ops::reduce_add(lv) + lt;
-      if (probs != nullptr) {
-        float* dst = probs + h * ld + t0;
-        for (r = 0; r + L <= nt; r += L) ops::store(dst + r, ops::load(sh + r));
-        for (; r < nt; ++r) dst[r] = sh[r];
-        tile_max[h * ldt + t0 / kDecodeTile] = m[h];
-      }
+      if (probs != nullptr) tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
@@ -272,21 +271,34 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   }
 }
 
-/// acc[j] += sum_h probs[h][j] * scale[h][j / kDecodeTile] for j in [0, n): the group's probabilities, summed, added
-/// into a per-slot accumulator. probs: [g, ld] from decode_partial; scale: [g, ldt] = e^(tile max - m_final) / l_final.
+/// acc[j] += sum_h probs[h][j] * e^(tile_max[h][j / kDecodeTile] - m[h]) / l[h] for j in [0, n): the group's
+/// probabilities, summed, added into a per-slot accumulator. probs: [g, ld] and tile_max: [g, ldt] from
+/// decode_partial (tile_max is overwritten with the scales); m, l: [g], the head's final softmax statistics.
 KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g, std::int64_t ld, std::int64_t n,
-                                                      const float* scale, std::int64_t ldt, float* acc) noexcept {
+                                                      float* tile_max, std::int64_t ldt, const float* m, const float* l,
+                                                      float* acc) noexcept {
   constexpr int L = ops::kLanes;
+  const std::int64_t tiles = (n + kDecodeTile - 1) / kDecodeTile;
+  for (int h = 0; h < g; ++h) {
+    float* tm = tile_max + h * ldt;
+    const ops::Vec mh = ops::set1(m[h]), inv = ops::set1(l[h] > 0.0f ? 1.0f / l[h] : 0.0f);
+    std::int64_t t = 0;
+    for (; t + L <= tiles; t += L) ops::store(tm + t, ops::mul(ops::exp(ops::sub(ops::load(tm + t), mh)), inv));
+    if (t < tiles) {
+      const int r = static_cast<int>(tiles - t);
+      ops::store_n(tm + t, ops::mul(ops::exp(ops::sub(ops::load_n(tm + t, r), mh)), inv), r);
+    }
+  }
   for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
     std::int64_t j = t0;
     for (; j + L <= t1; j += L) {
       ops::Vec sum = ops::load(acc + j);
       for (int h = 0; h < g; ++h)
-        sum = ops::fma(ops::load(probs + h * ld + j), ops::set1(scale[h * ldt + t0 / kDecodeTile]), sum);
+        sum = ops::fma(ops::load(probs + h * ld + j), ops::set1(tile_max[h * ldt + t0 / kDecodeTile]), sum);
       ops::store(acc + j, sum);
     }
     for (; j < t1; ++j)
-      for (int h = 0; h < g; ++h) acc[j] += probs[h * ld + j] * scale[h * ldt + t0 / kDecodeTile];
+      for (int h = 0; h < g; ++h) acc[j] += probs[h * ld + j] * tile_max[h * ldt + t0 / kDecodeTile];
   }
 }
