@@ -1,6 +1,7 @@
 // select_removals (policy/select.hpp) against a brute-force selection, for every ISA this CPU has: the single-removal
 // scan (vectorised per ISA) and the many-removal path, with many tied priorities, NaN, sinks, a recent window, a
-// newest position given or scanned for, and lengths around the vector widths.
+// newest position given or scanned for, a priority given as a product (VATP's fused form), and lengths around the
+// vector widths.
 
 #include "kvcache/policy/select.hpp"
 
@@ -76,15 +77,26 @@ TEST_P(SelectTest, MatchesBruteForce) {
       // One removal (the decode step) for half the trials, then several, then everything not protected.
       b.total = trial % 2 == 0 ? n - 1 : std::max<std::int64_t>(0, n - 1 - std::int64_t(next() % std::uint32_t(n)));
       if (b.total < b.sinks + b.recent) b.total = std::min<std::int64_t>(n, b.sinks + b.recent);
+      // The fused product form: priority = base x factor with factors in {0.5, 1, 2} (exact products, so the
+      // expected selection is that of the multiplied-out priorities).
+      std::vector<float> base(pri.size()), factor(pri.size());
+      for (std::size_t i = 0; i < pri.size(); ++i) {
+        factor[i] = 0.5f * float(1u << (next() % 3));
+        base[i] = pri[i] / factor[i];
+      }
       const auto want = expected_removals(pos, pri, b);
-      for (bool give_newest : {false, true}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool give_newest = variant == 1, fused = variant == 2;
         std::vector<std::int32_t> scratch(pos.size()), removals(pos.size());
         const Position newest = give_newest ? *std::max_element(pos.begin(), pos.end()) : -1;
-        const std::size_t r = kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
+        const std::size_t r =
+            fused ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
+                  : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
         const std::set<std::int32_t> got(removals.begin(), removals.begin() + std::ptrdiff_t(r));
         EXPECT_EQ(got.size(), r) << "a slot listed twice";
         EXPECT_EQ(got, want) << "n " << n << " trial " << trial << " total " << b.total << " sinks " << b.sinks
-                             << " recent " << b.recent << (give_newest ? " (newest given)" : "");
+                             << " recent " << b.recent << (give_newest ? " (newest given)" : "")
+                             << (fused ? " (fused product)" : "");
       }
     }
   }
@@ -102,5 +114,7 @@ struct RanksOtherwise : kvcache::H2O {
 static_assert(kvcache::RanksByScores<kvcache::H2O>);
 static_assert(!kvcache::RanksByScores<RanksOtherwise>);
 static_assert(!kvcache::RanksByScores<kvcache::VATP>);
+static_assert(kvcache::RanksByScoresTimesValueNorms<kvcache::VATP>);
+static_assert(!kvcache::RanksByScoresTimesValueNorms<kvcache::H2O>);
 
 }  // namespace

@@ -662,14 +662,18 @@ class KVCache {
       ResolvedBudget b = st.budgets[std::size_t(h)];
       if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);
       if (b.unlimited() || n <= b.total + slack) continue;
-      std::span<const float> priority;
+      std::span<const float> priority, factor;
       if constexpr (RanksByScores<P>) priority = in.scores;
+      if constexpr (RanksByScoresTimesValueNorms<P>) {
+        if (in.value_norms.size() == un) priority = in.scores, factor = in.value_norms;
+      }
       if (priority.size() != un) {
         policy_.rank(in, std::span<float>(priority_.data(), un));
         priority = std::span<const float>(priority_.data(), un);
+        factor = {};
       }
       const std::size_t r = select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data(), un),
-                                            std::span<std::int32_t>(removals_.data(), un), isa, in.newest);
+                                            std::span<std::int32_t>(removals_.data(), un), isa, in.newest, factor);
       if (r == 0) continue;
       kv.remove(h, std::span<std::int32_t const>(removals_.data(), r), [&](std::int64_t from, std::int64_t to) {
         const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);

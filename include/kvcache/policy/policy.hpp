@@ -109,12 +109,19 @@ concept MergingPolicy = requires(P const& p, const MergeStep& s, int d) {
 };
 
 /// A policy whose priority is the accumulated score itself (H2O) may say so with `using ScoresArePriority = Self;`,
-/// naming its own type: KVCache then selects straight from the scores and skips rank() and its copy of them. A policy
-/// derived from it that overrides rank() inherits an alias naming the base, so it is not mistaken for one.
+/// naming its own type, and one whose priority is the score times the value norm (VATP) with `using
+/// ScoresTimesValueNormsArePriority = Self;`: KVCache then selects straight from those arrays and skips rank() and
+/// its copy. A policy derived from one that overrides rank() inherits an alias naming the base, so it is not mistaken
+/// for one.
 template <class P>
 concept RanksByScores = requires {
   typename P::ScoresArePriority;
   requires std::same_as<typename P::ScoresArePriority, P>;
+};
+template <class P>
+concept RanksByScoresTimesValueNorms = requires {
+  typename P::ScoresTimesValueNormsArePriority;
+  requires std::same_as<typename P::ScoresTimesValueNormsArePriority, P>;
 };
 
 template <class P>

@@ -34,11 +34,12 @@ inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
 /// Fills `removals` with the slots to drop so that at most budget.total rows remain; returns how many.
 /// positions, priority: per slot [0, n). scratch: at least n entries. removals: at least n entries.
 /// isa: where the scans run (policy/detail/select_scan.ipp is compiled per ISA). newest: the largest position among
-/// the rows when the caller knows it (KVCache does: RankInput::newest), else -1 and it is scanned for.
+/// the rows when the caller knows it (KVCache does: RankInput::newest), else -1 and it is scanned for. factor: if not
+/// empty, the priority of slot j is priority[j] * factor[j] (VATP's score x value norm, without a ranking copy).
 inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
                                    const ResolvedBudget& budget, std::span<std::int32_t> scratch,
-                                   std::span<std::int32_t> removals, Isa isa = Isa::kScalar,
-                                   Position newest = -1) noexcept {
+                                   std::span<std::int32_t> removals, Isa isa = Isa::kScalar, Position newest = -1,
+                                   std::span<const float> factor = {}) noexcept {
   const auto n = static_cast<std::int64_t>(positions.size());
   if (budget.unlimited() || n <= budget.total) return 0;
   if (newest < 0 && budget.recent > 0)
@@ -57,7 +58,9 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
     };
     const std::int32_t sinks = clamp32(budget.sinks), from = clamp32(recent_from);
     const std::int64_t slot = [&]() noexcept -> std::int64_t {
-      KVCACHE_DISPATCH_ISA(isa, select_one, (positions.data(), priority.data(), n, sinks, from))
+      KVCACHE_DISPATCH_ISA(
+          isa, select_one,
+          (positions.data(), priority.data(), factor.empty() ? nullptr : factor.data(), n, sinks, from))
     }();
     if (slot < 0) return 0;  // everything is protected (budget below sinks + recent: rejected at configuration)
     removals[0] = static_cast<std::int32_t>(slot);
@@ -72,9 +75,11 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
       scratch[m++] = static_cast<std::int32_t>(s);
   }
   const std::int64_t keep_others = std::clamp<std::int64_t>(budget.total - kept_protected, 0, std::int64_t(m));
+  auto at = [&](std::int32_t s) {
+    return factor.empty() ? priority[std::size_t(s)] : priority[std::size_t(s)] * factor[std::size_t(s)];
+  };
   auto better = [&](std::int32_t a, std::int32_t b) {
-    return detail::keep_before(priority[std::size_t(a)], positions[std::size_t(a)], priority[std::size_t(b)],
-                               positions[std::size_t(b)]);
+    return detail::keep_before(at(a), positions[std::size_t(a)], at(b), positions[std::size_t(b)]);
   };
   if (keep_others > 0 && keep_others < std::int64_t(m))
     std::nth_element(scratch.begin(), scratch.begin() + keep_others, scratch.begin() + std::ptrdiff_t(m), better);

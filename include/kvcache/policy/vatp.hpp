@@ -20,6 +20,7 @@ namespace kvcache {
 
 struct VATP {
   static constexpr std::string_view kName = "vatp";
+  using ScoresTimesValueNormsArePriority = VATP;  // rank() is scores x value norms: KVCache fuses it (policy.hpp)
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
   std::int64_t sinks = 20;

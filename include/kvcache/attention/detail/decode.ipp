@@ -36,9 +36,11 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
       if (r + 1 < r1) {
         T const* kr1 = kr + dk;
         ops::Vec a0[HB], a1[HB];
+        KVCACHE_UNROLL
         for (int h = 0; h < HB; ++h) a0[h] = a1[h] = ops::zero();
         for (int c = 0; c < full; c += L) {
           const ops::Vec k0 = ops::load(kr + c), k1 = ops::load(kr1 + c);
+          KVCACHE_UNROLL
           for (int h = 0; h < HB; ++h) {
             const ops::Vec qv = ops::in_register(ops::load(q + h * ldq + c));
             a0[h] = ops::fma(qv, k0, a0[h]);
@@ -47,6 +49,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
         }
         if (tail != 0) {
           const ops::Vec k0 = ops::load_n(kr + full, tail), k1 = ops::load_n(kr1 + full, tail);
+          KVCACHE_UNROLL
           for (int h = 0; h < HB; ++h) {
             const ops::Vec qv = ops::load_n(q + h * ldq + full, tail);
             a0[h] = ops::fma(qv, k0, a0[h]);
@@ -54,10 +57,13 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
           }
         }
         alignas(16) float sum[4];
+        KVCACHE_UNROLL
         for (int h = 0; h < HB; h += 4) {
           ops::reduce_add_4(a0[h], a0[h + 1], a0[h + 2], a0[h + 3], sum);
+          KVCACHE_UNROLL
           for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r - r0)] = sum[i];
           ops::reduce_add_4(a1[h], a1[h + 1], a1[h + 2], a1[h + 3], sum);
+          KVCACHE_UNROLL
           for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r + 1 - r0)] = sum[i];
         }
         if (v != nullptr) {  // the second row's prefetches (the first row's were issued above)
@@ -73,22 +79,28 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
       }
     }
     ops::Vec acc[HB];
+    KVCACHE_UNROLL
     for (int h = 0; h < HB; ++h) acc[h] = ops::zero();
     for (int c = 0; c < full; c += L) {
       const ops::Vec kv = ops::load(kr + c);
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load(q + h * ldq + c), kv, acc[h]);
     }
     if (tail != 0) {
       const ops::Vec kv = ops::load_n(kr + full, tail);
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) acc[h] = ops::fma(ops::load_n(q + h * ldq + full, tail), kv, acc[h]);
     }
     if constexpr (HB % 4 == 0) {
       alignas(16) float sum[4];
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; h += 4) {
         ops::reduce_add_4(acc[h], acc[h + 1], acc[h + 2], acc[h + 3], sum);
+        KVCACHE_UNROLL
         for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r - r0)] = sum[i];
       }
     } else {
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) s[h * kDecodeTile + (r - r0)] = ops::reduce_add(acc[h]);
     }
   }
@@ -114,6 +126,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     // Two column chunks at once: each broadcast probability feeds two FMAs (16 accumulators), 10 loads per 16 FMAs.
     for (; c + 2 * L <= full; c += 2 * L) {
       ops::Vec a0[HB], a1[HB];
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) {
         a0[h] = ops::load(o + h * dv + c);
         a1[h] = ops::load(o + h * dv + c + L);
@@ -121,12 +134,14 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
       for (std::int64_t r = r0; r < r1; ++r, ++step) {
         if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
         const ops::Vec v0 = ops::load(v + r * ldv + c), v1 = ops::load(v + r * ldv + c + L);
+        KVCACHE_UNROLL
         for (int h = 0; h < HB; ++h) {
           const ops::Vec pv = ops::set1(p[h * kDecodeTile + (r - r0)]);
           a0[h] = ops::fma(pv, v0, a0[h]);
           a1[h] = ops::fma(pv, v1, a1[h]);
         }
       }
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) {
         ops::store(o + h * dv + c, a0[h]);
         ops::store(o + h * dv + c + L, a1[h]);
@@ -136,6 +151,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
   for (; c < dv; c += L) {
     const int w = c < full ? L : tail;  // lanes in this chunk
     ops::Vec acc[HB][NA];
+    KVCACHE_UNROLL
     for (int h = 0; h < HB; ++h) {
       acc[h][0] = w == L ? ops::load(o + h * dv + c) : ops::load_n(o + h * dv + c, w);
       for (int a = 1; a < NA; ++a) acc[h][a] = ops::zero();
@@ -143,15 +159,19 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     std::int64_t r = r0;
     for (; r + NA <= r1; r += NA, step += NA) {
       if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+      KVCACHE_UNROLL
       for (int a = 0; a < NA; ++a) {
         const ops::Vec vv = w == L ? ops::load(v + (r + a) * ldv + c) : ops::load_n(v + (r + a) * ldv + c, w);
+        KVCACHE_UNROLL
         for (int h = 0; h < HB; ++h) acc[h][a] = ops::fma(ops::set1(p[h * kDecodeTile + (r + a - r0)]), vv, acc[h][a]);
       }
     }
     for (; r < r1; ++r) {
       const ops::Vec vv = w == L ? ops::load(v + r * ldv + c) : ops::load_n(v + r * ldv + c, w);
+      KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) acc[h][0] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h][0]);
     }
+    KVCACHE_UNROLL
     for (int h = 0; h < HB; ++h) {
       for (int a = 1; a < NA; ++a) acc[h][0] = ops::add(acc[h][0], acc[h][a]);
       if (w == L)

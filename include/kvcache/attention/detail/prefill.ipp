@@ -22,18 +22,23 @@ KVCACHE_INLINE void qk_micro(const float* KVCACHE_RESTRICT q, int ldq, int kd, c
                              int col0, float* KVCACHE_RESTRICT s) noexcept {
   constexpr int L = ops::kLanes, NV = kPrefillNV, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = ops::zero();
+  KVCACHE_UNROLL
+  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
+  for (int v = 0; v < NV; ++v) acc[i][v] = ops::zero();
   for (int c = 0; c < kd; ++c) {
     ops::Vec b[NV];
+    KVCACHE_UNROLL
     for (int v = 0; v < NV; ++v) b[v] = ops::load(kt + c * B + col0 + v * L);
+    KVCACHE_UNROLL
     for (int i = 0; i < MR; ++i) {
       const ops::Vec a = ops::set1(q[i * ldq + c]);
+      KVCACHE_UNROLL
       for (int v = 0; v < NV; ++v) acc[i][v] = ops::fma(a, b[v], acc[i][v]);
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) ops::store(s + i * B + col0 + v * L, acc[i][v]);
+  KVCACHE_UNROLL
+  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
+  for (int v = 0; v < NV; ++v) ops::store(s + i * B + col0 + v * L, acc[i][v]);
 }
 
 // o[i][col0 .. col0 + NV*L) += sum_{j < nk} p[i][j] vp[j][col0 ..] for MR rows.
@@ -42,18 +47,23 @@ KVCACHE_INLINE void pv_micro(const float* KVCACHE_RESTRICT p, int nk, const floa
                              int col0, float* KVCACHE_RESTRICT o, int ldo) noexcept {
   constexpr int L = ops::kLanes, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = ops::load(o + i * ldo + col0 + v * L);
+  KVCACHE_UNROLL
+  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
+  for (int v = 0; v < NV; ++v) acc[i][v] = ops::load(o + i * ldo + col0 + v * L);
   for (int j = 0; j < nk; ++j) {
     ops::Vec b[NV];
+    KVCACHE_UNROLL
     for (int v = 0; v < NV; ++v) b[v] = ops::load(vp + j * ldv + col0 + v * L);
+    KVCACHE_UNROLL
     for (int i = 0; i < MR; ++i) {
       const ops::Vec a = ops::set1(p[i * B + j]);
+      KVCACHE_UNROLL
       for (int v = 0; v < NV; ++v) acc[i][v] = ops::fma(a, b[v], acc[i][v]);
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) ops::store(o + i * ldo + col0 + v * L, acc[i][v]);
+  KVCACHE_UNROLL
+  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
+  for (int v = 0; v < NV; ++v) ops::store(o + i * ldo + col0 + v * L, acc[i][v]);
 }
 
 template <int MR>

@@ -11,18 +11,25 @@ KVCACHE_INLINE std::uint32_t order_key(float p) noexcept {
   return (u ^ (sign | 0x80000000u)) & ~nan;  // NaN ranks below -inf
 }
 
-/// The slot to evict among rows whose position is in [sinks, recent_from): the lowest priority, and among equal
-/// priorities the oldest position. -1 when every row is protected. Positions are distinct. Branch-free bodies (no
-/// short-circuit) so that the loops vectorise.
-KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int64_t select_one(const std::int32_t* KVCACHE_RESTRICT pos,
-                                                                  const float* KVCACHE_RESTRICT pri, std::int64_t n,
-                                                                  std::int32_t sinks,
-                                                                  std::int32_t recent_from) noexcept {
+template <bool kFactor>
+KVCACHE_INLINE float priority_at(const float* KVCACHE_RESTRICT pri, const float* KVCACHE_RESTRICT factor,
+                                 std::int64_t s) noexcept {
+  if constexpr (kFactor)
+    return pri[s] * factor[s];
+  else
+    return pri[s];
+}
+
+template <bool kFactor>
+KVCACHE_VECTORIZE inline std::int64_t select_one_scan(const std::int32_t* KVCACHE_RESTRICT pos,
+                                                      const float* KVCACHE_RESTRICT pri,
+                                                      const float* KVCACHE_RESTRICT factor, std::int64_t n,
+                                                      std::int32_t sinks, std::int32_t recent_from) noexcept {
   constexpr std::uint32_t kProtected = 0xffffffffu;
   std::uint32_t lowest = kProtected;
   for (std::int64_t s = 0; s < n; ++s) {
     const std::uint32_t prot = std::uint32_t(pos[s] < sinks) | std::uint32_t(pos[s] >= recent_from);
-    const std::uint32_t k = order_key(pri[s]) | (0u - prot);
+    const std::uint32_t k = order_key(priority_at<kFactor>(pri, factor, s)) | (0u - prot);
     lowest = k < lowest ? k : lowest;
   }
   if (lowest == kProtected) return -1;
@@ -32,7 +39,7 @@ KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int64_t select_one(const std::int
   std::int32_t oldest = kNone;
   for (std::int64_t s = 0; s < n; ++s) {
     const std::uint32_t prot = std::uint32_t(pos[s] < sinks) | std::uint32_t(pos[s] >= recent_from);
-    const std::uint32_t k = order_key(pri[s]) | (0u - prot);
+    const std::uint32_t k = order_key(priority_at<kFactor>(pri, factor, s)) | (0u - prot);
     const std::uint32_t hit = 0u - std::uint32_t(k == lowest);  // masks, not ?:, which GCC leaves scalar here
     const auto c = static_cast<std::int32_t>((std::uint32_t(pos[s]) & hit) | (std::uint32_t(kNone) & ~hit));
     oldest = c < oldest ? c : oldest;
@@ -45,6 +52,15 @@ KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int64_t select_one(const std::int
     slot = c < slot ? c : slot;
   }
   return slot == kNone ? -1 : slot;
+}
+
+/// The slot to evict among rows whose position is in [sinks, recent_from): the lowest priority (pri[s], times
+/// factor[s] when factor is not null), and among equal priorities the oldest position. -1 when every row is
+/// protected. Positions are distinct. Branch-free bodies (no short-circuit) so that the loops vectorise.
+KVCACHE_NOINLINE inline std::int64_t select_one(const std::int32_t* pos, const float* pri, const float* factor,
+                                                std::int64_t n, std::int32_t sinks, std::int32_t recent_from) noexcept {
+  return factor != nullptr ? select_one_scan<true>(pos, pri, factor, n, sinks, recent_from)
+                           : select_one_scan<false>(pos, pri, nullptr, n, sinks, recent_from);
 }
 
 /// The largest position (positions are never empty here).
