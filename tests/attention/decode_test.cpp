@@ -112,6 +112,8 @@ TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {
   for (int splits : {2, 3, 7}) check_decode({{8, 2, 64, 64}, 4099, DType::kF16, splits});
   check_decode({{8, 1, 128, 128}, 2000, DType::kBF16, 4}, kvtest::ThreadExecutor{2});
   check_decode({{8, 8, 64, 64}, 1000, DType::kF32, 2}, kvtest::ThreadExecutor{2});
+  // One split per head, three threads over four heads: concurrent tasks share the reused probability buffers.
+  check_decode({{12, 4, 64, 64}, 777, DType::kF16, 1}, kvtest::ThreadExecutor{3});
 }
 
 TEST_P(DecodeTest, WithoutProbabilityExport) { check_decode({{8, 2, 64, 64}, 517, DType::kF16, 1, false}); }

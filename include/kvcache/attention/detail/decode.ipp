@@ -154,6 +154,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     KVCACHE_UNROLL
     for (int h = 0; h < HB; ++h) {
       acc[h][0] = w == L ? ops::load(o + h * dv + c) : ops::load_n(o + h * dv + c, w);
+      KVCACHE_UNROLL
       for (int a = 1; a < NA; ++a) acc[h][a] = ops::zero();
     }
     std::int64_t r = r0;
@@ -173,6 +174,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     }
     KVCACHE_UNROLL
     for (int h = 0; h < HB; ++h) {
+      KVCACHE_UNROLL
       for (int a = 1; a < NA; ++a) acc[h][0] = ops::add(acc[h][0], acc[h][a]);
       if (w == L)
         ops::store(o + h * dv + c, acc[h][0]);

@@ -23,8 +23,10 @@ KVCACHE_INLINE void qk_micro(const float* KVCACHE_RESTRICT q, int ldq, int kd, c
   constexpr int L = ops::kLanes, NV = kPrefillNV, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
   KVCACHE_UNROLL
-  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
-  for (int v = 0; v < NV; ++v) acc[i][v] = ops::zero();
+  for (int i = 0; i < MR; ++i) {
+    KVCACHE_UNROLL
+    for (int v = 0; v < NV; ++v) acc[i][v] = ops::zero();
+  }
   for (int c = 0; c < kd; ++c) {
     ops::Vec b[NV];
     KVCACHE_UNROLL
@@ -37,8 +39,10 @@ KVCACHE_INLINE void qk_micro(const float* KVCACHE_RESTRICT q, int ldq, int kd, c
     }
   }
   KVCACHE_UNROLL
-  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
-  for (int v = 0; v < NV; ++v) ops::store(s + i * B + col0 + v * L, acc[i][v]);
+  for (int i = 0; i < MR; ++i) {
+    KVCACHE_UNROLL
+    for (int v = 0; v < NV; ++v) ops::store(s + i * B + col0 + v * L, acc[i][v]);
+  }
 }
 
 // o[i][col0 .. col0 + NV*L) += sum_{j < nk} p[i][j] vp[j][col0 ..] for MR rows.
@@ -48,8 +52,10 @@ KVCACHE_INLINE void pv_micro(const float* KVCACHE_RESTRICT p, int nk, const floa
   constexpr int L = ops::kLanes, B = kPrefillKvTile;
   ops::Vec acc[MR][NV];
   KVCACHE_UNROLL
-  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
-  for (int v = 0; v < NV; ++v) acc[i][v] = ops::load(o + i * ldo + col0 + v * L);
+  for (int i = 0; i < MR; ++i) {
+    KVCACHE_UNROLL
+    for (int v = 0; v < NV; ++v) acc[i][v] = ops::load(o + i * ldo + col0 + v * L);
+  }
   for (int j = 0; j < nk; ++j) {
     ops::Vec b[NV];
     KVCACHE_UNROLL
@@ -62,8 +68,10 @@ KVCACHE_INLINE void pv_micro(const float* KVCACHE_RESTRICT p, int nk, const floa
     }
   }
   KVCACHE_UNROLL
-  for (int i = 0; i < MR; ++i) KVCACHE_UNROLL
-  for (int v = 0; v < NV; ++v) ops::store(o + i * ldo + col0 + v * L, acc[i][v]);
+  for (int i = 0; i < MR; ++i) {
+    KVCACHE_UNROLL
+    for (int v = 0; v < NV; ++v) ops::store(o + i * ldo + col0 + v * L, acc[i][v]);
+  }
 }
 
 template <int MR>
