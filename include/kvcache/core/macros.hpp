@@ -74,8 +74,8 @@
 #endif
 
 // Before the kernels' loops over compile-time counts (head blocks, register tiles): unroll them fully so their arrays
-// of vectors live in registers. GCC unrolls them at -O3 (-fpeel-loops) but not at -O2, where decode ran at 0.6 of its
-// -O3 speed; engines are often built at -O2.
+// of vectors live in registers. GCC unrolls them at -O3 (-fpeel-loops) but not at -O2, where prefill ran at a third of
+// its -O3 speed; engines are often built at -O2 (bench/decode_bench_O2, prefill_bench_O2).
 #if defined(__GNUC__) && !defined(__clang__)
 #define KVCACHE_UNROLL _Pragma("GCC unroll 16")
 #elif defined(__clang__)
