@@ -665,7 +665,10 @@ class KVCache {
       std::span<const float> priority, factor;
       if constexpr (RanksByScores<P>) priority = in.scores;
       if constexpr (RanksByScoresTimesValueNorms<P>) {
-        if (in.value_norms.size() == un) priority = in.scores, factor = in.value_norms;
+        if (in.value_norms.size() == un) {
+          priority = in.scores;
+          factor = in.value_norms;
+        }
       }
       if (priority.size() != un) {
         policy_.rank(in, std::span<float>(priority_.data(), un));

@@ -204,6 +204,7 @@ struct FastGen {
     }
   }
 
+ private:
   // The cache passes the step's position; a caller that does not gets the scan.
   static Position newest_of(const RankInput& in) noexcept {
     return in.newest >= 0 ? in.newest : *std::max_element(in.positions.begin(), in.positions.end());
