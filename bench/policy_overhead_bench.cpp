@@ -131,6 +131,9 @@ int main(int argc, char** argv) {
           [=](benchmark::State& st) { run_case(st, kvcache::StreamingLLM(4, b - 4), b, rope); });
       add("h2o",
           [=](benchmark::State& st) { run_case(st, kvcache::H2O(Count::of(b / 2), Count::of(b - b / 2)), b, {}); });
+      add("h2o_max", [=](benchmark::State& st) {
+        run_case(st, kvcache::H2O(Count::of(b / 2), Count::of(b - b / 2), kvcache::GqaReduce::kMax), b, {});
+      });
       add("vatp",
           [=](benchmark::State& st) { run_case(st, kvcache::VATP(Count::of(b / 2), Count::of(b - b / 2), 4), b, {}); });
       add("l2_norm_every_step", [=](benchmark::State& st) {

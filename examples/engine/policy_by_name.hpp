@@ -2,7 +2,8 @@
 
 // A KVCache for a policy named on a command line, at a budget given as a fraction of some token count: what
 // kvcache-eval and the architecture examples (gqa.cpp, mla.cpp, yoco.cpp) run. Names: full, streaming_llm,
-// streaming_llm_original, h2o, vatp, l2_norm, snapkv, snapkv_k15, fastgen (whose "budget" is its threshold T).
+// streaming_llm_original, h2o, vatp, l2_norm, snapkv, snapkv_k15, fastgen (whose "budget" is its threshold T), and
+// h2o_max, vatp_max, snapkv_max: the same with GqaReduce::kMax (a row ranks by its most attentive query head).
 
 #include <algorithm>
 #include <string>
@@ -37,11 +38,14 @@ void with_policy(const std::string& name, double budget, std::int64_t base, cons
     kvcache::KVCache<kvcache::StreamingLLM> c(
         cfg, kvcache::StreamingLLM(4, rows - 4, kvcache::StreamingLLM::Positions::kOriginal), opt);
     f(c);
-  } else if (name == "h2o") {
-    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2)), opt);
+  } else if (name == "h2o" || name == "h2o_max") {
+    const auto reduce = name == "h2o" ? kvcache::GqaReduce::kSum : kvcache::GqaReduce::kMax;
+    kvcache::KVCache<kvcache::H2O> c(cfg, kvcache::H2O(Count::of(rows / 2), Count::of(rows - rows / 2), reduce), opt);
     f(c);
-  } else if (name == "vatp") {
-    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4), opt);
+  } else if (name == "vatp" || name == "vatp_max") {
+    const auto reduce = name == "vatp" ? kvcache::GqaReduce::kSum : kvcache::GqaReduce::kMax;
+    kvcache::KVCache<kvcache::VATP> c(cfg, kvcache::VATP(Count::of(rows / 2), Count::of(rows - rows / 2), 4, reduce),
+                                      opt);
     f(c);
   } else if (name == "l2_norm") {
     // The official protocol: compress once after the prompt for retrieval, after every token for language modelling;
@@ -50,9 +54,12 @@ void with_policy(const std::string& name, double budget, std::int64_t base, cons
     const std::vector<int> skip = cfg.n_layers > 2 ? std::vector<int>{0, 1} : std::vector<int>{};
     kvcache::KVCache<kvcache::L2Norm> c(cfg, kvcache::L2Norm(Count::of(rows), skip, mode), opt);
     f(c);
-  } else if (name == "snapkv") {
-    kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7),
-                                        opt);
+  } else if (name == "snapkv" || name == "snapkv_max") {
+    const auto reduce = name == "snapkv" ? kvcache::GqaReduce::kSum : kvcache::GqaReduce::kMax;
+    kvcache::KVCache<kvcache::SnapKV> c(
+        cfg,
+        kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7, kvcache::SnapKV::Pooling::kMax, reduce),
+        opt);
     f(c);
   } else if (name == "snapkv_k15") {  // calibration.md: on bytes a needle spans ~4x the positions of sub-words
     kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15),
@@ -63,8 +70,8 @@ void with_policy(const std::string& name, double budget, std::int64_t base, cons
     f(c);
   } else {
     kvcache::detail::throw_error("unknown policy '", name,
-                                 "'; known: full, streaming_llm, streaming_llm_original, h2o, vatp, l2_norm, snapkv, "
-                                 "snapkv_k15, fastgen");
+                                 "'; known: full, streaming_llm, streaming_llm_original, h2o, h2o_max, vatp, vatp_max, "
+                                 "l2_norm, snapkv, snapkv_max, snapkv_k15, fastgen");
   }
 }
 

@@ -28,6 +28,7 @@
 //
 //   kvcache-eval [--task all|lm|passkey|stream] [--model gqa|mla|yoco|F] [--text F] [--seed N] [--out DIR]
 //                [--policies full,streaming_llm,streaming_llm_original,h2o,vatp,l2_norm,snapkv,snapkv_k15]
+//                           (also h2o_max, vatp_max, snapkv_max: GqaReduce::kMax)
 //                [--budgets 0.1,0.25,0.5] [--thresholds 0.9,0.95,0.98]   (FastGen runs at each threshold T)
 //                [--sequences N] [--length L] [--prefix P] [--offsets A,B,...]        (lm)
 //                [--contexts 1024,2048] [--depths 0.1,0.3,0.5,0.7,0.9] [--prompts N]  (passkey)

@@ -29,6 +29,7 @@ struct DecodeCase {
   DType dtype;
   int max_splits = 1;
   bool probabilities = true;
+  bool per_query_head = false;  // export one row per query head (GqaReduce::kMax) instead of the group's sum
 };
 
 template <class Exec = kvcache::SerialExecutor>
@@ -41,29 +42,47 @@ void check_decode(const DecodeCase& c, const Exec& ex = Exec{}, LayerSlots* give
   const auto q = kvtest::random_vector(static_cast<std::size_t>(n_q * dk), 99, 2.0f);
   std::vector<float> out(static_cast<std::size_t>(n_q * dv), 123.0f), ref(out.size());
   const std::int64_t stride = kv.capacity() + 3;
-  std::vector<float> probs(static_cast<std::size_t>(n_kv * stride), 0.5f), ref_probs(probs);
+  const int rows = c.per_query_head ? n_q : n_kv, g = n_q / n_kv;
+  std::vector<float> probs(static_cast<std::size_t>(rows * stride), 0.5f), ref_probs(probs);
+  std::vector<float> maxima(static_cast<std::size_t>(n_kv * stride), -3.0f);  // per_query_head: the group's maximum
 
   kvcache::reference::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk),
-                                       TensorView<float, 2>(ref.data(), n_q, dv), 0.0f, ref_probs.data(), stride);
+                                       TensorView<float, 2>(ref.data(), n_q, dv), 0.0f, ref_probs.data(), stride,
+                                       c.per_query_head);
   kvcache::DecodeWorkspace ws(c.shape, kv.capacity(), c.max_splits, c.probabilities);
   kvcache::DecodeOptions opt;
   opt.max_splits = c.max_splits;
   if (c.probabilities) {
     opt.probabilities = probs.data();
     opt.probabilities_stride = stride;
+    opt.probabilities_per_query_head = c.per_query_head;
+    if (c.per_query_head) opt.probabilities_max = maxima.data();
   }
   kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk), TensorView<float, 2>(out.data(), n_q, dv),
                             ws, opt, ex);
   const std::string what = "n_q " + std::to_string(n_q) + " n_kv " + std::to_string(n_kv) + " dk " +
                            std::to_string(dk) + " dv " + std::to_string(dv) + " len " + std::to_string(c.length) + " " +
-                           std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits);
+                           std::string(kvcache::dtype_name(c.dtype)) + " splits " + std::to_string(c.max_splits) +
+                           (c.per_query_head ? " per query head" : "");
   EXPECT_LE(kvtest::max_abs_diff(out, ref), 2e-5) << what;
   if (c.probabilities) {
     // A sum over g heads of probabilities <= 1 each: the bound grows with the group beyond 8.
-    EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6 * std::max(1, n_q / n_kv / 8)) << what;
+    EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6 * std::max(1, c.per_query_head ? 1 : g / 8)) << what;
     // Entries past each head's length are untouched.
-    for (int h = 0; h < n_kv; ++h)
-      for (std::int64_t j = kv.length(h); j < stride; ++j) ASSERT_EQ(probs[h * stride + j], 0.5f) << what;
+    for (int r = 0; r < rows; ++r)
+      for (std::int64_t j = kv.length(c.per_query_head ? r / g : r); j < stride; ++j)
+        ASSERT_EQ(probs[r * stride + j], 0.5f) << what;
+    // The maximum over each group's rows, exactly as accumulated, and nothing past the head's length.
+    if (c.per_query_head)
+      for (int h = 0; h < n_kv; ++h)
+        for (std::int64_t j = 0; j < stride; ++j) {
+          float want = -3.0f;
+          if (j < kv.length(h)) {
+            want = probs[std::size_t(h * g) * stride + j];
+            for (int i = 1; i < g; ++i) want = std::max(want, probs[std::size_t(h * g + i) * stride + j]);
+          }
+          ASSERT_EQ(maxima[h * stride + j], want) << what << " head " << h << " slot " << j;
+        }
   }
 }
 
@@ -114,6 +133,17 @@ TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {
   check_decode({{8, 8, 64, 64}, 1000, DType::kF32, 2}, kvtest::ThreadExecutor{2});
   // One split per head, three threads over four heads: concurrent tasks share the reused probability buffers.
   check_decode({{12, 4, 64, 64}, 777, DType::kF16, 1}, kvtest::ThreadExecutor{3});
+}
+
+// GqaReduce::kMax: each query head's probabilities in a row of their own, on every path (one split, splits,
+// threads, heads of different lengths).
+TEST_P(DecodeTest, ProbabilitiesPerQueryHead) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int g : {1, 2, 3, 8})
+      for (std::int64_t len : {1, 17, 1000}) check_decode({{2 * g, 2, 64, 64}, len, dt, 1, true, true});
+  check_decode({{8, 2, 64, 64}, 4099, DType::kF16, 3, true, true});
+  check_decode({{12, 4, 64, 64}, 777, DType::kF16, 1, true, true}, kvtest::ThreadExecutor{3});
+  check_decode({{8, 2, 64, 64}, 2000, DType::kBF16, 2, true, true}, kvtest::ThreadExecutor{2});
 }
 
 TEST_P(DecodeTest, WithoutProbabilityExport) { check_decode({{8, 2, 64, 64}, 517, DType::kF16, 1, false}); }

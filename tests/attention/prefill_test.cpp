@@ -27,6 +27,7 @@ struct PrefillCase {
   std::int64_t n_new;
   DType dtype;
   std::int64_t sums_begin = 0, sums_end = -1;  // column-sum tokens; begin < 0: none
+  bool per_query_head = false;                 // column sums one row per query head (GqaReduce::kMax)
 };
 
 template <class Exec = kvcache::SerialExecutor>
@@ -38,12 +39,12 @@ void check_prefill(const PrefillCase& c, const Exec& ex = Exec{}, int workers = 
   const auto q = kvtest::random_vector(static_cast<std::size_t>(c.n_new * n_q * dk), 23, 1.5f);
   std::vector<float> out(static_cast<std::size_t>(c.n_new * n_q * dv), 77.0f), ref(out.size());
   const std::int64_t stride = kv.capacity();
-  std::vector<float> sums(static_cast<std::size_t>(n_kv * stride), 0.25f), ref_sums(sums);
+  std::vector<float> sums(static_cast<std::size_t>((c.per_query_head ? n_q : n_kv) * stride), 0.25f), ref_sums(sums);
   const bool with_sums = c.sums_begin >= 0;
 
-  kvcache::reference::prefill_attention(kv, ConstTensorView<float, 3>(q.data(), c.n_new, n_q, dk),
-                                        TensorView<float, 3>(ref.data(), c.n_new, n_q, dv), 0.0f,
-                                        with_sums ? ref_sums.data() : nullptr, stride, c.sums_begin, c.sums_end);
+  kvcache::reference::prefill_attention(
+      kv, ConstTensorView<float, 3>(q.data(), c.n_new, n_q, dk), TensorView<float, 3>(ref.data(), c.n_new, n_q, dv),
+      0.0f, with_sums ? ref_sums.data() : nullptr, stride, c.sums_begin, c.sums_end, c.per_query_head);
   kvcache::PrefillWorkspace ws(c.shape, workers);
   kvcache::PrefillOptions opt;
   if (with_sums) {
@@ -51,16 +52,19 @@ void check_prefill(const PrefillCase& c, const Exec& ex = Exec{}, int workers = 
     opt.column_sums_stride = stride;
     opt.column_sums_begin = c.sums_begin;
     opt.column_sums_end = c.sums_end;
+    opt.column_sums_per_query_head = c.per_query_head;
   }
   kvcache::prefill_attention(kv, ConstTensorView<float, 3>(q.data(), c.n_new, n_q, dk),
                              TensorView<float, 3>(out.data(), c.n_new, n_q, dv), ws, opt, ex);
   const std::string what = "n_q " + std::to_string(n_q) + " n_kv " + std::to_string(n_kv) + " dk " +
                            std::to_string(dk) + " old " + std::to_string(c.n_old) + " new " + std::to_string(c.n_new) +
-                           " " + std::string(kvcache::dtype_name(c.dtype));
+                           " " + std::string(kvcache::dtype_name(c.dtype)) +
+                           (c.per_query_head ? " per query head" : "");
   EXPECT_LE(kvtest::max_abs_diff(out, ref), 3e-5) << what;
   if (with_sums) {
     const std::int64_t end = c.sums_end < 0 ? c.n_new : c.sums_end;
-    const double scale = std::max<double>(1.0, static_cast<double>((end - c.sums_begin) * (n_q / n_kv)));
+    const double scale =
+        std::max<double>(1.0, static_cast<double>((end - c.sums_begin) * (c.per_query_head ? 1 : n_q / n_kv)));
     EXPECT_LE(kvtest::max_abs_diff(sums, ref_sums), 1e-5 * scale) << what;
   }
 }
@@ -89,6 +93,18 @@ TEST_P(PrefillTest, ColumnSumsOfTheLastWindow) {
   check_prefill({{8, 2, 64, 64}, 0, 300, DType::kF16, 292, 300});  // SnapKV's last W = 8
   check_prefill({{8, 2, 64, 64}, 40, 50, DType::kBF16, 49, 50});   // the last token only
   check_prefill({{8, 2, 64, 64}, 0, 50, DType::kF32, 10, 10});     // an empty range adds nothing
+}
+
+// GqaReduce::kMax: column sums kept per query head, for all tokens or the last window, groups 1, 2, 3, 8, chunked
+// prefill, and a group wider than a block (two chunks of heads, each writing its own rows).
+TEST_P(PrefillTest, ColumnSumsPerQueryHead) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int g : {1, 2, 3, 8}) {
+      check_prefill({{2 * g, 2, 64, 64}, 0, 17, dt, 0, -1, true});
+      check_prefill({{2 * g, 2, 64, 64}, 5, 130, dt, 122, 130, true});
+    }
+  check_prefill({{100, 1, 16, 16}, 3, 9, DType::kF16, 0, -1, true});
+  check_prefill({{8, 2, 64, 64}, 0, 300, DType::kF16, 0, -1, true}, kvtest::ThreadExecutor{2}, 2);
 }
 
 TEST_P(PrefillTest, HeadDimsAndOddWidths) {

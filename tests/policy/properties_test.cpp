@@ -82,6 +82,18 @@ CacheConfig config(std::int64_t capacity, DType dt = DType::kF32, int layers = 2
   return CacheConfig{layers, {kQ, kKv, kD, kD}, capacity, dt};
 }
 
+// The score policies with GqaReduce::kMax (scores kept per query head); as derived types they rank through rank().
+struct H2OMax : kvcache::H2O {
+  H2OMax(Count heavy_, Count recent_) : H2O(heavy_, recent_, kvcache::GqaReduce::kMax) {}
+};
+struct VATPMax : kvcache::VATP {
+  VATPMax(Count heavy_, Count recent_, std::int64_t sinks_) : VATP(heavy_, recent_, sinks_, kvcache::GqaReduce::kMax) {}
+};
+struct SnapKVMax : kvcache::SnapKV {
+  SnapKVMax(Count capacity_, std::int64_t window_, int kernel_)
+      : SnapKV(capacity_, window_, kernel_, Pooling::kAvg, kvcache::GqaReduce::kMax) {}
+};
+
 template <class P>
 struct Factory;
 template <>
@@ -110,6 +122,21 @@ struct Factory<kvcache::StreamingLLM> {
   static kvcache::StreamingLLM huge() { return {3, 1000, kvcache::StreamingLLM::Positions::kOriginal}; }
 };
 template <>
+struct Factory<H2OMax> {
+  static H2OMax tight() { return {Count::of(6), Count::of(5)}; }
+  static H2OMax huge() { return {Count::of(500), Count::of(500)}; }
+};
+template <>
+struct Factory<VATPMax> {
+  static VATPMax tight() { return {Count::of(6), Count::of(5), 3}; }
+  static VATPMax huge() { return {Count::of(500), Count::of(500), 3}; }
+};
+template <>
+struct Factory<SnapKVMax> {
+  static SnapKVMax tight() { return {Count::of(12), 4, 3}; }
+  static SnapKVMax huge() { return {Count::of(1000), 4, 3}; }
+};
+template <>
 struct Factory<kvcache::Full> {
   static kvcache::Full tight() { return {}; }
   static kvcache::Full huge() { return {}; }
@@ -117,8 +144,8 @@ struct Factory<kvcache::Full> {
 
 template <class P>
 class PolicyPropertyTest : public testing::Test {};
-using AllPolicies =
-    testing::Types<kvcache::H2O, kvcache::VATP, kvcache::L2Norm, kvcache::SnapKV, kvcache::StreamingLLM, kvcache::Full>;
+using AllPolicies = testing::Types<kvcache::H2O, kvcache::VATP, kvcache::L2Norm, kvcache::SnapKV, kvcache::StreamingLLM,
+                                   kvcache::Full, H2OMax, VATPMax, SnapKVMax>;
 TYPED_TEST_SUITE(PolicyPropertyTest, AllPolicies);
 
 TYPED_TEST(PolicyPropertyTest, ProtectedRowsStayAndBudgetHolds) {

@@ -8,10 +8,10 @@
 //
 // The group's query heads are processed together, so each K and V row is read once per KV head; accumulation is
 // fp32 for every storage type. With DecodeOptions::probabilities set, the softmax probabilities of the group,
-// summed over its query heads, are added into a per-slot accumulator the caller owns (the score export of H2O-like
-// policies): the kernel keeps its logits in the workspace, so no second pass over K or V is made. With an executor
-// of concurrency c, each KV head's rows are split into up to ceil(c / n_kv_heads) ranges (flash-decoding) whose
-// partial softmax states are merged afterwards, so one sequence can use every thread.
+// summed over its query heads (or, on request, per query head), are added into a per-slot accumulator the caller
+// owns (the score export of H2O-like policies): the kernel keeps its logits in the workspace, so no second pass over K
+// or V is made. With an executor of concurrency c, each KV head's rows are split into up to ceil(c / n_kv_heads) ranges
+// (flash-decoding) whose partial softmax states are merged afterwards, so one sequence can use every thread.
 //
 // The call validates shapes and throws kvcache::Error before any work; the work itself allocates nothing.
 // An empty head (length 0) gives a zero output.
@@ -38,6 +38,12 @@ struct DecodeOptions {
   /// probability given to slot j, for j in [0, length(h)). probabilities_stride >= capacity.
   float* probabilities = nullptr;
   std::int64_t probabilities_stride = 0;
+  /// The accumulator is [n_q_heads, probabilities_stride] instead, one row per query head (row i: query head i, whose
+  /// slots are those of KV head i / group), for reductions that need the heads apart (GqaReduce::kMax).
+  bool probabilities_per_query_head = false;
+  /// With probabilities_per_query_head, optional [n_kv_heads, probabilities_stride]: entry (h, j) is set to the
+  /// maximum over h's query-head rows after the step's addition (what GqaReduce::kMax ranks by), in the same pass.
+  float* probabilities_max = nullptr;
   /// Split each head's rows across at most this many tasks (0: as the executor's concurrency needs; 1: never).
   int max_splits = 0;
 };
@@ -133,8 +139,9 @@ void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, 
                        (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n, float* tile_max,
-                                 std::int64_t ldt, const float* m, const float* l, float* acc) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (probs, g, ld, n, tile_max, ldt, m, l, acc))
+                                 std::int64_t ldt, const float* m, const float* l, float* acc, std::int64_t acc_ld,
+                                 float* acc_max) noexcept {
+  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (probs, g, ld, n, tile_max, ldt, m, l, acc, acc_ld, acc_max))
 }
 
 template <class T, class Exec>
@@ -142,6 +149,17 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
                 const DecodeOptions& opt, float scale, int splits, const Exec& ex) {
   const int n_kv = kv.n_kv_heads(), g = n_q / n_kv, dk = kv.head_dim_k(), dv = kv.head_dim_v();
   const bool probs = opt.probabilities != nullptr;
+  // KV head h's accumulator: one row, or g rows (one per query head) at acc_ld.
+  const std::int64_t acc_ld = opt.probabilities_per_query_head ? opt.probabilities_stride : 0;
+  auto acc_of = [&](int h) {
+    return opt.probabilities +
+           std::size_t(opt.probabilities_per_query_head ? h * g : h) * std::size_t(opt.probabilities_stride);
+  };
+  auto max_of = [&](int h) {
+    return opt.probabilities_per_query_head && opt.probabilities_max != nullptr
+               ? opt.probabilities_max + std::size_t(h) * std::size_t(opt.probabilities_stride)
+               : nullptr;
+  };
   const int ldq = static_cast<int>(ws.query_stride());
   for (int i = 0; i < n_q; ++i)
     for (int c = 0; c < dk; ++c) ws.query(i)[c] = q[std::size_t(i) * std::size_t(dk) + std::size_t(c)] * scale;
@@ -170,7 +188,7 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
       const float* m = part + std::size_t(g) * std::size_t(dv);
       if (len > 0)
         decode_probabilities(isa, ws.logits(buf), g, ws.capacity(), len, ws.tile_max(h), ws.tiles(), m, m + g,
-                             opt.probabilities + std::size_t(h) * std::size_t(opt.probabilities_stride));
+                             acc_of(h), acc_ld, max_of(h));
       ws.release_logits(buf);
     }
   });
@@ -199,7 +217,7 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     }
     if (probs && splits > 1 && kv.length(h) > 0)
       decode_probabilities(isa, ws.logits(h), g, ws.capacity(), kv.length(h), ws.tile_max(h), ws.tiles(), m_all, l_all,
-                           opt.probabilities + std::size_t(h) * std::size_t(opt.probabilities_stride));
+                           acc_of(h), acc_ld, max_of(h));
   });
 }
 

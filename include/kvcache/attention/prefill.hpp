@@ -9,10 +9,10 @@
 //   out: [n_new, n_q_heads, head_dim_v] f32
 //
 // With PrefillOptions::column_sums set, the final softmax probabilities of the query tokens in
-// [column_sums_begin, column_sums_end) are summed over those tokens and the group's query heads and added into a
-// per-slot accumulator the caller owns (H2O: all tokens; SnapKV: the last W). This costs one more Q.K^T sweep over
-// those tokens only; no n x n matrix is formed. Work is split over (KV head, token block) pairs, or over KV heads
-// alone when column sums are requested (each head's accumulator then has one writer).
+// [column_sums_begin, column_sums_end) are summed over those tokens and the group's query heads (or kept per query
+// head) and added into a per-slot accumulator the caller owns (H2O: all tokens; SnapKV: the last W). This costs one
+// more Q.K^T sweep over those tokens only; no n x n matrix is formed. Work is split over (KV head, token block) pairs,
+// or over KV heads alone when column sums are requested (each head's accumulator then has one writer).
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +35,9 @@ struct PrefillOptions {
   std::int64_t column_sums_stride = 0;
   std::int64_t column_sums_begin = 0;  ///< first new token whose probabilities are summed
   std::int64_t column_sums_end = -1;   ///< one past the last; -1: n_new
+  /// The accumulator is [n_q_heads, column_sums_stride] instead, one row per query head (row i: query head i, whose
+  /// slots are those of KV head i / group), for reductions that need the heads apart (GqaReduce::kMax).
+  bool column_sums_per_query_head = false;
 };
 
 /// Scratch memory of prefill_attention: one slice per worker, sized once for a head shape.
@@ -114,7 +117,9 @@ void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std:
         a.t0 = b * tokens;
         a.t1 = std::min(n_new, a.t0 + tokens);
         a.scale = scale;
-        a.colsum = sums ? opt.column_sums + std::size_t(h) * std::size_t(opt.column_sums_stride) : nullptr;
+        const int row = opt.column_sums_per_query_head ? a.head0 : h;
+        a.colsum = sums ? opt.column_sums + std::size_t(row) * std::size_t(opt.column_sums_stride) : nullptr;
+        a.colsum_ld = opt.column_sums_per_query_head ? opt.column_sums_stride : 0;
         a.cs0 = opt.column_sums_begin;
         a.cs1 = cs_end;
         prefill_unit(isa, a, static_cast<T const*>(kv.k_data(h)), static_cast<T const*>(kv.v_data(h)), scratch);

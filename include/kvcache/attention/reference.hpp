@@ -52,9 +52,10 @@ inline Eigen::VectorXd softmax_prefix(const Eigen::MatrixXd& k, const Eigen::Vec
 }  // namespace detail
 
 /// q: [n_q_heads, head_dim_k], out: [n_q_heads, head_dim_v]. probabilities (optional): [n_kv_heads, stride],
-/// += the group's probabilities summed over its query heads.
+/// += the group's probabilities summed over its query heads; per_query_head: [n_q_heads, stride], one row each.
 inline void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorView<float, 2> out,
-                             float scale = 0.0f, float* probabilities = nullptr, std::int64_t stride = 0) {
+                             float scale = 0.0f, float* probabilities = nullptr, std::int64_t stride = 0,
+                             bool per_query_head = false) {
   const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(0)), g = n_q / n_kv;
   const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
   const double s = scale != 0.0f ? scale : 1.0 / std::sqrt(static_cast<double>(dk));
@@ -69,16 +70,18 @@ inline void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, 
       const Eigen::VectorXd o = v.transpose() * p;
       for (int c = 0; c < dv; ++c) out(qh, c) = static_cast<float>(k.rows() > 0 ? o(c) : 0.0);
       if (probabilities != nullptr)
-        for (std::int64_t j = 0; j < k.rows(); ++j) probabilities[h * stride + j] += static_cast<float>(p(j));
+        for (std::int64_t j = 0; j < k.rows(); ++j)
+          probabilities[(per_query_head ? qh : h) * stride + j] += static_cast<float>(p(j));
     }
   }
 }
 
 /// q: [n_new, n_q_heads, head_dim_k], out: [n_new, n_q_heads, head_dim_v]; the last n_new rows of each head are the
-/// new tokens. column_sums (optional): [n_kv_heads, stride], += probabilities of tokens [begin, end) summed.
+/// new tokens. column_sums (optional): [n_kv_heads, stride], += probabilities of tokens [begin, end) summed over
+/// them and the group; per_query_head: [n_q_heads, stride], one row each.
 inline void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q, TensorView<float, 3> out,
                               float scale = 0.0f, float* column_sums = nullptr, std::int64_t stride = 0,
-                              std::int64_t begin = 0, std::int64_t end = -1) {
+                              std::int64_t begin = 0, std::int64_t end = -1, bool per_query_head = false) {
   const int n_kv = kv.n_kv_heads(), n_q = static_cast<int>(q.dimension(1)), g = n_q / n_kv;
   const std::int64_t n_new = q.dimension(0);
   if (end < 0) end = n_new;
@@ -97,7 +100,8 @@ inline void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q,
         const Eigen::VectorXd o = v.transpose() * p;
         for (int c = 0; c < dv; ++c) out(t, qh, c) = static_cast<float>(o(c));
         if (column_sums != nullptr && t >= begin && t < end)
-          for (std::int64_t j = 0; j < k.rows(); ++j) column_sums[h * stride + j] += static_cast<float>(p(j));
+          for (std::int64_t j = 0; j < k.rows(); ++j)
+            column_sums[(per_query_head ? qh : h) * stride + j] += static_cast<float>(p(j));
       }
     }
   }

@@ -105,7 +105,8 @@ class KVCache {
     const bool scores = needs_.prefill_scores || needs_.prefill_window > 0 || needs_.decode_scores;
     layers_.resize(std::size_t(config.n_layers));
     for (auto& l : layers_) {
-      if (scores) l.scores.assign(n_kv * cap, 0.0f);
+      if (scores) l.scores.assign(n_kv * std::size_t(score_rows()) * cap, 0.0f);
+      if (scores && score_rows() > 1) l.score_max.assign(n_kv * cap, 0.0f);
       if (needs_.value_norms) l.value_norms.assign(n_kv * cap, 0.0f);
       if (needs_.key_norms) l.key_norms.assign(n_kv * cap, 0.0f);
       l.budgets.assign(n_kv, ResolvedBudget{});
@@ -143,11 +144,24 @@ class KVCache {
   [[nodiscard]] std::size_t kv_bytes(int l, int kv_head) const { return storage_.layer(l).kv_bytes(kv_head); }
   /// The budget in force for (layer, KV head): resolved after the layer's prompt (or first decode step).
   [[nodiscard]] ResolvedBudget budget(int l, int kv_head) const { return state(l).budgets[std::size_t(kv_head)]; }
-  /// Accumulated scores of (layer, KV head), per slot (empty for policies that need none).
+  /// Accumulated scores of (layer, KV head), per slot, summed over the group's query heads (empty for policies that
+  /// need none). A policy with GqaReduce::kMax keeps them per query head: read query_head_scores() instead.
   [[nodiscard]] std::span<const float> scores(int l, int kv_head) const {
     const auto& s = state(l).scores;
     if (s.empty()) return {};
+    KVCACHE_REQUIRE(score_rows() == 1, "scores: policy '", P::kName,
+                    "' keeps its scores per query head (GqaReduce::kMax); read query_head_scores(layer, query_head)");
     return {s.data() + std::size_t(kv_head) * std::size_t(config_.capacity), std::size_t(length(l, kv_head))};
+  }
+  /// Accumulated scores of one query head of layer l, per slot of its KV head (q_head / group), for a policy with
+  /// GqaReduce::kMax (empty otherwise).
+  [[nodiscard]] std::span<const float> query_head_scores(int l, int q_head) const {
+    const auto& s = state(l).scores;
+    KVCACHE_REQUIRE(q_head >= 0 && q_head < config_.shape.n_q_heads, "query head ", q_head, " does not exist (",
+                    config_.shape.n_q_heads, " query heads)");
+    if (s.empty() || score_rows() == 1) return {};
+    return {s.data() + std::size_t(q_head) * std::size_t(config_.capacity),
+            std::size_t(length(l, q_head / config_.shape.group_size()))};
   }
   [[nodiscard]] std::int64_t prompt_length(int l) const { return state(l).prompt_length; }
   /// What a profiling policy (FastGen) chose for (layer, KV head) from the prompt; -1 before profiling or for
@@ -162,6 +176,7 @@ class KVCache {
     storage_.clear();
     for (auto& l : layers_) {
       std::fill(l.scores.begin(), l.scores.end(), 0.0f);
+      std::fill(l.score_max.begin(), l.score_max.end(), 0.0f);
       std::fill(l.value_norms.begin(), l.value_norms.end(), 0.0f);
       std::fill(l.key_norms.begin(), l.key_norms.end(), 0.0f);
       std::fill(l.rotated_at.begin(), l.rotated_at.end(), 0);
@@ -273,6 +288,9 @@ class KVCache {
  private:
   struct LayerState {
     std::vector<float> scores, value_norms, key_norms;  // [n_kv, capacity] each, present when needed
+    // GqaReduce::kMax: scores are [n_kv, group, capacity] (a row per query head) and score_max [n_kv, capacity] is
+    // their maximum over the group, kept current by each decode step's export (and by evict after a prompt).
+    std::vector<float> score_max;
     std::vector<double> rotated_at;                     // in-cache mode: position each stored key is rotated at
     std::vector<std::vector<float>> sink_keys;          // in-cache mode: [n_kv][sinks x dk] f32, at original rotation
     std::vector<std::vector<std::int64_t>> sink_slots;  // in-cache mode: [n_kv][sinks], the slot of each sink (or -1)
@@ -294,6 +312,11 @@ class KVCache {
     bool pending_prefill = false, pending_last_chunk = false;
   };
 
+  // Score rows per KV head: the group's query heads apart (GqaReduce::kMax), or their sum in one row.
+  [[nodiscard]] int score_rows() const noexcept {
+    return needs_.gqa_reduce == GqaReduce::kMax ? config_.shape.group_size() : 1;
+  }
+
   // Where a key row's rotated part starts: 0, or head_dim_v in the latent layout ([latent | RoPE key]).
   [[nodiscard]] int rope_offset() const noexcept { return config_.shape.values_in_keys ? config_.shape.dim_v() : 0; }
 
@@ -312,6 +335,7 @@ class KVCache {
       opt.column_sums = st.scores.data();
       opt.column_sums_stride = config_.capacity;
       opt.column_sums_begin = needs_.prefill_scores ? 0 : m - window;
+      opt.column_sums_per_query_head = score_rows() > 1;
     }
     return opt;
   }
@@ -321,6 +345,8 @@ class KVCache {
     if (needs_.decode_scores) {
       opt.probabilities = layers_[std::size_t(l)].scores.data();
       opt.probabilities_stride = config_.capacity;
+      opt.probabilities_per_query_head = score_rows() > 1;
+      if (score_rows() > 1) opt.probabilities_max = layers_[std::size_t(l)].score_max.data();
     }
     return opt;
   }
@@ -391,7 +417,11 @@ class KVCache {
     for (int h = 0; h < kv.n_kv_heads(); ++h) {
       for (std::int64_t i = 0; i < m; ++i) {
         const std::size_t slot = std::size_t(h) * cap + std::size_t(first[std::size_t(h)] + i);
-        if (!st.scores.empty()) st.scores[slot] = 0.0f;
+        if (!st.scores.empty())
+          for (int r = 0; r < score_rows(); ++r)
+            st.scores[(std::size_t(h) * std::size_t(score_rows()) + std::size_t(r)) * cap +
+                      std::size_t(first[std::size_t(h)] + i)] = 0.0f;
+        if (!st.score_max.empty()) st.score_max[slot] = 0.0f;
         // Norms come from the values and keys as given (fp32), before any rounding to the storage type.
         const float* krow = k.data() + (std::int64_t(h) * m + i) * dk;
         // The latent layout's value is the head of the key row.
@@ -651,7 +681,25 @@ class KVCache {
       in.kv_head = h;
       in.group_size = config_.shape.group_size();
       in.positions = kv.positions(h);
-      if (!st.scores.empty()) in.scores = {st.scores.data() + base, un};
+      const int rows = score_rows();
+      float* head_scores = st.scores.empty() ? nullptr : st.scores.data() + base * std::size_t(rows);
+      if (head_scores != nullptr && rows == 1) in.scores = {head_scores, un};
+      if (head_scores != nullptr && rows > 1) {
+        // GqaReduce::kMax: a slot scores what its most attentive query head gave it (algorithms.md 10.5). Decode
+        // exports keep the maximum current; prefill column sums do not, so after a prompt it is taken here, row by
+        // row (each pass a plain vector max).
+        float* mx = st.score_max.data() + base;
+        if (after_prefill || !needs_.decode_scores) {
+          std::copy_n(head_scores, un, mx);
+          for (std::size_t row = 1; row < std::size_t(rows); ++row) {
+            const float* src = head_scores + row * cap;
+            for (std::size_t j = 0; j < un; ++j) mx[j] = std::max(mx[j], src[j]);
+          }
+        }
+        in.scores = {mx, un};
+        in.query_head_scores = {head_scores, (std::size_t(rows) - 1) * cap + un};
+        in.query_head_stride = static_cast<std::int64_t>(cap);
+      }
       if (!st.value_norms.empty()) in.value_norms = {st.value_norms.data() + base, un};
       if (!st.key_norms.empty()) in.key_norms = {st.key_norms.data() + base, un};
       if (!st.tags.empty()) in.tags = {st.tags.data() + base, un};
@@ -680,7 +728,10 @@ class KVCache {
       if (r == 0) continue;
       kv.remove(h, std::span<std::int32_t const>(removals_.data(), r), [&](std::int64_t from, std::int64_t to) {
         const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);
-        if (!st.scores.empty()) st.scores[t] = st.scores[f];
+        if (head_scores != nullptr)
+          for (std::size_t row = 0; row < std::size_t(rows); ++row)
+            head_scores[row * cap + std::size_t(to)] = head_scores[row * cap + std::size_t(from)];
+        if (!st.score_max.empty()) st.score_max[t] = st.score_max[f];
         if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
         if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
         if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];

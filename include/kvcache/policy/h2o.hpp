@@ -7,7 +7,8 @@
 //   keep the `recent` newest tokens plus the `heavy` best-scored others; the prompt is cut to heavy + recent at once,
 //   then each decode step evicts one token (with KVCacheOptions::eviction_slack > 0, in batches).
 // GQA (the official code is MHA-only): scores are summed over the group's query heads before a per-KV-head choice
-// (algorithms.md 2.7). Ties: the newer token is kept.
+// (algorithms.md 2.7; kMean ranks the same); gqa_reduce = kMax ranks a token by its most attentive query head
+// instead (the scores are then kept per query head: g floats per slot). Ties: the newer token is kept.
 // Budgets: absolute (the official hh_size / recent_size; run_summarization.py uses 1024 / 1024) or ratios of the
 // prompt, floored (the masking simulation's heavy_ratio = recent_ratio = 0.1, a 20% budget).
 
@@ -24,14 +25,17 @@ struct H2O {
   using ScoresArePriority = H2O;  // rank() is the identity on the scores: KVCache skips it (policy.hpp)
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
+  GqaReduce gqa_reduce = GqaReduce::kSum;
 
   H2O() = default;
-  H2O(Count heavy_, Count recent_) : heavy(heavy_), recent(recent_) {}
+  H2O(Count heavy_, Count recent_, GqaReduce gqa_reduce_ = GqaReduce::kSum)
+      : heavy(heavy_), recent(recent_), gqa_reduce(gqa_reduce_) {}
 
   [[nodiscard]] PolicyNeeds needs() const noexcept {
     PolicyNeeds n;
     n.prefill_scores = true;
     n.decode_scores = true;
+    n.gqa_reduce = gqa_reduce;
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {

@@ -24,6 +24,13 @@
 
 namespace kvcache {
 
+/// How the scores of a group's query heads become one score per slot of their KV head (algorithms.md 2.7, 6.5, 10.5).
+/// kSum and kMean rank identically (the mean is the sum / g), so both keep one accumulated row per KV head, the sum.
+/// kMax keeps a row per query head (g floats per slot, accumulated by the kernels as they export) and ranks a slot
+/// by its most attentive query head. The paper codes are MHA-only (H2O, VATP) or expand to query heads (SnapKV);
+/// kvpress averages. "Expand" (a cache per query head) is not offered: it gives up what GQA saves.
+enum class GqaReduce : std::uint8_t { kSum, kMean, kMax };
+
 /// What a policy needs from KVCache. Everything defaults to "nothing", so a score-free policy pays nothing.
 struct PolicyNeeds {
   bool prefill_scores = false;         ///< column sums of the probabilities of every prompt query (H2O, VATP)
@@ -37,6 +44,7 @@ struct PolicyNeeds {
   bool merge_on_append = false;        ///< each head may merge a new token into its newest slot (DMC; MergingPolicy)
   bool compress_after_prefill = true;  ///< select once the (last chunk of the) prompt is in
   bool evict_during_decode = true;     ///< select after decode steps that leave a head over budget + slack
+  GqaReduce gqa_reduce = GqaReduce::kSum;  ///< how the scores above are reduced over a group's query heads
 };
 
 /// Everything a policy may look at to rank the rows of one (layer, KV head). Spans are per slot, [0, length).
@@ -45,7 +53,11 @@ struct RankInput {
   int kv_head = 0;
   int group_size = 1;
   std::span<const Position> positions;
-  std::span<const float> scores;       ///< accumulated attention, summed over the group's query heads
+  std::span<const float> scores;  ///< accumulated attention, reduced over the group's query heads (sum or max)
+  /// GqaReduce::kMax only: each query head's accumulated attention, group_size rows; row i starts at
+  /// i * query_head_stride (empty otherwise).
+  std::span<const float> query_head_scores;
+  std::int64_t query_head_stride = 0;
   std::span<const float> value_norms;  ///< L1
   std::span<const float> key_norms;    ///< L2
   std::span<const std::uint8_t> tags;  ///< the policy's tag(position) of each row (PolicyNeeds::slot_tags)
@@ -136,9 +148,5 @@ concept Policy = std::copy_constructible<P> && requires(P const& p, const RankIn
   { p.budget(0, 0, std::int64_t{0}) } -> std::same_as<ResolvedBudget>;
   p.rank(in, out);
 };
-
-/// How the scores of a group's query heads become one score per KV head (algorithms.md 10.5). The kernels sum, and
-/// sum and mean rank identically; max needs per-query-head scores and is not offered yet.
-enum class GqaReduce : std::uint8_t { kSum, kMean };
 
 }  // namespace kvcache

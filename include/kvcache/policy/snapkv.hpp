@@ -6,8 +6,10 @@
 //   padding k/2; avgpool divides by k counting the zero padding, maxpool pads with -inf); the top (capacity - window)
 //   prefix tokens are kept with the whole window: `capacity` rows in all. Prompts shorter than `capacity` are not
 //   compressed; decode then appends without eviction.
-// GQA: the official code expands to query heads (losing the GQA saving); here window scores are summed over the
-// group before pooling, one selection per KV head (kvpress's choice, issue SnapKV #22; mean ranks the same).
+// GQA: the official code expands to query heads (losing the GQA saving); here one selection per KV head, from the
+// window scores summed over the group before pooling (gqa_reduce = kSum; kvpress's mean ranks the same, issue
+// SnapKV #22), or each query head's scores pooled and the maximum taken (kMax: closest to the official per-head
+// choice; pooling comes first because average pooling does not commute with the maximum).
 // Defaults: window 32, kernel 7, maxpool (the paper's LongBench configs); capacity 2048 (init_snapkv). kvpress's 64 /
 // 5 / avgpool are not the official ones. The kernel must be odd (an even one shifts the pooled scores by one).
 
@@ -30,10 +32,12 @@ struct SnapKV {
   std::int64_t window = 32;
   int kernel = 7;
   Pooling pooling = Pooling::kMax;
+  GqaReduce gqa_reduce = GqaReduce::kSum;
 
   SnapKV() = default;
-  SnapKV(Count capacity_, std::int64_t window_, int kernel_, Pooling pooling_ = Pooling::kMax)
-      : capacity(capacity_), window(window_), kernel(kernel_), pooling(pooling_) {
+  SnapKV(Count capacity_, std::int64_t window_, int kernel_, Pooling pooling_ = Pooling::kMax,
+         GqaReduce gqa_reduce_ = GqaReduce::kSum)
+      : capacity(capacity_), window(window_), kernel(kernel_), pooling(pooling_), gqa_reduce(gqa_reduce_) {
     KVCACHE_REQUIRE(window >= 1, "SnapKV: window must be >= 1, got ", window);
     KVCACHE_REQUIRE(kernel >= 1 && kernel % 2 == 1, "SnapKV: the pooling kernel must be odd and >= 1, got ", kernel);
   }
@@ -42,13 +46,14 @@ struct SnapKV {
     PolicyNeeds n;
     n.prefill_window = window;
     n.evict_during_decode = false;
+    n.gqa_reduce = gqa_reduce;
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {
     return ResolvedBudget{capacity.resolve(prompt_length), window, 0};
   }
-  /// Pools the window scores along positions; the prefix (all but the newest `window` positions) gets the pooled
-  /// score, the window itself is protected by the budget anyway.
+  /// Pools the window scores along positions (each query head's, then their maximum, with kMax); the prefix (all but
+  /// the newest `window` positions) gets the pooled score, the window itself is protected by the budget anyway.
   void rank(const RankInput& in, std::span<float> priority) const {
     const std::size_t n = in.positions.size();
     std::vector<std::int32_t> order(n);  // slots by position (once per prompt: allocation is fine here)
@@ -58,15 +63,22 @@ struct SnapKV {
     });
     const std::int64_t prefix = std::max<std::int64_t>(0, static_cast<std::int64_t>(n) - window);
     const int half = kernel / 2;
+    const bool per_head = !in.query_head_scores.empty();
+    const int rows = per_head ? in.group_size : 1;
     for (std::int64_t i = 0; i < static_cast<std::int64_t>(n); ++i) {
-      float pooled = pooling == Pooling::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
-      for (std::int64_t o = i - half; o <= i + half; ++o) {
-        if (o < 0 || o >= prefix) continue;  // padding: 0 for avg (still divided by k), -inf for max
-        const float x = in.scores[std::size_t(order[std::size_t(o)])];
-        pooled = pooling == Pooling::kMax ? std::max(pooled, x) : pooled + x;
+      float best = -std::numeric_limits<float>::infinity();
+      for (int r = 0; r < rows; ++r) {
+        const float* s = per_head ? in.query_head_scores.data() + r * in.query_head_stride : in.scores.data();
+        float pooled = pooling == Pooling::kMax ? -std::numeric_limits<float>::infinity() : 0.0f;
+        for (std::int64_t o = i - half; o <= i + half; ++o) {
+          if (o < 0 || o >= prefix) continue;  // padding: 0 for avg (still divided by k), -inf for max
+          const float x = s[order[std::size_t(o)]];
+          pooled = pooling == Pooling::kMax ? std::max(pooled, x) : pooled + x;
+        }
+        if (pooling == Pooling::kAvg) pooled /= static_cast<float>(kernel);
+        best = std::max(best, pooled);
       }
-      if (pooling == Pooling::kAvg) pooled /= static_cast<float>(kernel);
-      priority[std::size_t(order[std::size_t(i)])] = i < prefix ? pooled : 0.0f;
+      priority[std::size_t(order[std::size_t(i)])] = i < prefix ? best : 0.0f;
     }
   }
 };

@@ -7,6 +7,8 @@
 //   the first `sinks` tokens (F) are never scored or evicted: sinks have tiny value norms and would be lost.
 // Unlike the official code, which gives sinks the dtype maximum inside the heavy budget, here the sinks are protected
 // rows counted inside the total budget (heavy + recent); the kept set is the same (algorithms.md 4.9).
+// GQA (the code is MHA-only): the attention term is reduced over the group's query heads as in H2O (sum by default,
+// or gqa_reduce = kMax), then multiplied by the KV head's value norm (algorithms.md 4.6).
 // Defaults: heavy = recent = 0.1 of the prompt (pred.py sets recent_ratio = heavy_ratio); sinks = 20 is the README's
 // example; use 1 or a few for short prompts.
 
@@ -24,9 +26,11 @@ struct VATP {
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
   std::int64_t sinks = 20;
+  GqaReduce gqa_reduce = GqaReduce::kSum;
 
   VATP() = default;
-  VATP(Count heavy_, Count recent_, std::int64_t sinks_) : heavy(heavy_), recent(recent_), sinks(sinks_) {
+  VATP(Count heavy_, Count recent_, std::int64_t sinks_, GqaReduce gqa_reduce_ = GqaReduce::kSum)
+      : heavy(heavy_), recent(recent_), sinks(sinks_), gqa_reduce(gqa_reduce_) {
     KVCACHE_REQUIRE(sinks >= 0, "VATP: sinks must be >= 0, got ", sinks);
   }
 
@@ -35,6 +39,7 @@ struct VATP {
     n.prefill_scores = true;
     n.decode_scores = true;
     n.value_norms = true;
+    n.gqa_reduce = gqa_reduce;
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {

@@ -294,11 +294,13 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
 }
 
 /// acc[j] += sum_h probs[h][j] * e^(tile_max[h][j / kDecodeTile] - m[h]) / l[h] for j in [0, n): the group's
-/// probabilities, summed, added into a per-slot accumulator. probs: [g, ld] and tile_max: [g, ldt] from
-/// decode_partial (tile_max is overwritten with the scales); m, l: [g], the head's final softmax statistics.
+/// probabilities, summed, added into a per-slot accumulator; with acc_ld > 0 each head's are added into its own row
+/// instead, acc[h * acc_ld + j] (GqaReduce::kMax keeps them apart), and if acc_max is not null, acc_max[j] is set to
+/// max_h acc[h * acc_ld + j] after the addition. probs: [g, ld] and tile_max: [g, ldt] from decode_partial (tile_max
+/// is overwritten with the scales); m, l: [g], the head's final softmax statistics.
 KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g, std::int64_t ld, std::int64_t n,
                                                       float* tile_max, std::int64_t ldt, const float* m, const float* l,
-                                                      float* acc) noexcept {
+                                                      float* acc, std::int64_t acc_ld, float* acc_max) noexcept {
   constexpr int L = ops::kLanes;
   const std::int64_t tiles = (n + kDecodeTile - 1) / kDecodeTile;
   for (int h = 0; h < g; ++h) {
@@ -310,6 +312,48 @@ KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g,
       const int r = static_cast<int>(tiles - t);
       ops::store_n(tm + t, ops::mul(ops::exp(ops::sub(ops::load_n(tm + t, r), mh)), inv), r);
     }
+  }
+  if (acc_ld > 0 && acc_max != nullptr) {
+    // Slot-major so that each slot's maximum comes from the sums just written (no second pass over the g rows).
+    for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
+      const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n, tile = t0 / kDecodeTile;
+      std::int64_t j = t0;
+      for (; j + L <= t1; j += L) {
+        ops::Vec mx = ops::fma(ops::load(probs + j), ops::set1(tile_max[tile]), ops::load(acc + j));
+        ops::store(acc + j, mx);
+        for (int h = 1; h < g; ++h) {
+          const ops::Vec a = ops::fma(ops::load(probs + h * ld + j), ops::set1(tile_max[h * ldt + tile]),
+                                      ops::load(acc + h * acc_ld + j));
+          ops::store(acc + h * acc_ld + j, a);
+          mx = ops::max(mx, a);
+        }
+        ops::store(acc_max + j, mx);
+      }
+      for (; j < t1; ++j) {
+        float mx = acc[j] += probs[j] * tile_max[tile];
+        for (int h = 1; h < g; ++h) {
+          const float a = acc[h * acc_ld + j] += probs[h * ld + j] * tile_max[h * ldt + tile];
+          mx = a > mx ? a : mx;
+        }
+        acc_max[j] = mx;
+      }
+    }
+    return;
+  }
+  if (acc_ld > 0) {
+    for (int h = 0; h < g; ++h) {
+      const float* ph = probs + h * ld;
+      float* ah = acc + h * acc_ld;
+      for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
+        const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
+        const float scale = tile_max[h * ldt + t0 / kDecodeTile];
+        const ops::Vec sv = ops::set1(scale);
+        std::int64_t j = t0;
+        for (; j + L <= t1; j += L) ops::store(ah + j, ops::fma(ops::load(ph + j), sv, ops::load(ah + j)));
+        for (; j < t1; ++j) ah[j] += ph[j] * scale;
+      }
+    }
+    return;
   }
   for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;

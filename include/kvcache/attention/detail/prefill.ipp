@@ -250,7 +250,7 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
       const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;
       const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
       const ops::Vec mh = ops::set1(sc.m[i]), inv = ops::set1(1.0f / sc.l[i]);
-      float* dst = a.colsum + j0;
+      float* dst = a.colsum + (i % g) * a.colsum_ld + j0;
       int j = 0;
       for (; j + L <= lim; j += L)
         ops::store(dst + j, ops::fma(ops::exp(ops::sub(ops::load(srow + j), mh)), inv, ops::load(dst + j)));

@@ -37,8 +37,9 @@ struct PrefillArgs {
   std::int64_t n_old;           // rows of this head before the new tokens; new token t is row n_old + t
   std::int64_t t0, t1;          // token block
   float scale;
-  float* colsum;          // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
-  std::int64_t cs0, cs1;  // token range whose probabilities are summed
+  float* colsum;           // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
+  std::int64_t colsum_ld;  // 0: as above; > 0: one row per query head, colsum + i * colsum_ld for head head0 + i
+  std::int64_t cs0, cs1;   // token range whose probabilities are summed
 };
 
 }  // namespace kvcache::detail
