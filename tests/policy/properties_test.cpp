@@ -315,36 +315,40 @@ namespace {
 
 // Chunked prefill: the prompt in three chunks scores and keeps exactly what one chunk does (H2O's column sums of the
 // later chunks' queries cover the earlier chunks' rows).
+// With either GQA reduction (kMax keeps a column-sum row per query head across the chunks).
 TEST(ChunkedPrefillTest, ThreeChunksKeepWhatOneChunkKeeps) {
-  Sequence seq(60, 0, 37);
-  auto make = [] {
-    return KVCache<kvcache::H2O>(config(80, DType::kF32, 1), kvcache::H2O(Count::of(10), Count::of(6)));
-  };
-  auto one = make(), chunked = make();
-  run(one, seq, 1, [](std::int64_t) {});
-  const std::int64_t cuts[] = {0, 17, 41, 60};
-  for (int c = 0; c < 3; ++c) {
-    const std::int64_t a = cuts[c], m = cuts[c + 1] - a;
-    std::vector<float> k(std::size_t(kKv * m * kD)), v(k.size()), out(std::size_t(m * kQ * kD));
-    for (int h = 0; h < kKv; ++h)
-      for (std::int64_t t = 0; t < m; ++t)
-        for (int x = 0; x < kD; ++x) {
-          k[std::size_t((h * m + t) * kD + x)] = seq.k[std::size_t(((a + t) * kKv + h) * kD + x)];
-          v[std::size_t((h * m + t) * kD + x)] = seq.v[std::size_t(((a + t) * kKv + h) * kD + x)];
-        }
-    std::vector<Position> pos;
-    for (std::int64_t t = 0; t < m; ++t) pos.push_back(Position(a + t));
-    chunked.prefill(0, ConstTensorView<float, 3>(k.data(), kKv, m, kD), ConstTensorView<float, 3>(v.data(), kKv, m, kD),
-                    pos, ConstTensorView<float, 3>(seq.q.data() + a * kQ * kD, m, kQ, kD),
-                    TensorView<float, 3>(out.data(), m, kQ, kD), /*last_chunk=*/c == 2);
-    if (c < 2) {
-      EXPECT_EQ(chunked.length(0, 0), cuts[c + 1]) << "no eviction before the last chunk";
+  for (auto reduce : {kvcache::GqaReduce::kSum, kvcache::GqaReduce::kMax}) {
+    Sequence seq(60, 0, 37);
+    auto make = [reduce] {
+      return KVCache<kvcache::H2O>(config(80, DType::kF32, 1), kvcache::H2O(Count::of(10), Count::of(6), reduce));
+    };
+    auto one = make(), chunked = make();
+    run(one, seq, 1, [](std::int64_t) {});
+    const std::int64_t cuts[] = {0, 17, 41, 60};
+    for (int c = 0; c < 3; ++c) {
+      const std::int64_t a = cuts[c], m = cuts[c + 1] - a;
+      std::vector<float> k(std::size_t(kKv * m * kD)), v(k.size()), out(std::size_t(m * kQ * kD));
+      for (int h = 0; h < kKv; ++h)
+        for (std::int64_t t = 0; t < m; ++t)
+          for (int x = 0; x < kD; ++x) {
+            k[std::size_t((h * m + t) * kD + x)] = seq.k[std::size_t(((a + t) * kKv + h) * kD + x)];
+            v[std::size_t((h * m + t) * kD + x)] = seq.v[std::size_t(((a + t) * kKv + h) * kD + x)];
+          }
+      std::vector<Position> pos;
+      for (std::int64_t t = 0; t < m; ++t) pos.push_back(Position(a + t));
+      chunked.prefill(0, ConstTensorView<float, 3>(k.data(), kKv, m, kD),
+                      ConstTensorView<float, 3>(v.data(), kKv, m, kD), pos,
+                      ConstTensorView<float, 3>(seq.q.data() + a * kQ * kD, m, kQ, kD),
+                      TensorView<float, 3>(out.data(), m, kQ, kD), /*last_chunk=*/c == 2);
+      if (c < 2) {
+        EXPECT_EQ(chunked.length(0, 0), cuts[c + 1]) << "no eviction before the last chunk";
+      }
     }
-  }
-  EXPECT_EQ(chunked.prompt_length(0), 60);
-  for (int h = 0; h < kKv; ++h) {
-    auto p1 = one.layer(0).positions(h), p2 = chunked.layer(0).positions(h);
-    EXPECT_EQ(std::set<Position>(p1.begin(), p1.end()), std::set<Position>(p2.begin(), p2.end())) << "head " << h;
+    EXPECT_EQ(chunked.prompt_length(0), 60);
+    for (int h = 0; h < kKv; ++h) {
+      auto p1 = one.layer(0).positions(h), p2 = chunked.layer(0).positions(h);
+      EXPECT_EQ(std::set<Position>(p1.begin(), p1.end()), std::set<Position>(p2.begin(), p2.end())) << "head " << h;
+    }
   }
 }
 
