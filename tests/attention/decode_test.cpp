@@ -30,6 +30,7 @@ struct DecodeCase {
   int max_splits = 1;
   bool probabilities = true;
   bool per_query_head = false;  // export one row per query head (GqaReduce::kMax) instead of the group's sum
+  bool group_max = true;        // with per_query_head: also ask for the group's maximum per slot
 };
 
 template <class Exec = kvcache::SerialExecutor>
@@ -56,7 +57,7 @@ void check_decode(const DecodeCase& c, const Exec& ex = Exec{}, LayerSlots* give
     opt.probabilities = probs.data();
     opt.probabilities_stride = stride;
     opt.probabilities_per_query_head = c.per_query_head;
-    if (c.per_query_head) opt.probabilities_max = maxima.data();
+    if (c.per_query_head && c.group_max) opt.probabilities_max = maxima.data();
   }
   kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), n_q, dk), TensorView<float, 2>(out.data(), n_q, dv),
                             ws, opt, ex);
@@ -77,7 +78,7 @@ void check_decode(const DecodeCase& c, const Exec& ex = Exec{}, LayerSlots* give
       for (int h = 0; h < n_kv; ++h)
         for (std::int64_t j = 0; j < stride; ++j) {
           float want = -3.0f;
-          if (j < kv.length(h)) {
+          if (c.group_max && j < kv.length(h)) {
             want = probs[std::size_t(h * g) * stride + j];
             for (int i = 1; i < g; ++i) want = std::max(want, probs[std::size_t(h * g + i) * stride + j]);
           }
@@ -144,6 +145,9 @@ TEST_P(DecodeTest, ProbabilitiesPerQueryHead) {
   check_decode({{8, 2, 64, 64}, 4099, DType::kF16, 3, true, true});
   check_decode({{12, 4, 64, 64}, 777, DType::kF16, 1, true, true}, kvtest::ThreadExecutor{3});
   check_decode({{8, 2, 64, 64}, 2000, DType::kBF16, 2, true, true}, kvtest::ThreadExecutor{2});
+  // Rows per query head without the maximum: the maxima buffer stays untouched.
+  check_decode({{6, 2, 64, 64}, 1000, DType::kF16, 1, true, true, false});
+  check_decode({{6, 2, 64, 64}, 1000, DType::kF16, 2, true, true, false});
 }
 
 TEST_P(DecodeTest, WithoutProbabilityExport) { check_decode({{8, 2, 64, 64}, 517, DType::kF16, 1, false}); }
@@ -230,6 +234,14 @@ TEST(DecodeErrorsTest, BadShapesAreClearErrors) {
                                   TensorView<float, 2>(out.data(), 4, 16), wsp, opt);
       },
       "probabilities_stride 2");
+  kvcache::DecodeOptions max_alone;
+  max_alone.probabilities_max = probs.data();
+  expect_error_mentioning(
+      [&] {
+        kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 4, 16),
+                                  TensorView<float, 2>(out.data(), 4, 16), ws, max_alone);
+      },
+      "probabilities_per_query_head");
 }
 
 }  // namespace

@@ -239,6 +239,9 @@ void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorV
   const bool probs = opt.probabilities != nullptr;
   KVCACHE_REQUIRE(!probs || opt.probabilities_stride >= kv.max_length(), "decode: probabilities_stride ",
                   opt.probabilities_stride, " is below the longest head (", kv.max_length(), " rows)");
+  KVCACHE_REQUIRE(opt.probabilities_max == nullptr || (probs && opt.probabilities_per_query_head),
+                  "decode: probabilities_max is the maximum over per-query-head rows; it needs probabilities and "
+                  "probabilities_per_query_head");
   ws.check(n_kv, n_q / n_kv, kv.head_dim_v(), kv.max_length(), probs);
   const float scale = opt.scale != 0.0f ? opt.scale : 1.0f / std::sqrt(static_cast<float>(kv.head_dim_k()));
   int splits = opt.max_splits > 0 ? opt.max_splits : (ex.concurrency() + n_kv - 1) / n_kv;

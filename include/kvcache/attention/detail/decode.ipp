@@ -313,7 +313,7 @@ KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g,
       ops::store_n(tm + t, ops::mul(ops::exp(ops::sub(ops::load_n(tm + t, r), mh)), inv), r);
     }
   }
-  if (acc_ld > 0 && acc_max != nullptr) {
+  if (acc_ld > 0) {
     // Slot-major so that each slot's maximum comes from the sums just written (no second pass over the g rows).
     for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
       const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n, tile = t0 / kDecodeTile;
@@ -327,7 +327,7 @@ KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g,
           ops::store(acc + h * acc_ld + j, a);
           mx = ops::max(mx, a);
         }
-        ops::store(acc_max + j, mx);
+        if (acc_max != nullptr) ops::store(acc_max + j, mx);
       }
       for (; j < t1; ++j) {
         float mx = acc[j] += probs[j] * tile_max[tile];
@@ -335,22 +335,7 @@ KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g,
           const float a = acc[h * acc_ld + j] += probs[h * ld + j] * tile_max[h * ldt + tile];
           mx = a > mx ? a : mx;
         }
-        acc_max[j] = mx;
-      }
-    }
-    return;
-  }
-  if (acc_ld > 0) {
-    for (int h = 0; h < g; ++h) {
-      const float* ph = probs + h * ld;
-      float* ah = acc + h * acc_ld;
-      for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
-        const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
-        const float scale = tile_max[h * ldt + t0 / kDecodeTile];
-        const ops::Vec sv = ops::set1(scale);
-        std::int64_t j = t0;
-        for (; j + L <= t1; j += L) ops::store(ah + j, ops::fma(ops::load(ph + j), sv, ops::load(ah + j)));
-        for (; j < t1; ++j) ah[j] += ph[j] * scale;
+        if (acc_max != nullptr) acc_max[j] = mx;
       }
     }
     return;
