@@ -87,10 +87,13 @@ KVCACHE_TARGET_END
 
 namespace kvbench {
 
-inline int lanes(kvcache::Isa isa) { return isa == kvcache::Isa::kAvx512 ? 16 : isa == kvcache::Isa::kAvx2 ? 8 : 1; }
+inline int lanes(kvcache::Isa isa) {
+  return isa == kvcache::Isa::kAvx512 || isa == kvcache::Isa::kAmx ? 16 : isa == kvcache::Isa::kAvx2 ? 8 : 1;
+}
 
 inline float sum_floats(kvcache::Isa isa, const float* p, std::size_t n) {
   switch (isa) {
+    case kvcache::Isa::kAmx:
     case kvcache::Isa::kAvx512:
       return avx512::sum_floats(p, n);
     case kvcache::Isa::kAvx2:
@@ -101,6 +104,7 @@ inline float sum_floats(kvcache::Isa isa, const float* p, std::size_t n) {
 }
 inline float fma_chains(kvcache::Isa isa, std::int64_t iters, float seed) {
   switch (isa) {
+    case kvcache::Isa::kAmx:
     case kvcache::Isa::kAvx512:
       return avx512::fma_chains(iters, seed);
     case kvcache::Isa::kAvx2:

@@ -3,7 +3,8 @@
 //
 // Tolerances: outputs are convex combinations of V rows (|v| ~ 1), accumulated in fp32 over up to 4099 rows:
 // max abs error 2e-5. Probabilities (summed over at most 8 heads, each <= 1): max abs error 2e-6. Both readings of
-// a stored f16/bf16 row are exact, so the storage type does not loosen either bound.
+// a stored f16/bf16 row are exact, so the storage type does not loosen either bound. The AMX score path multiplies
+// the same exact products (the query split into three bf16 parts that hold all its bits), so the bounds are the same.
 
 #include <gtest/gtest.h>
 
@@ -116,6 +117,24 @@ TEST_P(DecodeTest, LargeGroupsInOneCall) {
   check_decode({{16, 1, 64, 64}, 130, DType::kF16});
   check_decode({{40, 2, 64, 64}, 130, DType::kF16});  // 20 per KV head: not a multiple of the head block of 8
   check_decode({{128, 1, 64, 64}, 70, DType::kBF16});
+}
+
+// Groups of 16 or more with bf16 keys: the shapes Isa::kAmx computes scores for with tile products (whole 16-row
+// blocks; the last rows of a tile, and heads past the last block of 8, by FMAs). Every ISA runs them; on the others
+// they are more large-group cases.
+TEST_P(DecodeTest, TileScoreShapes) {
+  EXPECT_TRUE(kvcache::detail::decode_tiles_fit(16, 64));
+  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(8, 64));
+  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 72));
+  for (int g : {16, 20, 24})
+    for (std::int64_t len : {1, 7, 15, 16, 17, 33, 64, 65, 1000, 4099})
+      check_decode({{g, 1, 64, 64}, len, DType::kBF16});
+  for (int d : {80, 96, 128, 256}) check_decode({{32, 2, d, d}, 300, DType::kBF16});  // 80: a half tile of columns
+  check_decode({{16, 1, 72, 72}, 100, DType::kBF16});                                 // columns not in half tiles: FMAs
+  check_decode({{32, 2, 128, 128}, 2000, DType::kBF16, 3}, kvtest::ThreadExecutor{2});
+  check_decode({{16, 1, 64, 64}, 1000, DType::kBF16, 1, true, true});
+  check_decode({{32, 2, 64, 64}, 777, DType::kBF16, 2, true, true});
+  check_decode({{16, 1, 64, 64}, 300, DType::kBF16, 1, false});
 }
 
 // The latent layout (MLA): one KV head whose rows are [latent | RoPE key] and whose values are the latent.

@@ -35,7 +35,7 @@ TEST(IsaTest, ParseRejectsUnknownNames) {
 }
 
 TEST(IsaTest, ForcingAnUnavailableIsaIsAClearError) {
-  for (kvcache::Isa isa : {kvcache::Isa::kAvx2, kvcache::Isa::kAvx512}) {
+  for (kvcache::Isa isa : {kvcache::Isa::kAvx2, kvcache::Isa::kAvx512, kvcache::Isa::kAmx}) {
     if (kvcache::isa_available(isa)) continue;
     EXPECT_THROW(kvcache::set_isa_for_testing(isa), kvcache::Error);
   }
@@ -59,6 +59,13 @@ TEST(IsaEnvTest, EnvironmentVariableChoosesIsa) {
   const kvcache::Isa want = kvcache::parse_isa(e);
   if (!kvcache::isa_available(want)) GTEST_SKIP() << e << " not available here";
   EXPECT_EQ(kvcache::active_isa(), want);
+#if KVCACHE_HAVE_AMX
+  // Naming a vector ISA must not have asked Linux for the AMX tile state (ARCH_GET_XCOMP_PERM, bit 18 XTILEDATA).
+  unsigned long long perm = 0;
+  if (want != kvcache::Isa::kAmx && syscall(SYS_arch_prctl, 0x1022, &perm) == 0) {
+    EXPECT_EQ(perm & (1ull << 18), 0u) << "KVCACHE_ISA=" << e << " requested the AMX tile state";
+  }
+#endif
 }
 
 }  // namespace

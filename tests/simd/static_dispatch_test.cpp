@@ -18,6 +18,7 @@ TEST(StaticDispatchTest, OnlyTheFlagsIsaIsCompiled) {
 #if !defined(__AVX2__)
   EXPECT_FALSE(kvcache::isa_compiled(kvcache::Isa::kAvx2));
   EXPECT_FALSE(kvcache::isa_compiled(kvcache::Isa::kAvx512));
+  EXPECT_FALSE(kvcache::isa_compiled(kvcache::Isa::kAmx));
   EXPECT_EQ(kvcache::best_isa(), kvcache::Isa::kScalar);
   try {
     kvcache::set_isa_for_testing(kvcache::Isa::kAvx512);

@@ -69,6 +69,7 @@ template <class T>
 void prefill_unit(Isa isa, const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
   switch (isa) {
 #if KVCACHE_HAVE_AVX512
+    case Isa::kAmx:
     case Isa::kAvx512:
       return kernels::avx512::prefill_block(a, k, v, kernels::avx512::prefill_scratch(scratch, a.dk, a.dv));
 #endif

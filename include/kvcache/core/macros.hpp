@@ -54,13 +54,25 @@
 #else
 #define KVCACHE_HAVE_AVX512 0
 #endif
+#if KVCACHE_HAVE_AVX512 && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__linux__)
+#define KVCACHE_HAVE_AMX 1
+#else
+#define KVCACHE_HAVE_AMX 0
+#endif
 #else
 #define KVCACHE_HAVE_AVX2 1
 #define KVCACHE_HAVE_AVX512 1
+#if defined(__linux__)
+#define KVCACHE_HAVE_AMX 1
+#else
+#define KVCACHE_HAVE_AMX 0
+#endif
 #endif
 #else
 #define KVCACHE_HAVE_AVX2 0
 #define KVCACHE_HAVE_AVX512 0
+#define KVCACHE_HAVE_AMX 0
 #endif
 
 // Tag of the baseline the translation unit is compiled for; code compiled with the TU's own flags (the scalar ISA)

@@ -17,6 +17,7 @@ template <class D, class S>
 void convert(D* dst, S const* src, std::size_t n, Isa isa) noexcept {
   switch (isa) {
 #if KVCACHE_HAVE_AVX512
+    case Isa::kAmx:
     case Isa::kAvx512:
       return simd::avx512::convert_n(dst, src, n);
 #endif
@@ -37,6 +38,7 @@ void convert(D* dst, S const* src, std::size_t n) {
 inline void exp(float* dst, const float* src, std::size_t n, Isa isa) noexcept {
   switch (isa) {
 #if KVCACHE_HAVE_AVX512
+    case Isa::kAmx:
     case Isa::kAvx512:
       return simd::avx512::exp_n(dst, src, n);
 #endif

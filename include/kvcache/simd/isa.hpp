@@ -5,9 +5,14 @@
 //   Isa::kScalar  one float lane; runs anywhere, and is the reference the SIMD paths are compared with.
 //   Isa::kAvx2    AVX2 + FMA + F16C, 8 lanes.
 //   Isa::kAvx512  AVX-512 F/BW/DQ/VL, 16 lanes.
+//   Isa::kAmx     kAvx512 plus AMX-TILE, AMX-BF16 and AVX512-BF16 (Sapphire Rapids and later): the AVX-512 kernels,
+//                 except that decode computes the scores of groups of 16 or more query heads (MLA: all of them)
+//                 against bf16 keys with AMX tile products (attention/kernels/amx.hpp). Linux only: the process asks
+//                 the kernel for the tile state once (arch_prctl ARCH_REQ_XCOMP_PERM), and the ISA counts as
+//                 unsupported if that is refused.
 //
 // The CPU is probed once (cached). The choice is, in order: the test hook set_isa_for_testing(); the environment
-// variable KVCACHE_ISA=scalar|avx2|avx512 (read once); the best ISA the CPU has. Forcing an ISA that the CPU or the
+// variable KVCACHE_ISA=scalar|avx2|avx512|amx (read once); the best ISA the CPU has. Forcing an ISA that the CPU or the
 // build lacks throws Error. Public kernels call active_isa() once per call and stay on that ISA for the whole call.
 
 #include <array>
@@ -21,9 +26,14 @@
 #include "kvcache/core/error.hpp"
 #include "kvcache/core/macros.hpp"
 
+#if KVCACHE_HAVE_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace kvcache {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 constexpr std::string_view isa_name(Isa isa) noexcept {
   switch (isa) {
@@ -33,16 +43,19 @@ constexpr std::string_view isa_name(Isa isa) noexcept {
       return "avx2";
     case Isa::kAvx512:
       return "avx512";
+    case Isa::kAmx:
+      return "amx";
   }
   return "?";
 }
 
-/// Parses "scalar", "avx2" or "avx512"; throws Error naming the text otherwise.
+/// Parses "scalar", "avx2", "avx512" or "amx"; throws Error naming the text otherwise.
 inline Isa parse_isa(std::string_view s) {
   if (s == "scalar") return Isa::kScalar;
   if (s == "avx2") return Isa::kAvx2;
   if (s == "avx512") return Isa::kAvx512;
-  detail::throw_error("unknown ISA '", s, "'; expected scalar, avx2 or avx512");
+  if (s == "amx") return Isa::kAmx;
+  detail::throw_error("unknown ISA '", s, "'; expected scalar, avx2, avx512 or amx");
 }
 
 /// Whether this build contains kernels for isa (static dispatch compiles only what the compiler flags imply).
@@ -54,11 +67,15 @@ constexpr bool isa_compiled(Isa isa) noexcept {
       return KVCACHE_HAVE_AVX2;
     case Isa::kAvx512:
       return KVCACHE_HAVE_AVX512;
+    case Isa::kAmx:
+      return KVCACHE_HAVE_AMX;
   }
   return false;
 }
 
-/// Whether the CPU (and the OS, which must save the wider registers) supports isa. Probed once.
+/// Whether the CPU (and the OS, which must save the wider registers) supports isa. Probed once; AMX is probed only
+/// when asked about, because that probe asks Linux for the tile state (arch_prctl ARCH_REQ_XCOMP_PERM), a change to
+/// the process that KVCACHE_ISA=scalar|avx2|avx512 avoids.
 inline bool cpu_supports(Isa isa) noexcept {
 #if KVCACHE_X86 && (defined(__GNUC__) || defined(__clang__))
   static const std::array<bool, 3> supported = [] {
@@ -68,7 +85,18 @@ inline bool cpu_supports(Isa isa) noexcept {
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     return std::array<bool, 3>{true, avx2, avx512};
   }();
-  return supported[static_cast<int>(isa)];
+  if (isa != Isa::kAmx) return supported[static_cast<int>(isa)];
+#if KVCACHE_HAVE_AMX
+  static const bool amx = [] {
+    // Tile data is off until the process asks for it (Linux 5.16+); a refusal (older kernel, seccomp) means no AMX.
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return supported[2] && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+           __builtin_cpu_supports("avx512bf16") && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return amx;
+#else
+  return false;
+#endif
 #else
   return isa == Isa::kScalar;
 #endif
@@ -79,6 +107,7 @@ inline bool isa_available(Isa isa) noexcept { return isa_compiled(isa) && cpu_su
 
 /// The best ISA that is available.
 inline Isa best_isa() noexcept {
+  if (isa_available(Isa::kAmx)) return Isa::kAmx;
   if (isa_available(Isa::kAvx512)) return Isa::kAvx512;
   if (isa_available(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kScalar;
@@ -104,7 +133,6 @@ inline Isa env_or_best_isa() {
   };
   static const Choice choice = [] {
     Choice c;
-    c.isa = best_isa();
     if (char const* env = std::getenv("KVCACHE_ISA"); env != nullptr && *env != '\0') {
       try {
         c.isa = parse_isa(env);
@@ -112,6 +140,8 @@ inline Isa env_or_best_isa() {
       } catch (Error const& e) {
         c.error = Error(std::string("KVCACHE_ISA=") + env + ": " + (e.what() + 9));  // drop the "kvcache: " prefix
       }
+    } else {
+      c.isa = best_isa();
     }
     return c;
   }();
@@ -137,7 +167,7 @@ inline Isa active_isa() {
 /// Every ISA available here, lowest first (tests iterate over it).
 inline std::vector<Isa> available_isas() {
   std::vector<Isa> out;
-  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAmx})
     if (isa_available(i)) out.push_back(i);
   return out;
 }

@@ -17,6 +17,10 @@
   _Pragma(                                                                                                   \
       "clang attribute push(__attribute__((target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl\"))), " \
       "apply_to = function)")
+#define KVCACHE_TARGET_AMX_BEGIN                                                                                  \
+  _Pragma(                                                                                                        \
+      "clang attribute push(__attribute__((target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16," \
+      "amx-tile,amx-bf16\"))), apply_to = function)")
 #define KVCACHE_TARGET_END _Pragma("clang attribute pop")
 #elif KVCACHE_X86 && defined(__GNUC__)
 // GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsics once they are inlined (GCC bug 105593,
@@ -29,9 +33,15 @@
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl\")") \
       _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")          \
           _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define KVCACHE_TARGET_AMX_BEGIN                                                                               \
+  _Pragma("GCC push_options")                                                                                  \
+      _Pragma("GCC target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16\")") \
+          _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")           \
+              _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
 #define KVCACHE_TARGET_END _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
 #else
 #define KVCACHE_TARGET_AVX2_BEGIN
 #define KVCACHE_TARGET_AVX512_BEGIN
+#define KVCACHE_TARGET_AMX_BEGIN
 #define KVCACHE_TARGET_END
 #endif

@@ -7,6 +7,19 @@
 
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
 
+#if !defined(KVCACHE_DECODE_TILES)
+// Op sets without matrix tiles: every score comes from decode_scores below. (The amx leaf defines these hooks.)
+template <class T>
+KVCACHE_INLINE bool tiles_apply(int, int) noexcept {
+  return false;
+}
+KVCACHE_INLINE void tiles_begin(const float*, int, int, int, float*) noexcept {}
+KVCACHE_INLINE void tiles_end() noexcept {}
+template <class T>
+KVCACHE_INLINE void tile_scores(const float*, int, int, int, int, T const*, std::int64_t, std::int64_t, float*,
+                                T const*, int, std::int64_t, float*) noexcept {}
+#endif
+
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
 // Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
@@ -218,7 +231,8 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
-/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of g * kDecodeTile floats, 64-byte aligned.
+/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of decode_scratch_floats(g, dk) floats,
+/// 64-byte aligned.
 /// Any g: each tile of K and V rows is read from memory once for all g heads (MLA runs 128 heads on one latent).
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
 /// with s_hj = q_h . k_j.
@@ -236,14 +250,22 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     l[h] = 0.0f;
   }
   for (int i = 0; i < g * dv; ++i) o[i] = 0.0f;
+  // With matrix tiles (amx), full 8-head blocks get their scores from tile products; their operands live in s after
+  // the scores of a tile.
+  const bool tiles = r1 > r0 && tiles_apply<T>(g, dk);
+  float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
+  if (tiles) tiles_begin(q, ldq, g, dk, ts);
 
   for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1;
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 && ldv == dv ? v : nullptr,
-                        dv, r1);
+      T const* vp = h0 == 0 && ldv == dv ? v : nullptr;
+      if (tiles && hb == 8)
+        tile_scores(q + h0 * ldq, ldq, h0 / 8, g, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, r1, ts);
+      else
+        decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, r1);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
@@ -291,6 +313,7 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
       h0 += hb;
     }
   }
+  if (tiles) tiles_end();
 }
 
 /// acc[j] += sum_h probs[h][j] * e^(tile_max[h][j / kDecodeTile] - m[h]) / l[h] for j in [0, n): the group's
