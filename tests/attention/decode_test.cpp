@@ -3,8 +3,9 @@
 //
 // Tolerances: outputs are convex combinations of V rows (|v| ~ 1), accumulated in fp32 over up to 4099 rows:
 // max abs error 2e-5. Probabilities (summed over at most 8 heads, each <= 1): max abs error 2e-6. Both readings of
-// a stored f16/bf16 row are exact, so the storage type does not loosen either bound. The AMX score path multiplies
-// the same exact products (the query split into three bf16 parts that hold all its bits), so the bounds are the same.
+// a stored f16/bf16 row are exact, so the storage type does not loosen either bound. The AMX tile path multiplies
+// the same exact products (query and probabilities split into three bf16 parts that hold all their bits), so the
+// bounds are the same.
 
 #include <gtest/gtest.h>
 
@@ -119,13 +120,14 @@ TEST_P(DecodeTest, LargeGroupsInOneCall) {
   check_decode({{128, 1, 64, 64}, 70, DType::kBF16});
 }
 
-// Groups of 16 or more with bf16 keys: the shapes Isa::kAmx computes scores for with tile products (whole 16-row
-// blocks; the last rows of a tile, and heads past the last block of 8, by FMAs). Every ISA runs them; on the others
-// they are more large-group cases.
-TEST_P(DecodeTest, TileScoreShapes) {
-  EXPECT_TRUE(kvcache::detail::decode_tiles_fit(16, 64));
-  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(8, 64));
-  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 72));
+// Groups of 16 or more with bf16 keys and values: the shapes Isa::kAmx runs on the tile unit (scores in whole 16-row
+// blocks, P.V in whole 32-row chunks; the rows past them, and heads past the last block of 8, by FMAs). Every ISA runs
+// them; on the others they are more large-group cases.
+TEST_P(DecodeTest, TileShapes) {
+  EXPECT_TRUE(kvcache::detail::decode_tiles_fit(16, 64, 64));
+  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(8, 64, 64));
+  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 72, 72));
+  EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 64, 40));
   for (int g : {16, 20, 24})
     for (std::int64_t len : {1, 7, 15, 16, 17, 33, 64, 65, 1000, 4099})
       check_decode({{g, 1, 64, 64}, len, DType::kBF16});
@@ -144,6 +146,8 @@ TEST_P(DecodeTest, LatentLayout) {
     check_decode({{3, 1, 45, 37, true}, 65, dt});                                              // odd widths
   }
   check_decode({{128, 1, 576, 512, true}, 130, DType::kBF16, 2});  // DeepSeek-V2, split in two
+  check_decode({{128, 1, 576, 512, true}, 1000, DType::kBF16, 3}, kvtest::ThreadExecutor{2});
+  check_decode({{16, 1, 112, 96, true}, 300, DType::kBF16});  // latent rows on the tile path, a half tile of columns
   check_decode({{8, 1, 112, 96, true}, 300, DType::kF16, 2}, kvtest::ThreadExecutor{2});
 }
 

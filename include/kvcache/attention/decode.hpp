@@ -73,7 +73,7 @@ class DecodeWorkspace {
     }
     query_stride_ = detail::pad_to(static_cast<std::size_t>(shape.head_dim_k), 16);
     queries_ = AlignedBuffer(sizeof(float) * query_stride_ * std::size_t(shape.n_q_heads));
-    tile_stride_ = detail::decode_scratch_floats(g_, shape.head_dim_k);
+    tile_stride_ = detail::decode_scratch_floats(g_, shape.head_dim_k, shape.dim_v());
     tile_scores_ = AlignedBuffer(sizeof(float) * tile_stride_ * std::size_t(n_kv_) * std::size_t(max_splits));
   }
 
@@ -89,7 +89,7 @@ class DecodeWorkspace {
   // of its speed). Row stride query_stride().
   float* query(int i) noexcept { return queries_.as<float>() + query_stride_ * std::size_t(i); }
   [[nodiscard]] std::size_t query_stride() const noexcept { return query_stride_; }
-  // decode_scratch_floats(g, dk): the scores of one tile [g, kDecodeTile] and tile operands, for the task of
+  // decode_scratch_floats(g, dk, dv): the scores of one tile [g, kDecodeTile] and tile operands, for the task of
   // (head h, split)
   float* tile_scores(int h, int split) noexcept {
     return tile_scores_.as<float>() + tile_stride_ * (std::size_t(h) * std::size_t(max_splits_) + std::size_t(split));

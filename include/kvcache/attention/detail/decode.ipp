@@ -10,14 +10,17 @@ inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
 #if !defined(KVCACHE_DECODE_TILES)
 // Op sets without matrix tiles: every score comes from decode_scores below. (The amx leaf defines these hooks.)
 template <class T>
-KVCACHE_INLINE bool tiles_apply(int, int) noexcept {
+KVCACHE_INLINE bool tiles_apply(int, int, int) noexcept {
   return false;
 }
-KVCACHE_INLINE void tiles_begin(const float*, int, int, int, float*) noexcept {}
+KVCACHE_INLINE void tiles_begin(const float*, int, int, int, int, float*) noexcept {}
 KVCACHE_INLINE void tiles_end() noexcept {}
 template <class T>
 KVCACHE_INLINE void tile_scores(const float*, int, int, int, int, T const*, std::int64_t, std::int64_t, float*,
                                 T const*, int, std::int64_t, float*) noexcept {}
+template <class T>
+KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int64_t, std::int64_t, float*, T const*,
+                            std::int64_t, float*) noexcept {}
 #endif
 
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
@@ -231,7 +234,7 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
-/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of decode_scratch_floats(g, dk) floats,
+/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of decode_scratch_floats(g, dk, dv) floats,
 /// 64-byte aligned.
 /// Any g: each tile of K and V rows is read from memory once for all g heads (MLA runs 128 heads on one latent).
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
@@ -250,11 +253,11 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     l[h] = 0.0f;
   }
   for (int i = 0; i < g * dv; ++i) o[i] = 0.0f;
-  // With matrix tiles (amx), full 8-head blocks get their scores from tile products; their operands live in s after
-  // the scores of a tile.
-  const bool tiles = r1 > r0 && tiles_apply<T>(g, dk);
+  // With matrix tiles (amx), the full 8-head blocks get their scores and P.V from tile products; the operands live
+  // in s after the scores of a tile.
+  const bool tiles = r1 > r0 && tiles_apply<T>(g, dk, dv);
   float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
-  if (tiles) tiles_begin(q, ldq, g, dk, ts);
+  if (tiles) tiles_begin(q, ldq, g, dk, dv, ts);
 
   for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1;
@@ -306,7 +309,12 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
       l[h] += ops::reduce_add(lv) + lt;
       if (probs != nullptr) tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
-    for (int h0 = 0; h0 < g;) {
+    int h0 = 0;
+    if (tiles) {
+      h0 = g / 8 * 8;
+      tile_pv(s, h0, dk, dv, ldv, v, t0, t1, o, k + t1 * dk, r1 - t1, ts);
+    }
+    for (; h0 < g;) {
       const int hb = head_block(g - h0);
       decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1,
                     dk);

@@ -15,21 +15,24 @@ inline constexpr int kMaxLanes = 16;        ///< widest op set (AVX-512)
 
 constexpr std::size_t pad_to(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
 
-/// Whether decode may take the AMX score path (Isa::kAmx, bf16 keys) for this shape: at least 16 query heads per KV
-/// head (MLA: all of them), and key columns in whole halves of a tile (dk a multiple of 16). The path works on blocks
-/// of 8 heads; with a group of only 8, decode from DRAM was as fast with FMAs (docs/performance.md), so it starts
-/// at 16.
+/// Whether decode may take the AMX path (Isa::kAmx, bf16 keys and values) for this shape: at least 16 query heads
+/// per KV head (MLA: all of them), and key and value columns in whole halves of a tile (dk, dv multiples of 16). The
+/// path works on blocks of 8 heads; with a group of only 8, decode from DRAM was no faster than with FMAs
+/// (docs/performance.md), so it starts at 16.
 inline constexpr int kTileMinGroup = 16;
-constexpr bool decode_tiles_fit(int g, int dk) noexcept { return g >= kTileMinGroup && dk % 16 == 0; }
+constexpr bool decode_tiles_fit(int g, int dk, int dv) noexcept {
+  return g >= kTileMinGroup && dk % 16 == 0 && dv % 16 == 0;
+}
 
 /// Floats of decode scratch per (KV head, split): the scores of one tile of rows for g heads, then, where
 /// decode_tiles_fit, the AMX operands: two query tiles of 1 KiB for each 8-head block and chunk of 32 key columns,
-/// and one 16 x 16 f32 product.
-constexpr std::size_t decode_scratch_floats(int g, int dk) noexcept {
+/// one 16 x 16 f32 product, the value tiles of a tile of rows (2 chunks of 32 rows x dv / 16 tiles of 1 KiB) and the
+/// probability tiles of each 8-head block (2 chunks x 2 tiles of 1 KiB).
+constexpr std::size_t decode_scratch_floats(int g, int dk, int dv) noexcept {
   std::size_t n = pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
-  if (decode_tiles_fit(g, dk)) {
-    const std::size_t chunks = (static_cast<std::size_t>(dk) + 31) / 32;
-    n += static_cast<std::size_t>(g / 8) * chunks * 512 + 256;
+  if (decode_tiles_fit(g, dk, dv)) {
+    const std::size_t chunks = (static_cast<std::size_t>(dk) + 31) / 32, blocks = static_cast<std::size_t>(g / 8);
+    n += blocks * chunks * 512 + 256 + 2 * static_cast<std::size_t>(dv / 16) * 256 + blocks * 1024;
   }
   return n;
 }

@@ -1,17 +1,20 @@
 #pragma once
 
-// Attention kernels for Isa::kAmx: the avx512 kernels, except that decode computes the scores of each block of 8
-// query heads against 16 bf16 key rows with AMX tile products (TDPBF16PS: 16 rows x 32 columns x 16 outputs per
-// instruction) instead of 64 FMAs and 8 horizontal reductions per row. The tile unit runs beside the vector ports,
-// which keep the online softmax and P.V. It matters where decode is compute-bound: MLA (128 heads on one latent row
-// of 576) and GQA groups of 8 or more.
+// Attention kernels for Isa::kAmx: the avx512 kernels, except that decode runs both products of each block of 8
+// query heads on the AMX tile unit (TDPBF16PS: a 16 x 32 by 32 x 16 bf16 product accumulated in f32 per
+// instruction) when keys and values are bf16 and a KV head has 16 or more query heads (detail::decode_tiles_fit):
+//  * scores: 16 key rows at a time, loaded from the cache as they are, against the queries laid out once per call;
+//  * P.V: 32 rows at a time, the tile's V rows laid out once per tile in row pairs, against the probabilities.
+// The vector ports keep the online softmax, the layouts and the rows past the last whole 16- or 32-row block. It
+// matters where decode is compute-bound: MLA (128 heads on one latent row of 576: 2x faster) and large groups.
 //
-// Precision. A tile product multiplies bf16 pairs exactly and accumulates in f32. bf16 keys enter as they are; the
-// f32 query enters as three bf16 parts, hi = bf16(q), mid = bf16(q - hi), lo = bf16(q - hi - mid), which hold all of
-// its 24 significant bits. So a score is the exact sum of the same products as the FMA kernels', only added in
-// another order. (Tile products treat bf16 subnormals, below 1.2e-38, as zero.)
+// Precision. A tile product multiplies bf16 pairs exactly and accumulates in f32. bf16 keys and values enter as they
+// are; the f32 query and the f32 probabilities enter as three bf16 parts, hi = bf16(x), mid = bf16(x - hi),
+// lo = bf16(x - hi - mid), which hold all 24 of x's significant bits. So a score or an output is the exact sum of the
+// same products as the FMA kernels', only added in another order. (Tile products read bf16 subnormals, below
+// 1.2e-38, as zero.)
 //
-// f16 keys stay on the FMA path: this CPU family has no f16 tile product, and splitting each f16 key into two bf16
+// f16 caches stay on the FMA path: this CPU family has no f16 tile product, and splitting each f16 key into two bf16
 // parts costs more vector work per row (about 12 ns at d = 128) than the tile product saves.
 
 #include <immintrin.h>
@@ -29,9 +32,10 @@ KVCACHE_TARGET_AMX_BEGIN
 namespace kvcache::kernels::amx {
 namespace ops = ::kvcache::simd::avx512;
 
-// The tile registers decode uses (palette 1). A: key rows (16 x 32 bf16; the "half" ones 16 x 16, for dk % 32 == 16).
-// B: query pairs, 16 pair-rows x 16 columns: B1 holds the 8 heads' hi parts then their mid parts, B2 their lo parts
-// then zeros, so that C = A B1 + A B2 has hi + lo in column n and mid in column 8 + n. C: 16 rows x 16 f32.
+// The tile registers decode uses (palette 1). Scores: A, key rows (16 x 32 bf16; the "half" ones 16 x 16, for
+// dk % 32 == 16); B, query pairs, 16 pair-rows x 16 columns: B1 holds the 8 heads' hi parts then their mid parts, B2
+// their lo parts then zeros, so that C = A B1 + A B2 has hi + lo in column n and mid in column 8 + n; C, 16 rows x 16
+// f32. P.V reuses A (as A1), B2 (as A2), B and C, all 16 x 64 bytes.
 // (Macros, not constants: GCC's tile intrinsics paste the register number into the assembly text.)
 #define KVCACHE_TILE_A 0
 #define KVCACHE_TILE_B 1
@@ -65,12 +69,14 @@ KVCACHE_INLINE void load_tile_config() noexcept {
 }
 
 template <class T>
-KVCACHE_INLINE bool tiles_apply(int g, int dk) noexcept {
-  return std::is_same_v<T, bf16> && ::kvcache::detail::decode_tiles_fit(g, dk);
+KVCACHE_INLINE bool tiles_apply(int g, int dk, int dv) noexcept {
+  return std::is_same_v<T, bf16> && ::kvcache::detail::decode_tiles_fit(g, dk, dv);
 }
 
 // Tile operands in the scratch ts (decode_scratch_floats): for each full 8-head block and each chunk of 32 key
-// columns (the last may have 16), the two query tiles B1, B2 (1 KiB each); then C, [16][16] f32.
+// columns (the last may have 16), the two query tiles B1, B2 (1 KiB each); C, [16][16] f32; the value tiles of the
+// current tile of rows, [2 chunks of 32 rows][dv / 16 column blocks][1 KiB]; the probability tiles, [8-head block][2
+// chunks][A1, A2][1 KiB].
 KVCACHE_INLINE int tile_chunks(int dk) noexcept { return (dk + 31) / 32; }
 KVCACHE_INLINE std::uint16_t* tile_queries(float* ts, int block, int dk) noexcept {
   return reinterpret_cast<std::uint16_t*>(ts) + std::size_t(block) * std::size_t(tile_chunks(dk)) * 1024;
@@ -78,12 +84,21 @@ KVCACHE_INLINE std::uint16_t* tile_queries(float* ts, int block, int dk) noexcep
 KVCACHE_INLINE float* tile_product(float* ts, int g, int dk) noexcept {
   return reinterpret_cast<float*>(tile_queries(ts, g / 8, dk));
 }
+KVCACHE_INLINE std::uint16_t* tile_values(float* ts, int g, int dk) noexcept {
+  return reinterpret_cast<std::uint16_t*>(tile_product(ts, g, dk) + 256);
+}
+KVCACHE_INLINE std::uint16_t* tile_probabilities(float* ts, int g, int dk, int dv, int block) noexcept {
+  return tile_values(ts, g, dk) + 2 * std::size_t(dv / 16) * 512 + std::size_t(block) * 2048;
+}
 
 // Lays out the queries of every full 8-head block as B tiles and loads the tile configuration. In chunk c, pair-row
 // p of B1 holds, in column n < 8, elements 32c + 2p and 32c + 2p + 1 of head 8b + n's hi part, and in column 8 + n
 // the same of its mid part; B2 the lo parts, then zeros. Once per call: the scores then cost no query work per row.
-KVCACHE_INLINE void tiles_begin(const float* q, int ldq, int g, int dk, float* ts) noexcept {
+KVCACHE_INLINE void tiles_begin(const float* q, int ldq, int g, int dk, int dv, float* ts) noexcept {
   for (int b = 0; b + 8 <= g; b += 8) {
+    // A2 of the probability tiles holds the lo parts in rows 0 - 7 and zeros below, for the whole call.
+    std::uint16_t* pt = tile_probabilities(ts, g, dk, dv, b / 8);
+    for (int c = 0; c < 2; ++c) std::memset(pt + c * 1024 + 512 + 8 * 32, 0, 8 * 64);
     std::uint16_t* bq = tile_queries(ts, b / 8, dk);
     for (int c = 0; c < tile_chunks(dk); ++c) std::memset(bq + c * 1024 + 512, 0, 1024);
     for (int h = 0; h < 8; ++h) {
@@ -138,6 +153,10 @@ template <class T>
 KVCACHE_INLINE void tile_scores(const float* q, int ldq, int block, int g, int dk, T const* k, std::int64_t r0,
                                 std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end, float* ts) noexcept;
 
+template <class T>
+KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T const* v, std::int64_t t0,
+                            std::int64_t t1, float* o, T const* k_next, std::int64_t n_next, float* ts) noexcept;
+
 #define KVCACHE_DECODE_TILES 1
 #include "kvcache/attention/detail/decode.ipp"
 #undef KVCACHE_DECODE_TILES
@@ -182,6 +201,98 @@ KVCACHE_INLINE void tile_scores(const float* q, int ldq, int block, int g, int d
     transpose_scores(c, s + (r - r0), kDecodeTile);
   }
   if (r < r1) decode_scores<8>(q, ldq, dk, k, r, r1, s + (r - r0), v, dv, r_end);
+}
+
+KVCACHE_INLINE __m512 widen_bf16(__m256bh b) noexcept {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)b), 16));
+}
+
+// The three bf16 parts of 16 floats: x = hi + mid + lo to all of x's 24 bits.
+KVCACHE_INLINE void split3(__m512 x, __m256bh& hi, __m256bh& mid, __m256bh& lo) noexcept {
+  hi = _mm512_cvtneps_pbh(x);
+  const __m512 r = _mm512_sub_ps(x, widen_bf16(hi));
+  mid = _mm512_cvtneps_pbh(r);
+  lo = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen_bf16(mid)));
+}
+
+// P.V of the full 8-head blocks (heads [0, gb)) over rows [t0, t1) by tile products, for each whole chunk of 32 rows:
+// o[h] += sum_r p[h][r] v[r]. The chunk's V rows are laid out once as B tiles (pair-row i, column n: rows 2i and
+// 2i + 1 of column n), the probabilities of each block as A1 = [hi rows of its 8 heads; mid rows] and A2 = [lo rows;
+// zeros], and C = A1 B + A2 B gives head h's sums in rows h and 8 + h. Rows past the last whole chunk go by FMAs. The
+// next tile's K rows (k_next, n_next of them) are prefetched a few lines per column block, spread over the pass.
+template <class T>
+KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T const* v, std::int64_t t0,
+                            std::int64_t t1, float* o, T const* k_next, std::int64_t n_next, float* ts) noexcept {
+  const int nt = static_cast<int>(t1 - t0), chunks = nt / 32, cbs = dv / 16, blocks = gb / 8;
+  const int g = gb;  // the scratch layout counts full blocks only
+  const std::size_t lines =
+      k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next < kDecodeTile ? n_next : kDecodeTile) / 64
+                        : 0;
+  const char* kn = reinterpret_cast<const char*>(k_next);
+  std::size_t issued = 0;
+  if (chunks > 0) {
+    std::uint16_t* vt = tile_values(const_cast<float*>(ts), g, dk);
+    alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                          8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    alignas(64) static constexpr std::uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                          53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                          27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
+    for (int ch = 0; ch < chunks; ++ch)
+      for (int i = 0; i < 16; ++i) {
+        const T* ra = v + (t0 + 32 * ch + 2 * i) * ldv;
+        const T* rb = ra + ldv;
+        std::uint16_t* dst = vt + std::size_t(ch * cbs) * 512 + i * 32;
+        int c = 0;
+        for (; c + 32 <= dv; c += 32) {
+          const __m512i a = _mm512_loadu_si512(ra + c), b = _mm512_loadu_si512(rb + c);
+          _mm512_store_si512(dst + (c / 16) * 512, _mm512_permutex2var_epi16(a, lo_idx, b));
+          _mm512_store_si512(dst + (c / 16 + 1) * 512, _mm512_permutex2var_epi16(a, hi_idx, b));
+        }
+        if (c < dv) {  // 16 columns left
+          const __m512i a = _mm512_maskz_loadu_epi16(0xffff, ra + c), b = _mm512_maskz_loadu_epi16(0xffff, rb + c);
+          _mm512_store_si512(dst + (c / 16) * 512, _mm512_permutex2var_epi16(a, lo_idx, b));
+        }
+      }
+    float* c = tile_product(const_cast<float*>(ts), g, dk);
+    const std::size_t steps = std::size_t(blocks) * std::size_t(cbs);
+    std::size_t step = 0;
+    for (int bl = 0; bl < blocks; ++bl) {
+      std::uint16_t* pt = tile_probabilities(const_cast<float*>(ts), g, dk, dv, bl);
+      for (int ch = 0; ch < chunks; ++ch)
+        for (int h = 0; h < 8; ++h)
+          for (int half = 0; half < 2; ++half) {
+            __m256bh hi, mid, lo;
+            split3(_mm512_loadu_ps(s + (8 * bl + h) * kDecodeTile + 32 * ch + 16 * half), hi, mid, lo);
+            std::uint16_t* a1 = pt + ch * 1024 + 16 * half;
+            _mm256_store_si256(reinterpret_cast<__m256i*>(a1 + h * 32), (__m256i)hi);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(a1 + (8 + h) * 32), (__m256i)mid);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(a1 + 512 + h * 32), (__m256i)lo);
+          }
+      for (int cb = 0; cb < cbs; ++cb, ++step) {
+        _tile_zero(KVCACHE_TILE_C);
+        for (int ch = 0; ch < chunks; ++ch) {
+          _tile_loadd(KVCACHE_TILE_A, pt + ch * 1024, 64);
+          _tile_loadd(KVCACHE_TILE_B2, pt + ch * 1024 + 512, 64);
+          _tile_loadd(KVCACHE_TILE_B, vt + std::size_t(ch * cbs + cb) * 512, 64);
+          _tile_dpbf16ps(KVCACHE_TILE_C, KVCACHE_TILE_A, KVCACHE_TILE_B);
+          _tile_dpbf16ps(KVCACHE_TILE_C, KVCACHE_TILE_B2, KVCACHE_TILE_B);
+        }
+        _tile_stored(KVCACHE_TILE_C, c, 64);
+        for (int h = 0; h < 8; ++h) {
+          float* oh = o + std::size_t(8 * bl + h) * std::size_t(dv) + 16 * cb;
+          _mm512_storeu_ps(oh, _mm512_add_ps(_mm512_loadu_ps(oh), _mm512_add_ps(_mm512_load_ps(c + 16 * h),
+                                                                                _mm512_load_ps(c + 16 * (8 + h)))));
+        }
+        for (const std::size_t want = lines * (step + 1) / steps; issued < want; ++issued)
+          ops::prefetch(kn + 64 * issued);
+      }
+    }
+  }
+  if (32 * chunks < nt)
+    for (int bl = 0; bl < blocks; ++bl)
+      decode_pv<8>(s + 8 * bl * kDecodeTile + 32 * chunks, dv, ldv, v, t0 + 32 * chunks, t1,
+                   o + std::size_t(8 * bl) * dv, bl == 0 && issued == 0 ? k_next : nullptr, n_next, dk);
 }
 
 #undef KVCACHE_TILE_A
