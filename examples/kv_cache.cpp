@@ -46,5 +46,7 @@ int main() {
   std::printf("after %lld steps: %lld rows per head, %zu KV bytes (full cache: %zu)\n", static_cast<long long>(steps),
               static_cast<long long>(cache.length(0, 0)), cache.kv_bytes(),
               std::size_t(layers * nkv * (prompt + steps) * 2 * d * 2));
+  // Beside the rows: H2O's scores and the attention workspaces, fixed at construction.
+  std::printf("policy state and workspaces: %zu bytes\n", cache.state_bytes());
   return cache.length(0, 0) == 64 && cache.length(1, 1) == 64 ? 0 : 1;
 }

@@ -101,6 +101,26 @@ TEST(GqaReduceTest, ScoreAccessorsSayWhichToRead) {
   EXPECT_NEAR(sum_cache.scores(0, 0)[2], 2.55, 1e-5);
 }
 
+// state_bytes() counts what the policy keeps per slot: one score row per KV head under kSum, g rows plus their maximum
+// under kMax, none for Full; all of it fixed at construction.
+TEST(GqaReduceTest, StateBytesShowThePerQueryHeadRows) {
+  constexpr int d = 16, layers = 2, n_kv = 1, g = 2;  // the shape two_head_prompt() fits
+  constexpr std::int64_t cap = 64;
+  const CacheConfig config{layers, {n_kv * g, n_kv, d, d}, cap, DType::kF32};
+  KVCache<kvcache::Full> full(config, kvcache::Full{});
+  KVCache<kvcache::H2O> sum(config, kvcache::H2O(Count::of(8), Count::of(1)));
+  KVCache<kvcache::H2O> max(config, kvcache::H2O(Count::of(8), Count::of(1), GqaReduce::kMax));
+  const std::size_t row = sizeof(float) * std::size_t(cap) * n_kv * layers;  // one score row per KV head and layer
+  // H2O also keeps the decode export ([g, capacity] per KV head in the decode workspace) that Full does not.
+  const std::size_t exported = sizeof(float) * std::size_t(cap) * n_kv * g;
+  EXPECT_GE(sum.state_bytes(), full.state_bytes() + row + exported);
+  EXPECT_EQ(max.state_bytes() - sum.state_bytes(), row * g);  // g rows and the maximum instead of one row
+  const std::size_t before = max.state_bytes();
+  kvtest::prefill(max, 0, two_head_prompt(d));
+  EXPECT_EQ(max.state_bytes(), before);
+  EXPECT_GT(max.kv_bytes(), 0u);
+}
+
 // ---- Random sequences against an oracle -------------------------------------------------------------------------
 
 constexpr int kD = 16;

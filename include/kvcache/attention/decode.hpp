@@ -80,6 +80,11 @@ class DecodeWorkspace {
   [[nodiscard]] int max_splits() const noexcept { return max_splits_; }
   [[nodiscard]] bool has_probabilities() const noexcept { return probabilities_; }
   [[nodiscard]] std::int64_t capacity() const noexcept { return capacity_; }
+  /// Bytes this workspace holds (all of it allocated by the constructor).
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return partials_.size() + logits_.size() + tile_max_.size() + queries_.size() + tile_scores_.size() +
+           (logits_busy_ ? sizeof(std::atomic<bool>) * std::size_t(n_kv_) : 0);
+  }
 
   // o: [g, dv], then m: [g], then l: [g]
   float* partial(int h, int split) noexcept {

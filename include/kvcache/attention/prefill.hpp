@@ -51,6 +51,8 @@ class PrefillWorkspace {
     scratch_ = AlignedBuffer(sizeof(float) * per_worker_ * std::size_t(max_workers));
   }
   [[nodiscard]] int max_workers() const noexcept { return max_workers_; }
+  /// Bytes this workspace holds (all of it allocated by the constructor).
+  [[nodiscard]] std::size_t bytes() const noexcept { return scratch_.size(); }
   float* worker(int w) noexcept { return scratch_.as<float>() + per_worker_ * std::size_t(w); }
   void check(int dk, int dv) const {
     KVCACHE_REQUIRE(dk == dk_ && dv == dv_, "prefill workspace was made for head dims ", dk_, "/", dv_,

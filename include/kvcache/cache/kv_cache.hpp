@@ -142,6 +142,23 @@ class KVCache {
   [[nodiscard]] std::size_t kv_bytes() const noexcept { return storage_.kv_bytes(); }
   [[nodiscard]] std::size_t kv_bytes(int l) const { return storage_.layer(l).kv_bytes(); }
   [[nodiscard]] std::size_t kv_bytes(int l, int kv_head) const { return storage_.layer(l).kv_bytes(kv_head); }
+  /// Bytes the cache holds beside the K/V storage, all allocated by the constructor and fixed after it: the policy's
+  /// per-slot state (accumulated scores, per query head under GqaReduce::kMax, and their maximum; norms; rotation
+  /// positions; tags; merge sums) and the attention workspaces (decode keeps g x capacity floats per KV head of
+  /// exported probabilities when the policy reads them).
+  [[nodiscard]] std::size_t state_bytes() const noexcept {
+    const auto b = [](const auto& v) { return v.size() * sizeof(v[0]); };
+    std::size_t n = prefill_ws_.bytes() + decode_ws_.bytes() + b(priority_) + b(scratch_) + b(removals_) + b(row_) +
+                    b(merge_k_) + b(merge_q_) + b(merge_qz_) + b(merge_kstep_) + b(merge_vstep_) + b(merge_v_) +
+                    b(merge_sin_neg_) + b(first_) + b(rope_cos_) + b(rope_sin_);
+    for (const LayerState& st : layers_) {
+      n += b(st.scores) + b(st.score_max) + b(st.value_norms) + b(st.key_norms) + b(st.rotated_at) + b(st.budgets) +
+           b(st.tags) + b(st.choices) + b(st.merge_ring) + b(st.merge_sum) + b(st.merge_count) + b(st.merge_start);
+      for (const auto& v : st.sink_keys) n += b(v);
+      for (const auto& v : st.sink_slots) n += b(v);
+    }
+    return n;
+  }
   /// The budget in force for (layer, KV head): resolved after the layer's prompt (or first decode step).
   [[nodiscard]] ResolvedBudget budget(int l, int kv_head) const { return state(l).budgets[std::size_t(kv_head)]; }
   /// Accumulated scores of (layer, KV head), per slot, summed over the group's query heads (empty for policies that
