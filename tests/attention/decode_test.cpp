@@ -120,16 +120,16 @@ TEST_P(DecodeTest, LargeGroupsInOneCall) {
   check_decode({{128, 1, 64, 64}, 70, DType::kBF16});
 }
 
-// Groups of 16 or more with bf16 keys and values: the shapes Isa::kAmx runs on the tile unit (scores in whole 16-row
-// blocks, P.V in whole 32-row chunks; the rows past them, and heads past the last block of 8, by FMAs). Every ISA runs
-// them; on the others they are more large-group cases.
+// Groups of 16 or more with bf16 keys and values: the shapes Isa::kAmx runs on the tile unit when a call (or split)
+// has at least one tile of 64 rows (scores in whole 16-row blocks, P.V in whole 32-row chunks; the rows past them,
+// and heads past the last block of 8, by FMAs). Every ISA runs them; on the others they are more large-group cases.
 TEST_P(DecodeTest, TileShapes) {
   EXPECT_TRUE(kvcache::detail::decode_tiles_fit(16, 64, 64));
   EXPECT_FALSE(kvcache::detail::decode_tiles_fit(8, 64, 64));
   EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 72, 72));
   EXPECT_FALSE(kvcache::detail::decode_tiles_fit(16, 64, 40));
   for (int g : {16, 20, 24})
-    for (std::int64_t len : {1, 7, 15, 16, 17, 33, 64, 65, 1000, 4099})
+    for (std::int64_t len : {1, 7, 17, 63, 64, 65, 80, 100, 1000, 4099})
       check_decode({{g, 1, 64, 64}, len, DType::kBF16});
   for (int d : {80, 96, 128, 256}) check_decode({{32, 2, d, d}, 300, DType::kBF16});  // 80: a half tile of columns
   check_decode({{16, 1, 72, 72}, 100, DType::kBF16});                                 // columns not in half tiles: FMAs

@@ -254,8 +254,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   }
   for (int i = 0; i < g * dv; ++i) o[i] = 0.0f;
   // With matrix tiles (amx), the full 8-head blocks get their scores and P.V from tile products; the operands live
-  // in s after the scores of a tile.
-  const bool tiles = r1 > r0 && tiles_apply<T>(g, dk, dv);
+  // in s after the scores of a tile. Below one tile of rows, laying the queries out costs more than the tiles save.
+  const bool tiles = r1 - r0 >= kDecodeTile && tiles_apply<T>(g, dk, dv);
   float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
   if (tiles) tiles_begin(q, ldq, g, dk, dv, ts);
 

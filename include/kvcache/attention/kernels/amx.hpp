@@ -91,27 +91,76 @@ KVCACHE_INLINE std::uint16_t* tile_probabilities(float* ts, int g, int dk, int d
   return tile_values(ts, g, dk) + 2 * std::size_t(dv / 16) * 512 + std::size_t(block) * 2048;
 }
 
+KVCACHE_INLINE __m512 widen_bf16(__m256bh b) noexcept {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)b), 16));
+}
+
+// The three bf16 parts of 16 floats: x = hi + mid + lo to all of x's 24 bits.
+KVCACHE_INLINE void split3(__m512 x, __m256bh& hi, __m256bh& mid, __m256bh& lo) noexcept {
+  hi = _mm512_cvtneps_pbh(x);
+  const __m512 r = _mm512_sub_ps(x, widen_bf16(hi));
+  mid = _mm512_cvtneps_pbh(r);
+  lo = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen_bf16(mid)));
+}
+
+// r[0..16) := its 16 x 16 transpose (32-bit elements): unpacks within 128-bit lanes, then 128-bit lane shuffles.
+KVCACHE_INLINE void transpose16(__m512 r[16]) noexcept {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // u[4a + m], 128-bit lane j: rows 4a .. 4a + 3 of column 4j + m.
+  for (int a = 0; a < 16; a += 4) {
+    u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
+    u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
+    u[a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
+    u[a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
+    const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const __m512 hi23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xee);
+    r[m] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+    r[4 + m] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
+    r[8 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
+  }
+}
+
+KVCACHE_INLINE __m512 join_bf16(__m256bh a, __m256bh b) noexcept {
+  return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512((__m256i)a), (__m256i)b, 1));
+}
+
 // Lays out the queries of every full 8-head block as B tiles and loads the tile configuration. In chunk c, pair-row
 // p of B1 holds, in column n < 8, elements 32c + 2p and 32c + 2p + 1 of head 8b + n's hi part, and in column 8 + n
-// the same of its mid part; B2 the lo parts, then zeros. Once per call: the scores then cost no query work per row.
+// the same of its mid part; B2 the lo parts, then zeros. Each is the 16 x 16 transpose (of bf16 pairs) of the 16
+// vectors [hi of heads 0 - 7; mid of heads 0 - 7]. Once per call: the scores then cost no query work per row.
 KVCACHE_INLINE void tiles_begin(const float* q, int ldq, int g, int dk, int dv, float* ts) noexcept {
   for (int b = 0; b + 8 <= g; b += 8) {
     // A2 of the probability tiles holds the lo parts in rows 0 - 7 and zeros below, for the whole call.
     std::uint16_t* pt = tile_probabilities(ts, g, dk, dv, b / 8);
     for (int c = 0; c < 2; ++c) std::memset(pt + c * 1024 + 512 + 8 * 32, 0, 8 * 64);
     std::uint16_t* bq = tile_queries(ts, b / 8, dk);
-    for (int c = 0; c < tile_chunks(dk); ++c) std::memset(bq + c * 1024 + 512, 0, 1024);
-    for (int h = 0; h < 8; ++h) {
-      const float* qh = q + (b + h) * ldq;
-      for (int c = 0; c < dk; ++c) {
-        const std::uint16_t hi = f32_to_bf16_bits(qh[c]);
-        const float r1 = qh[c] - bf16_bits_to_f32(hi);  // exact, as is r1 - mid
-        const std::uint16_t mid = f32_to_bf16_bits(r1);
-        const std::uint16_t lo = f32_to_bf16_bits(r1 - bf16_bits_to_f32(mid));
-        std::uint16_t* t = bq + (c / 32) * 1024 + ((c % 32) / 2) * 32 + (c & 1);
-        t[2 * h] = hi;
-        t[2 * (8 + h)] = mid;
-        t[512 + 2 * h] = lo;
+    for (int c = 0; c < dk; c += 32) {
+      const bool half = c + 32 > dk;  // dk % 32 == 16: the last chunk has 16 columns, 8 pair-rows
+      __m512 b1[16], b2[16];
+      for (int h = 0; h < 8; ++h) {
+        const float* qh = q + (b + h) * ldq + c;
+        __m256bh hi0, mid0, lo0, hi1, mid1, lo1;
+        split3(_mm512_loadu_ps(qh), hi0, mid0, lo0);
+        split3(half ? _mm512_setzero_ps() : _mm512_loadu_ps(qh + 16), hi1, mid1, lo1);
+        b1[h] = join_bf16(hi0, hi1);
+        b1[8 + h] = join_bf16(mid0, mid1);
+        b2[h] = join_bf16(lo0, lo1);
+        b2[8 + h] = _mm512_setzero_ps();
+      }
+      transpose16(b1);
+      transpose16(b2);
+      std::uint16_t* t = bq + (c / 32) * 1024;
+      for (int p = 0; p < (half ? 8 : 16); ++p) {
+        _mm512_store_ps(reinterpret_cast<float*>(t + p * 32), b1[p]);
+        _mm512_store_ps(reinterpret_cast<float*>(t + 512 + p * 32), b2[p]);
       }
     }
   }
@@ -201,18 +250,6 @@ KVCACHE_INLINE void tile_scores(const float* q, int ldq, int block, int g, int d
     transpose_scores(c, s + (r - r0), kDecodeTile);
   }
   if (r < r1) decode_scores<8>(q, ldq, dk, k, r, r1, s + (r - r0), v, dv, r_end);
-}
-
-KVCACHE_INLINE __m512 widen_bf16(__m256bh b) noexcept {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)b), 16));
-}
-
-// The three bf16 parts of 16 floats: x = hi + mid + lo to all of x's 24 bits.
-KVCACHE_INLINE void split3(__m512 x, __m256bh& hi, __m256bh& mid, __m256bh& lo) noexcept {
-  hi = _mm512_cvtneps_pbh(x);
-  const __m512 r = _mm512_sub_ps(x, widen_bf16(hi));
-  mid = _mm512_cvtneps_pbh(r);
-  lo = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen_bf16(mid)));
 }
 
 // P.V of the full 8-head blocks (heads [0, gb)) over rows [t0, t1) by tile products, for each whole chunk of 32 rows:
