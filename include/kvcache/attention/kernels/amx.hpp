@@ -6,7 +6,7 @@
 //  * scores: 16 key rows at a time, loaded from the cache as they are, against the queries laid out once per call;
 //  * P.V: 32 rows at a time, the tile's V rows laid out once per tile in row pairs, against the probabilities.
 // The vector ports keep the online softmax, the layouts and the rows past the last whole 16- or 32-row block. It
-// matters where decode is compute-bound: MLA (128 heads on one latent row of 576: 2x faster) and large groups.
+// matters where decode is compute-bound: MLA (128 heads on one latent row of 576: over 2x faster) and large groups.
 //
 // Precision. A tile product multiplies bf16 pairs exactly and accumulates in f32. bf16 keys and values enter as they
 // are; the f32 query and the f32 probabilities enter as three bf16 parts, hi = bf16(x), mid = bf16(x - hi),
