@@ -261,14 +261,13 @@ template <class T>
 KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T const* v, std::int64_t t0,
                             std::int64_t t1, float* o, T const* k_next, std::int64_t n_next, float* ts) noexcept {
   const int nt = static_cast<int>(t1 - t0), chunks = nt / 32, cbs = dv / 16, blocks = gb / 8;
-  const int g = gb;  // the scratch layout counts full blocks only
   const std::size_t lines =
       k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next < kDecodeTile ? n_next : kDecodeTile) / 64
                         : 0;
   const char* kn = reinterpret_cast<const char*>(k_next);
   std::size_t issued = 0;
   if (chunks > 0) {
-    std::uint16_t* vt = tile_values(const_cast<float*>(ts), g, dk);
+    std::uint16_t* vt = tile_values(ts, gb, dk);
     alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
                                                           8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
     alignas(64) static constexpr std::uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
@@ -291,11 +290,11 @@ KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T c
           _mm512_store_si512(dst + (c / 16) * 512, _mm512_permutex2var_epi16(a, lo_idx, b));
         }
       }
-    float* c = tile_product(const_cast<float*>(ts), g, dk);
+    float* c = tile_product(ts, gb, dk);
     const std::size_t steps = std::size_t(blocks) * std::size_t(cbs);
     std::size_t step = 0;
     for (int bl = 0; bl < blocks; ++bl) {
-      std::uint16_t* pt = tile_probabilities(const_cast<float*>(ts), g, dk, dv, bl);
+      std::uint16_t* pt = tile_probabilities(ts, gb, dk, dv, bl);
       for (int ch = 0; ch < chunks; ++ch)
         for (int h = 0; h < 8; ++h)
           for (int half = 0; half < 2; ++half) {
