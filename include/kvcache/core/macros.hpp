@@ -55,7 +55,7 @@
 #define KVCACHE_HAVE_AVX512 0
 #endif
 #if KVCACHE_HAVE_AVX512 && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
-    defined(__linux__)
+    defined(__linux__) && !defined(__clang__)
 #define KVCACHE_HAVE_AMX 1
 #else
 #define KVCACHE_HAVE_AMX 0
@@ -63,7 +63,8 @@
 #else
 #define KVCACHE_HAVE_AVX2 1
 #define KVCACHE_HAVE_AVX512 1
-#if defined(__linux__)
+// AMX needs the CPU probe to name amx-tile / amx-bf16, which GCC's __builtin_cpu_supports does and Clang 14's does not.
+#if defined(__linux__) && !defined(__clang__)
 #define KVCACHE_HAVE_AMX 1
 #else
 #define KVCACHE_HAVE_AMX 0

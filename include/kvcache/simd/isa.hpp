@@ -80,7 +80,12 @@ inline bool cpu_supports(Isa isa) noexcept {
 #if KVCACHE_X86 && (defined(__GNUC__) || defined(__clang__))
   static const std::array<bool, 3> supported = [] {
     __builtin_cpu_init();
+#if defined(__clang__)
+    // Clang's builtin does not know "f16c"; every AVX2 CPU has it (Haswell, Excavator and later).
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     return std::array<bool, 3>{true, avx2, avx512};

@@ -11,16 +11,18 @@
 #include "kvcache/core/macros.hpp"
 
 #if KVCACHE_X86 && defined(__clang__)
+// _Pragma takes one string literal (no concatenation), so the pragma text is stringised from tokens: it can then
+// be wrapped, and the target strings keep their quotes.
+#define KVCACHE_PRAGMA(...) _Pragma(#__VA_ARGS__)
 #define KVCACHE_TARGET_AVX2_BEGIN \
-  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c\"))), apply_to = function)")
-#define KVCACHE_TARGET_AVX512_BEGIN                                                                          \
-  _Pragma(                                                                                                   \
-      "clang attribute push(__attribute__((target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl\"))), " \
-      "apply_to = function)")
-#define KVCACHE_TARGET_AMX_BEGIN                                                                                  \
-  _Pragma(                                                                                                        \
-      "clang attribute push(__attribute__((target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16," \
-      "amx-tile,amx-bf16\"))), apply_to = function)")
+  KVCACHE_PRAGMA(clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function))
+#define KVCACHE_TARGET_AVX512_BEGIN                                                                                \
+  KVCACHE_PRAGMA(clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"))), \
+                                      apply_to = function))
+#define KVCACHE_TARGET_AMX_BEGIN                                                                                \
+  KVCACHE_PRAGMA(clang attribute push(                                                                          \
+      __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16"))), \
+      apply_to = function))
 #define KVCACHE_TARGET_END _Pragma("clang attribute pop")
 #elif KVCACHE_X86 && defined(__GNUC__)
 // GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsics once they are inlined (GCC bug 105593,
