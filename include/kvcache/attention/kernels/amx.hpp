@@ -103,20 +103,26 @@ KVCACHE_INLINE void split3(__m512 x, __m256bh& hi, __m256bh& mid, __m256bh& lo) 
   lo = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen_bf16(mid)));
 }
 
-// r[0..16) := its 16 x 16 transpose (32-bit elements): unpacks within 128-bit lanes, then 128-bit lane shuffles.
-KVCACHE_INLINE void transpose16(__m512 r[16]) noexcept {
-  __m512 t[16], u[16];
+// The first two stages of a 16 x 16 transpose of 32-bit elements (unpacks within 128-bit lanes): afterwards
+// u[4a + m], 128-bit lane j, holds rows 4a .. 4a + 3 of column 4j + m of r. 128-bit lane shuffles finish it.
+KVCACHE_INLINE void transpose16_lanes(const __m512 r[16], __m512 u[16]) noexcept {
+  __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
-  // u[4a + m], 128-bit lane j: rows 4a .. 4a + 3 of column 4j + m.
   for (int a = 0; a < 16; a += 4) {
     u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
     u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
     u[a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
     u[a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
   }
+}
+
+// r[0..16) := its 16 x 16 transpose (32-bit elements).
+KVCACHE_INLINE void transpose16(__m512 r[16]) noexcept {
+  __m512 u[16];
+  transpose16_lanes(r, u);
   for (int m = 0; m < 4; ++m) {
     const __m512 lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
     const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
@@ -169,22 +175,11 @@ KVCACHE_INLINE void tiles_begin(const float* q, int ldq, int g, int dk, int dv, 
 KVCACHE_INLINE void tiles_end() noexcept { _tile_release(); }
 
 // c: [16 rows][16 columns] f32, columns n and 8 + n two parts of head n's scores. Writes the 16 scores of head h to
-// s + h * ld. A 16 x 16 transpose (unpacks within 128-bit lanes, then 128-bit lane shuffles) with the hi + lo
-// addition folded into its last stage.
+// s + h * ld: a 16 x 16 transpose with the addition of the two parts folded into its last stage.
 KVCACHE_INLINE void transpose_scores(const float* c, float* s, int ld) noexcept {
-  __m512 r[16], t[16], u[16];
+  __m512 r[16], u[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c + 16 * i);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  // u[4a + m], 128-bit lane j: rows 4a .. 4a + 3 of column 4j + m.
-  for (int a = 0; a < 16; a += 4) {
-    u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
-    u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
-    u[a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
-    u[a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
-  }
+  transpose16_lanes(r, u);
   for (int m = 0; m < 4; ++m) {
     // Lanes 0 + 2 and 1 + 3 of u: columns m + (8 + m) and (4 + m) + (12 + m), i.e. heads m and 4 + m, both parts.
     const __m512 a01 =
