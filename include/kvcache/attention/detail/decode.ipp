@@ -8,7 +8,8 @@
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
 
 #if !defined(KVCACHE_DECODE_TILES)
-// Op sets without matrix tiles: every score comes from decode_scores below. (The amx leaf defines these hooks.)
+// Op sets without matrix tiles: every product comes from decode_scores and decode_pv below. (The amx leaf defines
+// these hooks.)
 template <class T>
 KVCACHE_INLINE bool tiles_apply(int, int, int) noexcept {
   return false;
