@@ -174,8 +174,11 @@ inline std::map<std::pair<int, int>, double> measure_fma_peaks(const std::vector
   std::map<std::pair<int, int>, double> out;
   for (kvcache::Isa isa : kvcache::available_isas())
     for (int t : threads) {
-      const double p =
-          t == 1 ? fma_peak_gflops(isa, kvcache::SerialExecutor{}) : fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
+      // amx's vector ports are avx512's (the tile unit has no FMA peak to measure): the same number, measured once.
+      const auto avx512 = out.find({static_cast<int>(kvcache::Isa::kAvx512), t});
+      const double p = isa == kvcache::Isa::kAmx && avx512 != out.end() ? avx512->second
+                       : t == 1 ? fma_peak_gflops(isa, kvcache::SerialExecutor{})
+                                : fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
       out[{static_cast<int>(isa), t}] = p;
       const std::string name(kvcache::isa_name(isa));
       benchmark::AddCustomContext("fma_peak_" + name + "_" + std::to_string(t) + "t_GFLOPs", std::to_string(p));

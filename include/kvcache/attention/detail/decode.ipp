@@ -24,6 +24,19 @@ KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int
                             std::int64_t, float*) noexcept {}
 #endif
 
+inline constexpr std::int64_t kPrefetchRows = 8;
+
+// The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end, and V row r.
+template <class T>
+KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::int64_t r, std::int64_t r_end) noexcept {
+  if (r + kPrefetchRows < r_end) {
+    const char* kn = reinterpret_cast<const char*>(k + (r + kPrefetchRows) * dk);
+    for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
+  }
+  const char* vr = reinterpret_cast<const char*>(v + r * dv);
+  for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
+}
+
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
 // Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
@@ -35,18 +48,10 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
                                   std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s, T const* v, int dv,
                                   std::int64_t r_end) noexcept {
   constexpr int L = ops::kLanes;
-  constexpr std::int64_t kPrefetchRows = 8;
   const int full = dk / L * L, tail = dk - full;
   for (std::int64_t r = r0; r < r1; ++r) {
     T const* kr = k + r * dk;
-    if (v != nullptr) {
-      if (r + kPrefetchRows < r_end) {
-        const char* kn = reinterpret_cast<const char*>(kr + kPrefetchRows * dk);
-        for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
-      }
-      const char* vr = reinterpret_cast<const char*>(v + r * dv);
-      for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
-    }
+    if (v != nullptr) prefetch_row(k, dk, v, dv, r, r_end);
     if constexpr (ops::kLanes >= 16 && HB >= 4) {
       // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
       // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
@@ -83,14 +88,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
           KVCACHE_UNROLL
           for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r + 1 - r0)] = sum[i];
         }
-        if (v != nullptr) {  // the second row's prefetches (the first row's were issued above)
-          if (r + 1 + kPrefetchRows < r_end) {
-            const char* kn = reinterpret_cast<const char*>(kr1 + kPrefetchRows * dk);
-            for (std::size_t b = 0; b < sizeof(T) * std::size_t(dk); b += 64) ops::prefetch(kn + b);
-          }
-          const char* vr = reinterpret_cast<const char*>(v + (r + 1) * dv);
-          for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
-        }
+        if (v != nullptr) prefetch_row(k, dk, v, dv, r + 1, r_end);  // the second row's (the first's came above)
         ++r;
         continue;
       }

@@ -208,7 +208,6 @@ KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T c
 template <class T>
 KVCACHE_INLINE void tile_scores(const float* q, int ldq, int block, int g, int dk, T const* k, std::int64_t r0,
                                 std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end, float* ts) noexcept {
-  constexpr std::int64_t kPrefetchRows = 8;
   const int full = dk / 32;
   const bool half = full != tile_chunks(dk);
   const std::uint16_t* bq = tile_queries(ts, block, dk);
@@ -217,14 +216,7 @@ KVCACHE_INLINE void tile_scores(const float* q, int ldq, int block, int g, int d
   std::int64_t r = r0;
   for (; r + 16 <= r1; r += 16) {
     if (v != nullptr)
-      for (std::int64_t i = r; i < r + 16; ++i) {
-        if (i + kPrefetchRows < r_end) {
-          const char* kn = reinterpret_cast<const char*>(k + (i + kPrefetchRows) * dk);
-          for (std::size_t b = 0; b < row_bytes; b += 64) ops::prefetch(kn + b);
-        }
-        const char* vr = reinterpret_cast<const char*>(v + i * dv);
-        for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
-      }
+      for (std::int64_t i = r; i < r + 16; ++i) prefetch_row(k, dk, v, dv, i, r_end);
     const char* kr = reinterpret_cast<const char*>(k + r * dk);
     _tile_zero(KVCACHE_TILE_C);
     for (int j = 0; j < full; ++j) {
