@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -205,6 +207,55 @@ TEST_P(DecodeTest, OneTokenIsItsOwnValue) {
                             ws);
   for (int h = 0; h < 3; ++h)
     for (int c = 0; c < 16; ++c) ASSERT_EQ(out[h * 16 + c], kv.v<float>(0)(0, c));
+}
+
+// DecodeOptions::head_done: called once per KV head, after that head's probabilities are in the accumulator, for one
+// split per head and for several (then from the merge); a callback that drops rows of its own head (as KVCache's
+// eviction does) changes neither the output nor the other heads' probabilities.
+TEST_P(DecodeTest, HeadDoneComesOncePerHeadAfterItsProbabilities) {
+  const AttentionShape shape{8, 4, 64, 64};
+  const std::int64_t len = 1100, stride = len + 8;
+  for (int splits : {1, 3}) {
+    LayerSlots kv(shape, len + 8, DType::kF16), twin(shape, len + 8, DType::kF16);
+    kvtest::fill_random(kv, len, 5);
+    kvtest::fill_random(twin, len, 5);
+    const auto q = kvtest::random_vector(std::size_t(8 * 64), 6, 2.0f);
+    std::vector<float> out(8 * 64), want(out.size()), probs(std::size_t(4 * stride)), want_probs(probs.size());
+    kvcache::DecodeWorkspace ws(shape, len + 8, splits, true);
+    kvcache::DecodeOptions opt;
+    opt.max_splits = splits;
+    opt.probabilities = want_probs.data();
+    opt.probabilities_stride = stride;
+    kvcache::decode_attention(twin, ConstTensorView<float, 2>(q.data(), 8, 64),
+                              TensorView<float, 2>(want.data(), 8, 64), ws, opt, kvtest::ThreadExecutor{4});
+    struct Seen {
+      LayerSlots* kv;
+      const float* probs;
+      std::int64_t stride;
+      std::atomic<int> calls[4] = {};
+      std::atomic<bool> had_probabilities[4] = {};
+    } seen{&kv, probs.data(), stride};
+    opt.probabilities = probs.data();
+    opt.head_done_context = &seen;
+    opt.head_done = [](void* c, int h) noexcept {
+      auto* s = static_cast<Seen*>(c);
+      s->calls[h]++;
+      double sum = 0;  // the group's probabilities of head h sum to its 2 query heads
+      for (std::int64_t j = 0; j < s->kv->length(h); ++j) sum += s->probs[std::size_t(h * s->stride + j)];
+      s->had_probabilities[h] = std::abs(sum - 2.0) < 1e-4;
+      const std::int32_t drop[] = {0, 5, 17};
+      s->kv->remove(h, drop);
+    };
+    kvcache::decode_attention(kv, ConstTensorView<float, 2>(q.data(), 8, 64), TensorView<float, 2>(out.data(), 8, 64),
+                              ws, opt, kvtest::ThreadExecutor{4});
+    for (int h = 0; h < 4; ++h) {
+      EXPECT_EQ(seen.calls[h], 1) << "head " << h << " splits " << splits;
+      EXPECT_TRUE(seen.had_probabilities[h]) << "head " << h << " splits " << splits;
+      EXPECT_EQ(kv.length(h), len - 3);
+    }
+    EXPECT_EQ(out, want) << "splits " << splits;
+    EXPECT_EQ(probs, want_probs) << "splits " << splits;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, DecodeTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);

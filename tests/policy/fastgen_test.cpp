@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <set>
 #include <vector>
@@ -140,6 +142,55 @@ TEST_P(FastGenTest, GenerationFollowsTheChosenPolicy) {
     EXPECT_TRUE(k.count(0) && k.count(3) && k.count(6));
     // len 9: W (2) + classed outside it (0, 3, 6) + 3 frequent = 8 of the 8 + 1 rows.
     EXPECT_EQ(cache.length(0, 0), 8);
+  }
+}
+
+// The per-step loops (compiled per ISA: policy/detail/fastgen_scan.ipp) against their definitions, written the slow
+// way: budget_now counts the window and the classed rows outside it; rank gives kept classes +inf, the others their
+// column's mean attention (float of the double quotient) or -inf without + frequent. Lengths around the vector widths.
+TEST_P(FastGenTest, RankAndBudgetMatchTheirDefinitions) {
+  const FastGen fg(0.9, example_class);
+  std::mt19937 rng(3);
+  for (std::int64_t n : {1, 2, 15, 16, 17, 63, 64, 65, 200}) {
+    std::vector<Position> pos(static_cast<std::size_t>(n));
+    for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = Position(i);
+    std::shuffle(pos.begin(), pos.end(), rng);  // compaction leaves positions out of order
+    std::vector<std::uint8_t> tags(pos.size());
+    std::vector<float> scores(pos.size());
+    for (std::size_t i = 0; i < pos.size(); ++i) {
+      tags[i] = std::uint8_t(rng() % 3);  // other, special, punctuation
+      scores[i] = float(rng() % 1000) / 37.0f;
+    }
+    kvcache::RankInput in;
+    in.positions = pos;
+    in.tags = tags;
+    in.scores = scores;
+    in.prompt_length = 40;
+    in.newest = Position(n - 1);
+    for (int c = 0; c < choice(FastGen::Choice::kFull); ++c) {
+      in.head_choice = c;
+      const bool punct = c >= choice(FastGen::Choice::kPunctuation), frequent = c >= choice(FastGen::Choice::kFrequent);
+      const std::int64_t window = c == choice(FastGen::Choice::kLocal) ? fg.profile_window(in.prompt_length) : 0;
+      std::int64_t in_window = 0, classed = 0;
+      std::vector<float> priority(pos.size()), want(pos.size());
+      for (std::size_t i = 0; i < pos.size(); ++i) {
+        const bool keep = tags[i] == std::uint8_t(TokenClass::kSpecial) ||
+                          (punct && tags[i] == std::uint8_t(TokenClass::kPunctuation));
+        const bool recent = window > 0 && pos[i] > in.newest - window;
+        in_window += recent;
+        classed += keep && !recent;
+        want[i] = keep       ? std::numeric_limits<float>::infinity()
+                  : frequent ? float(double(scores[i]) / double(in.newest - pos[i] + 1))
+                             : -std::numeric_limits<float>::infinity();
+      }
+      const auto b = fg.budget_now(in, {});
+      std::int64_t total = in_window + classed;
+      if (frequent) total += std::min(n - in_window - classed, fg.frequent_count(in.newest + 1));
+      EXPECT_EQ(b.total, total) << "n " << n << " " << FastGen::choice_name(c);
+      EXPECT_EQ(b.recent, window);
+      fg.rank(in, priority);
+      EXPECT_EQ(priority, want) << "n " << n << " " << FastGen::choice_name(c);
+    }
   }
 }
 
@@ -285,6 +336,22 @@ TEST(FastGenPropertyTest, EveryHeadHoldsWhatItsPolicyKeeps) {
     }
   }
   EXPECT_GE(seen.size(), 3u);  // the thresholds reach several policies
+}
+
+// Heads evict in the decode task that finished them; with threads, at once. Same rows kept, same outputs.
+TEST(FastGenPropertyTest, ThreadsKeepWhatSerialKeeps) {
+  const int n_kv = 4, g = 2, d = 16;
+  std::mt19937 rng_a(12), rng_b(12);
+  KVCache<FastGen> serial({1, {n_kv * g, n_kv, d, d}, 160, kvcache::DType::kF16}, FastGen(0.9, every_fifth));
+  KVCache<FastGen, kvtest::ThreadExecutor> threaded({1, {n_kv * g, n_kv, d, d}, 160, kvcache::DType::kF16},
+                                                    FastGen(0.9, every_fifth), {}, kvtest::ThreadExecutor{n_kv});
+  run_random(serial, n_kv, g, d, 90, 25, rng_a);
+  run_random(threaded, n_kv, g, d, 90, 25, rng_b);
+  for (int h = 0; h < n_kv; ++h) {
+    EXPECT_EQ(threaded.head_choice(0, h), serial.head_choice(0, h));
+    auto p = serial.layer(0).positions(h), q = threaded.layer(0).positions(h);
+    EXPECT_EQ(std::vector<Position>(p.begin(), p.end()), std::vector<Position>(q.begin(), q.end())) << "head " << h;
+  }
 }
 
 TEST(FastGenPropertyTest, ClearErrors) {

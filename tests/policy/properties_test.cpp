@@ -10,7 +10,9 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "policy_test_util.hpp"
@@ -217,6 +219,49 @@ TYPED_TEST(PolicyPropertyTest, SameKeptSetOnEveryIsa) {
       first = sets;
     else
       EXPECT_EQ(sets, first) << kvcache::isa_name(isa);
+  }
+}
+
+// An executor whose thread count can change after the cache is made (as OpenMP's can): made with one, run with kKv.
+struct GrowingExecutor {
+  std::shared_ptr<int> threads = std::make_shared<int>(1);
+  [[nodiscard]] int concurrency() const noexcept { return *threads; }
+  template <class F>
+  void parallel_for(int n, F&& f) const noexcept {
+    kvtest::ThreadExecutor{*threads}.parallel_for(n, std::forward<F>(f));
+  }
+};
+
+// Decode evicts each head in the task that finished its attention (DecodeOptions::head_done); with threads, heads
+// evict at once. The outputs and the kept rows must be those of the serial cache, bit for bit (one split per head, so
+// the arithmetic is the same); also when the executor gained threads after the cache was made (it then evicts after
+// the step, as its scratch was sized for one task).
+TYPED_TEST(PolicyPropertyTest, ThreadsKeepWhatSerialKeeps) {
+  Sequence seq(30, 25, 23);
+  for (std::int64_t slack : {0, 3}) {
+    KVCacheOptions opt;
+    opt.eviction_slack = slack;
+    KVCache<TypeParam> serial(config(80, DType::kF16), Factory<TypeParam>::tight(), opt);
+    KVCache<TypeParam, kvtest::ThreadExecutor> threaded(config(80, DType::kF16), Factory<TypeParam>::tight(), opt,
+                                                        kvtest::ThreadExecutor{kKv});
+    GrowingExecutor growing;
+    KVCache<TypeParam, GrowingExecutor> grown(config(80, DType::kF16), Factory<TypeParam>::tight(), opt, growing);
+    *growing.threads = kKv;
+    const auto a = run(serial, seq, 2, [](std::int64_t) {});
+    const auto b = run(threaded, seq, 2, [](std::int64_t) {});
+    const auto c = run(grown, seq, 2, [](std::int64_t) {});
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_EQ(a.size(), c.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "slack " << slack;
+    EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)), 0) << "slack " << slack << " (grown)";
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < kKv; ++h) {
+        auto p = serial.layer(l).positions(h), q = threaded.layer(l).positions(h), r = grown.layer(l).positions(h);
+        EXPECT_EQ(std::vector<Position>(p.begin(), p.end()), std::vector<Position>(q.begin(), q.end()))
+            << "layer " << l << " head " << h << " slack " << slack;
+        EXPECT_EQ(std::vector<Position>(p.begin(), p.end()), std::vector<Position>(r.begin(), r.end()))
+            << "layer " << l << " head " << h << " slack " << slack << " (grown)";
+      }
   }
 }
 

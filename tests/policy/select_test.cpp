@@ -60,7 +60,10 @@ TEST_P(SelectTest, MatchesBruteForce) {
       // Shuffled distinct positions (compaction leaves them out of order), a few priority levels so that ties are
       // common, some NaN and -0.0 / +0.0 among them.
       std::vector<Position> pos(static_cast<std::size_t>(n));
-      std::iota(pos.begin(), pos.end(), Position(3));
+      // Every third trial starts below zero, with a sink count below that (nothing protected as a sink): the
+      // single-removal scan orders positions as biased unsigned numbers.
+      const bool negative = trial % 3 == 0;
+      std::iota(pos.begin(), pos.end(), Position(negative ? -40 : 3));
       for (std::size_t i = pos.size(); i > 1; --i) std::swap(pos[i - 1], pos[next() % i]);
       std::vector<float> pri(pos.size());
       for (auto& p : pri) {
@@ -72,7 +75,7 @@ TEST_P(SelectTest, MatchesBruteForce) {
                      : static_cast<float>(int(r % 5) - 2) * 0.25f;
       }
       kvcache::ResolvedBudget b;
-      b.sinks = trial % 3 == 0 ? 0 : std::int64_t(next() % 6);
+      b.sinks = negative ? -50 : std::int64_t(next() % 6);
       b.recent = trial % 4 == 0 ? 0 : std::int64_t(next() % 5);
       // One removal (the decode step) for half the trials, then several, then everything not protected.
       b.total = trial % 2 == 0 ? n - 1 : std::max<std::int64_t>(0, n - 1 - std::int64_t(next() % std::uint32_t(n)));

@@ -46,6 +46,12 @@ struct DecodeOptions {
   float* probabilities_max = nullptr;
   /// Split each head's rows across at most this many tasks (0: as the executor's concurrency needs; 1: never).
   int max_splits = 0;
+  /// Optional: head_done(head_done_context, h) is called once per KV head h, in the task that finishes it, after the
+  /// step's last read of h's rows and length and after h's probabilities are in the accumulator. The callback may
+  /// change head h's rows (KVCache evicts there, while the head's scores are still in cache; after the whole step
+  /// they came back from L3: ~0.01 of the attention at 8k rows). Calls for different heads may run at once.
+  void (*head_done)(void* context, int kv_head) noexcept = nullptr;
+  void* head_done_context = nullptr;
 };
 
 /// Scratch memory of decode_attention, sized once for a layer shape and capacity. One workspace serves one call
@@ -197,6 +203,7 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
                              acc_of(h), acc_ld, max_of(h));
       ws.release_logits(buf);
     }
+    if (splits == 1 && opt.head_done != nullptr) opt.head_done(opt.head_done_context, h);
   });
   // Merge the splits of each head: M = max m_s, L = sum l_s e^(m_s - M), out = sum o_s e^(m_s - M) / L.
   ex.parallel_for(n_kv, [&](int h) noexcept {
@@ -224,6 +231,7 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     if (probs && splits > 1 && kv.length(h) > 0)
       decode_probabilities(isa, ws.logits(h), g, ws.capacity(), kv.length(h), ws.tile_max(h), ws.tiles(), m_all, l_all,
                            acc_of(h), acc_ld, max_of(h));
+    if (splits > 1 && opt.head_done != nullptr) opt.head_done(opt.head_done_context, h);
   });
 }
 

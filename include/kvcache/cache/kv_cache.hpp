@@ -129,9 +129,12 @@ class KVCache {
       merge_vstep_.assign(n_kv * std::size_t(config.shape.dim_v()), 0.0f);
       merge_v_.assign(std::size_t(config.shape.dim_v()), 0.0f);
     }
-    priority_.assign(cap, 0.0f);
-    scratch_.assign(cap, 0);
-    removals_.assign(cap, 0);
+    // Eviction scratch: one region, or one per KV head when an executor may evict heads at once (decode evicts
+    // each head in the task that finished its attention).
+    evict_regions_ = exec_.concurrency() > 1 ? std::size_t(config.shape.n_kv_heads) : 1;
+    priority_.assign(cap * evict_regions_, 0.0f);
+    scratch_.assign(cap * evict_regions_, 0);
+    removals_.assign(cap * evict_regions_, 0);
     row_.assign(std::size_t(std::max(config.shape.head_dim_k, config.shape.dim_v())), 0.0f);
   }
 
@@ -281,11 +284,14 @@ class KVCache {
     append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
                 ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
     if (needs_.in_cache_positions) place_sinks(l, position);
-    const DecodeOptions opt = decode_options(l);
+    DecodeOptions opt = decode_options(l);
+    const bool evict_now = options_.readers == 1 && needs_.evict_during_decode, in_tasks = evict_in_tasks();
+    EvictHook hook{this, l};
+    if (evict_now && in_tasks) hook.attach(opt);
     decode_attention(kv, q, out, decode_ws_, opt, exec_);
     st.pending_reads = options_.readers - 1;
     st.pending_prefill = false;
-    if (st.pending_reads == 0 && needs_.evict_during_decode) evict(l, options_.eviction_slack, /*after_prefill=*/false);
+    if (evict_now && !in_tasks) evict(l, options_.eviction_slack, /*after_prefill=*/false);
   }
 
   /// A further read of the token that decode(l, ...) just appended, by the next model layer that reads cache layer l
@@ -297,9 +303,13 @@ class KVCache {
     KVCACHE_REQUIRE(!st.pending_prefill && st.pending_reads > 0, "read_decode: layer ", l,
                     " has no decode step waiting for readers (readers = ", options_.readers, ")");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
-    decode_attention(kv, q, out, decode_ws_, decode_options(l), exec_);
-    if (--st.pending_reads == 0 && needs_.evict_during_decode)
-      evict(l, options_.eviction_slack, /*after_prefill=*/false);
+    DecodeOptions opt = decode_options(l);
+    const bool evict_now = st.pending_reads == 1 && needs_.evict_during_decode, in_tasks = evict_in_tasks();
+    EvictHook hook{this, l};
+    if (evict_now && in_tasks) hook.attach(opt);
+    decode_attention(kv, q, out, decode_ws_, opt, exec_);
+    --st.pending_reads;
+    if (evict_now && !in_tasks) evict(l, options_.eviction_slack, /*after_prefill=*/false);
   }
 
  private:
@@ -374,6 +384,23 @@ class KVCache {
     resolve_budgets(l);
     if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
   }
+
+  // Decode evicts each head in the attention task that finished it (DecodeOptions::head_done), while the scores the
+  // step just added are still in that core's cache; the result is that of evicting every head after the step. That
+  // needs a scratch region per head once tasks run at once; an executor whose concurrency grew past 1 after the
+  // cache was made (OpenMP's thread count can change) gets the eviction after the step instead.
+  [[nodiscard]] bool evict_in_tasks() const noexcept { return evict_regions_ > 1 || exec_.concurrency() <= 1; }
+  struct EvictHook {
+    KVCache* self;
+    int layer;
+    void attach(DecodeOptions& opt) noexcept {
+      opt.head_done = [](void* c, int h) noexcept {
+        auto* e = static_cast<EvictHook*>(c);
+        e->self->evict_head(e->layer, h, e->self->options_.eviction_slack, /*after_prefill=*/false);
+      };
+      opt.head_done_context = this;
+    }
+  };
 
   const LayerState& state(int l) const {
     KVCACHE_REQUIRE(l >= 0 && l < config_.n_layers, "layer ", l, " does not exist (the cache has ", config_.n_layers,
@@ -686,79 +713,86 @@ class KVCache {
   }
 
   void evict(int l, std::int64_t slack, bool after_prefill) {
+    for (int h = 0; h < config_.shape.n_kv_heads; ++h) evict_head(l, h, slack, after_prefill);
+  }
+  // Ranks, selects and compacts head h of layer l when it holds more than its budget + slack. Different heads may be
+  // evicted at once (each writes only its own rows, per-slot state and scratch region).
+  void evict_head(int l, int h, std::int64_t slack, bool after_prefill) {
     LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     const std::size_t cap = std::size_t(config_.capacity);
     const Isa isa = active_isa();
-    for (int h = 0; h < kv.n_kv_heads(); ++h) {
-      const std::int64_t n = kv.length(h);
-      const std::size_t base = std::size_t(h) * cap, un = std::size_t(n);
-      RankInput in;
-      in.layer = l;
-      in.kv_head = h;
-      in.group_size = config_.shape.group_size();
-      in.positions = kv.positions(h);
-      const int rows = score_rows();
-      float* head_scores = st.scores.empty() ? nullptr : st.scores.data() + base * std::size_t(rows);
-      if (head_scores != nullptr && rows == 1) in.scores = {head_scores, un};
-      if (head_scores != nullptr && rows > 1) {
-        // GqaReduce::kMax: a slot scores what its most attentive query head gave it (algorithms.md 10.5). Decode
-        // exports keep the maximum current; prefill column sums do not, so after a prompt it is taken here, row by
-        // row (each pass a plain vector max).
-        float* mx = st.score_max.data() + base;
-        if (after_prefill || !needs_.decode_scores) {
-          std::copy_n(head_scores, un, mx);
-          for (std::size_t row = 1; row < std::size_t(rows); ++row) {
-            const float* src = head_scores + row * cap;
-            for (std::size_t j = 0; j < un; ++j) mx[j] = std::max(mx[j], src[j]);
-          }
-        }
-        in.scores = {mx, un};
-        in.query_head_scores = {head_scores, (std::size_t(rows) - 1) * cap + un};
-        in.query_head_stride = static_cast<std::int64_t>(cap);
-      }
-      if (!st.value_norms.empty()) in.value_norms = {st.value_norms.data() + base, un};
-      if (!st.key_norms.empty()) in.key_norms = {st.key_norms.data() + base, un};
-      if (!st.tags.empty()) in.tags = {st.tags.data() + base, un};
-      if (!st.choices.empty()) in.head_choice = st.choices[std::size_t(h)];
-      in.prompt_length = st.prompt_length;
-      in.newest = st.newest;
-      in.after_prefill = after_prefill;
-      ResolvedBudget b = st.budgets[std::size_t(h)];
-      if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);
-      if (b.unlimited() || n <= b.total + slack) continue;
-      std::span<const float> priority, factor;
-      if constexpr (RanksByScores<P>) priority = in.scores;
-      if constexpr (RanksByScoresTimesValueNorms<P>) {
-        if (in.value_norms.size() == un) {
-          priority = in.scores;
-          factor = in.value_norms;
+    const std::int64_t n = kv.length(h);
+    const std::size_t base = std::size_t(h) * cap, un = std::size_t(n);
+    RankInput in;
+    in.layer = l;
+    in.kv_head = h;
+    in.group_size = config_.shape.group_size();
+    in.positions = kv.positions(h);
+    const int rows = score_rows();
+    float* head_scores = st.scores.empty() ? nullptr : st.scores.data() + base * std::size_t(rows);
+    if (head_scores != nullptr && rows == 1) in.scores = {head_scores, un};
+    if (head_scores != nullptr && rows > 1) {
+      // GqaReduce::kMax: a slot scores what its most attentive query head gave it (algorithms.md 10.5). Decode
+      // exports keep the maximum current; prefill column sums do not, so after a prompt it is taken here, row by
+      // row (each pass a plain vector max).
+      float* mx = st.score_max.data() + base;
+      if (after_prefill || !needs_.decode_scores) {
+        std::copy_n(head_scores, un, mx);
+        for (std::size_t row = 1; row < std::size_t(rows); ++row) {
+          const float* src = head_scores + row * cap;
+          for (std::size_t j = 0; j < un; ++j) mx[j] = std::max(mx[j], src[j]);
         }
       }
-      if (priority.size() != un) {
-        policy_.rank(in, std::span<float>(priority_.data(), un));
-        priority = std::span<const float>(priority_.data(), un);
-        factor = {};
-      }
-      const std::size_t r = select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data(), un),
-                                            std::span<std::int32_t>(removals_.data(), un), isa, in.newest, factor);
-      if (r == 0) continue;
-      kv.remove(h, std::span<std::int32_t const>(removals_.data(), r), [&](std::int64_t from, std::int64_t to) {
-        const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);
-        if (head_scores != nullptr)
-          for (std::size_t row = 0; row < std::size_t(rows); ++row)
-            head_scores[row * cap + std::size_t(to)] = head_scores[row * cap + std::size_t(from)];
-        if (!st.score_max.empty()) st.score_max[t] = st.score_max[f];
-        if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
-        if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
-        if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];
-        if (!st.tags.empty()) st.tags[t] = st.tags[f];
-        if (!st.sink_slots.empty()) {
-          const Position moved = kv.positions(h)[std::size_t(to)];
-          if (moved < sink_count()) st.sink_slots[std::size_t(h)][std::size_t(moved)] = to;
-        }
-      });
+      in.scores = {mx, un};
+      in.query_head_scores = {head_scores, (std::size_t(rows) - 1) * cap + un};
+      in.query_head_stride = static_cast<std::int64_t>(cap);
     }
+    if (!st.value_norms.empty()) in.value_norms = {st.value_norms.data() + base, un};
+    if (!st.key_norms.empty()) in.key_norms = {st.key_norms.data() + base, un};
+    if (!st.tags.empty()) in.tags = {st.tags.data() + base, un};
+    if (!st.choices.empty()) in.head_choice = st.choices[std::size_t(h)];
+    in.prompt_length = st.prompt_length;
+    in.newest = st.newest;
+    in.after_prefill = after_prefill;
+    ResolvedBudget b = st.budgets[std::size_t(h)];
+    if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);
+    if (b.unlimited() || n <= b.total + slack) return;
+    std::span<const float> priority, factor;
+    if constexpr (RanksByScores<P>) priority = in.scores;
+    if constexpr (RanksByScoresTimesValueNorms<P>) {
+      if (in.value_norms.size() == un) {
+        priority = in.scores;
+        factor = in.value_norms;
+      }
+    }
+    const std::size_t region = evict_regions_ > 1 ? std::size_t(h) * cap : 0;
+    float* const rank_out = priority_.data() + region;
+    std::int32_t* const removals = removals_.data() + region;
+    if (priority.size() != un) {
+      policy_.rank(in, std::span<float>(rank_out, un));
+      priority = std::span<const float>(rank_out, un);
+      factor = {};
+    }
+    const std::size_t r =
+        select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data() + region, un),
+                        std::span<std::int32_t>(removals, un), isa, in.newest, factor);
+    if (r == 0) return;
+    kv.remove(h, std::span<std::int32_t const>(removals, r), [&](std::int64_t from, std::int64_t to) {
+      const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);
+      if (head_scores != nullptr)
+        for (std::size_t row = 0; row < std::size_t(rows); ++row)
+          head_scores[row * cap + std::size_t(to)] = head_scores[row * cap + std::size_t(from)];
+      if (!st.score_max.empty()) st.score_max[t] = st.score_max[f];
+      if (!st.value_norms.empty()) st.value_norms[t] = st.value_norms[f];
+      if (!st.key_norms.empty()) st.key_norms[t] = st.key_norms[f];
+      if (!st.rotated_at.empty()) st.rotated_at[t] = st.rotated_at[f];
+      if (!st.tags.empty()) st.tags[t] = st.tags[f];
+      if (!st.sink_slots.empty()) {
+        const Position moved = kv.positions(h)[std::size_t(to)];
+        if (moved < sink_count()) st.sink_slots[std::size_t(h)][std::size_t(moved)] = to;
+      }
+    });
   }
 
   CacheConfig config_;
@@ -771,6 +805,7 @@ class KVCache {
   DecodeWorkspace decode_ws_;
   Rope rope_;
   std::vector<LayerState> layers_;
+  std::size_t evict_regions_ = 1;  // priority_, scratch_, removals_: [evict_regions_, capacity]
   std::vector<float> priority_;
   std::vector<std::int32_t> scratch_, removals_;
   std::vector<float> row_;

@@ -33,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvcache/attention/dispatch.hpp"
 #include "kvcache/core/error.hpp"
 #include "kvcache/policy/policy.hpp"
 
@@ -156,22 +157,17 @@ struct FastGen {
     if (n == 0) return {};
     const Position newest = newest_of(in);
     const std::int64_t window = c == int(Choice::kLocal) ? profile_window(in.prompt_length) : 0;
-    // Counted branch-free over 32-bit lanes so that the loop vectorises: it runs for every head at every step.
     const auto from = static_cast<std::int32_t>(std::clamp<std::int64_t>(
         window > 0 ? std::int64_t(newest) - window + 1 : std::numeric_limits<std::int32_t>::max(), 0,
         std::numeric_limits<std::int32_t>::max()));
     const std::uint8_t punct = c >= int(Choice::kPunctuation) ? std::uint8_t(TokenClass::kPunctuation) : 0xff;
     std::int32_t in_window = 0, classed = 0;
-    const std::uint8_t* tags = in.tags.data();
-    const Position* pos = in.positions.data();
-    const auto n32 = static_cast<std::int32_t>(n);
-    for (std::int32_t j = 0; j < n32; ++j) {
-      const std::int32_t recent = std::int32_t(pos[j] >= from);
-      const std::int32_t keep =
-          std::int32_t(tags[j] == std::uint8_t(TokenClass::kSpecial)) | std::int32_t(tags[j] == punct);
-      in_window += recent;
-      classed += keep & (recent ^ 1);
-    }
+    const Isa isa = active_isa();
+    [&]() noexcept {
+      KVCACHE_DISPATCH_ISA(isa, fastgen_count,
+                           (in.tags.data(), in.positions.data(), static_cast<std::int32_t>(n), from,
+                            std::uint8_t(TokenClass::kSpecial), punct, &in_window, &classed))
+    }();
     const std::int64_t others = std::int64_t(n) - in_window - classed;
     ResolvedBudget b;
     b.recent = window;
@@ -180,28 +176,20 @@ struct FastGen {
     return b;
   }
 
+  /// Rows of a kept class rank +inf; the others by the mean attention of their column (+ frequent), or -inf for the
+  /// choices without + frequent (they keep no other row).
   void rank(const RankInput& in, std::span<float> priority) const noexcept {
     const int c = in.head_choice;
     const Position newest = in.positions.empty() ? 0 : newest_of(in);
-    // Branch-free over 32-bit lanes (bit masks, not ?:, which GCC leaves scalar) so that the loop vectorises: it runs
-    // for every head at every step. Rows of a kept class get +inf; the others the mean attention of their column,
-    // or -inf for the choices without + frequent. The float quotient of two floats is the float rounding of their
-    // double quotient, so this ranks as mean_attention() does.
     const std::uint8_t punct = c >= int(Choice::kPunctuation) ? std::uint8_t(TokenClass::kPunctuation) : 0xff;
     const bool frequent = c >= int(Choice::kFrequent) && !in.scores.empty();
-    const std::uint8_t* tags = in.tags.data();
-    const Position* pos = in.positions.data();
-    const float* sc = frequent ? in.scores.data() : nullptr;
-    float* out = priority.data();
-    const std::size_t n = priority.size();
-    constexpr std::uint32_t kPlusInf = 0x7f800000u, kMinusInf = 0xff800000u;
-    for (std::size_t j = 0; j < n; ++j) {
-      const std::uint32_t keep =
-          0u - (std::uint32_t(tags[j] == std::uint8_t(TokenClass::kSpecial)) | std::uint32_t(tags[j] == punct));
-      const std::uint32_t other =
-          frequent ? std::bit_cast<std::uint32_t>(sc[j] / float(newest - pos[j] + 1)) : kMinusInf;
-      out[j] = std::bit_cast<float>((other & ~keep) | (kPlusInf & keep));
-    }
+    const Isa isa = active_isa();
+    [&]() noexcept {
+      KVCACHE_DISPATCH_ISA(isa, fastgen_rank,
+                           (in.tags.data(), in.positions.data(), frequent ? in.scores.data() : nullptr,
+                            static_cast<std::int64_t>(priority.size()), newest, std::uint8_t(TokenClass::kSpecial),
+                            punct, priority.data()))
+    }();
   }
 
  private:

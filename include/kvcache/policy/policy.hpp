@@ -13,6 +13,9 @@
 //   ResolvedBudget budget(int layer, int kv_head, std::int64_t prompt_length) const;
 //   void rank(RankInput const& in, std::span<float> priority) const;   higher priority = keep; NaN ranks lowest
 //   static constexpr std::string_view kName;
+// With a multi-threaded executor, KVCache ranks different KV heads of a layer at once (each head is evicted in the
+// decode task that finished its attention), so rank() and budget_now() must be safe to call concurrently: const and
+// without shared mutable state, as every policy here is.
 
 #include <concepts>
 #include <cstdint>

@@ -56,7 +56,7 @@ class LayerSlots {
     if (!values_in_keys_) v_ = AlignedBuffer(head_stride_v_ * static_cast<std::size_t>(n_kv_heads_));
     pos_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
     length_.assign(static_cast<std::size_t>(n_kv_heads_), 0);
-    mark_.assign(cap, 0);
+    mark_.assign(cap * static_cast<std::size_t>(n_kv_heads_), 0);
   }
 
   [[nodiscard]] DType dtype() const noexcept { return dtype_; }
@@ -192,16 +192,17 @@ class LayerSlots {
     const std::int64_t len = length(h);
     KVCACHE_REQUIRE(static_cast<std::int64_t>(slots.size()) <= len, "remove: ", slots.size(), " slots from head ", h,
                     ", which holds ", len);
+    std::uint8_t* mark = mark_.data() + static_cast<std::size_t>(capacity_) * static_cast<std::size_t>(h);
     std::size_t marked = 0;
     for (; marked < slots.size(); ++marked) {
       const std::int32_t s = slots[marked];
-      if (s < 0 || s >= len || mark_[static_cast<std::size_t>(s)] != 0) break;
-      mark_[static_cast<std::size_t>(s)] = 1;
+      if (s < 0 || s >= len || mark[static_cast<std::size_t>(s)] != 0) break;
+      mark[static_cast<std::size_t>(s)] = 1;
     }
     if (marked != slots.size()) [[unlikely]] {
       const std::int32_t bad = slots[marked];
       const bool duplicate = bad >= 0 && bad < len;
-      for (std::size_t i = 0; i < marked; ++i) mark_[static_cast<std::size_t>(slots[i])] = 0;
+      for (std::size_t i = 0; i < marked; ++i) mark[static_cast<std::size_t>(slots[i])] = 0;
       if (duplicate) detail::throw_error("remove: slot ", bad, " of head ", h, " is listed twice");
       detail::throw_error("remove: slot ", bad, " does not exist in head ", h, ", which holds ", len, " rows");
     }
@@ -210,11 +211,11 @@ class LayerSlots {
     for (std::int32_t hole : slots) {
       if (hole >= new_len) continue;
       do --src;
-      while (mark_[static_cast<std::size_t>(src)] != 0);
+      while (mark[static_cast<std::size_t>(src)] != 0);
       move_row(h, src, hole);
       on_move(src, static_cast<std::int64_t>(hole));
     }
-    for (std::int32_t s : slots) mark_[static_cast<std::size_t>(s)] = 0;
+    for (std::int32_t s : slots) mark[static_cast<std::size_t>(s)] = 0;
     length_[static_cast<std::size_t>(h)] = new_len;
   }
 
@@ -315,7 +316,9 @@ class LayerSlots {
   std::size_t head_stride_k_ = 0, head_stride_v_ = 0, head_stride_pos_ = 0;  // bytes between heads
   AlignedBuffer k_, v_, pos_;
   std::vector<std::int64_t> length_;
-  std::vector<std::uint8_t> mark_;  // scratch of remove(): all zero between calls
+  // Scratch of remove(), [n_kv_heads, capacity], all zero between calls: one row per head, so that different heads
+  // can be compacted at once (KVCache evicts each head in the decode task that finished it).
+  std::vector<std::uint8_t> mark_;
 };
 
 /// Slot storage of one sequence: one LayerSlots per layer, all of one shape, capacity and element type.

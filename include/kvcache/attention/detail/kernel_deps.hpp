@@ -2,6 +2,7 @@
 
 // Everything the generic kernel bodies (*.ipp) use, included before any target region or namespace opens.
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>

@@ -327,6 +327,8 @@ KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T c
 #undef KVCACHE_TILE_B2_HALF
 
 // Everything else is the avx512 code.
+using ::kvcache::kernels::avx512::fastgen_count;
+using ::kvcache::kernels::avx512::fastgen_rank;
 using ::kvcache::kernels::avx512::newest_position;
 using ::kvcache::kernels::avx512::prefill_block;
 using ::kvcache::kernels::avx512::prefill_scratch;
