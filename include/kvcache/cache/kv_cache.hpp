@@ -284,32 +284,21 @@ class KVCache {
     append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
                 ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
     if (needs_.in_cache_positions) place_sinks(l, position);
-    DecodeOptions opt = decode_options(l);
-    const bool evict_now = options_.readers == 1 && needs_.evict_during_decode, in_tasks = evict_in_tasks();
-    EvictHook hook{this, l};
-    if (evict_now && in_tasks) hook.attach(opt);
-    decode_attention(kv, q, out, decode_ws_, opt, exec_);
+    attend(l, q, out, /*last_read=*/options_.readers == 1);
     st.pending_reads = options_.readers - 1;
     st.pending_prefill = false;
-    if (evict_now && !in_tasks) evict(l, options_.eviction_slack, /*after_prefill=*/false);
   }
 
   /// A further read of the token that decode(l, ...) just appended, by the next model layer that reads cache layer l
   /// (KVCacheOptions::readers > 1). q: [n_q_heads, head_dim_k], out: [n_q_heads, head_dim_v]. After the last reader
   /// the policy evicts.
   void read_decode(int l, ConstTensorView<float, 2> q, TensorView<float, 2> out) {
-    LayerSlots& kv = storage_.layer(l);
     LayerState& st = layers_[std::size_t(l)];
     KVCACHE_REQUIRE(!st.pending_prefill && st.pending_reads > 0, "read_decode: layer ", l,
                     " has no decode step waiting for readers (readers = ", options_.readers, ")");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
-    DecodeOptions opt = decode_options(l);
-    const bool evict_now = st.pending_reads == 1 && needs_.evict_during_decode, in_tasks = evict_in_tasks();
-    EvictHook hook{this, l};
-    if (evict_now && in_tasks) hook.attach(opt);
-    decode_attention(kv, q, out, decode_ws_, opt, exec_);
+    attend(l, q, out, /*last_read=*/st.pending_reads == 1);
     --st.pending_reads;
-    if (evict_now && !in_tasks) evict(l, options_.eviction_slack, /*after_prefill=*/false);
   }
 
  private:
@@ -385,22 +374,29 @@ class KVCache {
     if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
   }
 
-  // Decode evicts each head in the attention task that finished it (DecodeOptions::head_done), while the scores the
-  // step just added are still in that core's cache; the result is that of evicting every head after the step. That
-  // needs a scratch region per head once tasks run at once; an executor whose concurrency grew past 1 after the
-  // cache was made (OpenMP's thread count can change) gets the eviction after the step instead.
-  [[nodiscard]] bool evict_in_tasks() const noexcept { return evict_regions_ > 1 || exec_.concurrency() <= 1; }
-  struct EvictHook {
-    KVCache* self;
-    int layer;
-    void attach(DecodeOptions& opt) noexcept {
+  // A decode step's attention over layer l; after the step's last read, the eviction. Each head is evicted in the
+  // attention task that finished it (DecodeOptions::head_done), while the scores the step just added are still in
+  // that core's cache; the result is that of evicting every head after the step. That needs a scratch region per
+  // head once tasks run at once; an executor whose concurrency grew past 1 after the cache was made (OpenMP's thread
+  // count can change) gets the eviction after the step instead.
+  void attend(int l, ConstTensorView<float, 2> q, TensorView<float, 2> out, bool last_read) {
+    DecodeOptions opt = decode_options(l);
+    const bool evicts = last_read && needs_.evict_during_decode;
+    const bool in_tasks = evict_regions_ > 1 || exec_.concurrency() <= 1;
+    struct Hook {
+      KVCache* self;
+      int layer;
+    } hook{this, l};
+    if (evicts && in_tasks) {
       opt.head_done = [](void* c, int h) noexcept {
-        auto* e = static_cast<EvictHook*>(c);
+        auto* e = static_cast<Hook*>(c);
         e->self->evict_head(e->layer, h, e->self->options_.eviction_slack, /*after_prefill=*/false);
       };
-      opt.head_done_context = this;
+      opt.head_done_context = &hook;
     }
-  };
+    decode_attention(storage_.layer(l), q, out, decode_ws_, opt, exec_);
+    if (evicts && !in_tasks) evict(l, options_.eviction_slack, /*after_prefill=*/false);
+  }
 
   const LayerState& state(int l) const {
     KVCACHE_REQUIRE(l >= 0 && l < config_.n_layers, "layer ", l, " does not exist (the cache has ", config_.n_layers,
