@@ -1,7 +1,7 @@
 // select_removals (policy/select.hpp) against a brute-force selection, for every ISA this CPU has: the single-removal
 // scan (vectorised per ISA) and the many-removal path, with many tied priorities, NaN, sinks, a recent window, a
 // newest position given or scanned for, a priority given as a product (VATP's fused form), and lengths around the
-// vector widths.
+// vector widths, and longer ones (ties far apart).
 
 #include "kvcache/policy/select.hpp"
 
@@ -55,7 +55,7 @@ class SelectTest : public testing::TestWithParam<kvcache::Isa> {};
 TEST_P(SelectTest, MatchesBruteForce) {
   std::uint32_t seed = 7;
   auto next = [&seed] { return (seed = seed * 1664525u + 1013904223u) >> 8; };
-  for (std::int64_t n : {1, 2, 7, 15, 16, 17, 31, 33, 64, 100, 1000}) {
+  for (std::int64_t n : {1, 2, 7, 15, 16, 17, 31, 33, 64, 100, 511, 512, 513, 1000, 2049}) {
     for (int trial = 0; trial < 24; ++trial) {
       // Shuffled distinct positions (compaction leaves them out of order), a few priority levels so that ties are
       // common, some NaN and -0.0 / +0.0 among them.

@@ -112,6 +112,37 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);
 }
 
+// The first two stages of a 16 x 16 transpose of 32-bit elements (unpacks within 128-bit lanes): afterwards
+// u[4a + m], 128-bit lane j, holds rows 4a .. 4a + 3 of column 4j + m of r. 128-bit lane shuffles finish it
+// (transpose below; amx's score transpose folds an addition into them).
+KVCACHE_INLINE void transpose_in_lanes(const Vec r[16], Vec u[16]) noexcept {
+  Vec t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int a = 0; a < 16; a += 4) {
+    u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
+    u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
+    u[a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
+    u[a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
+  }
+}
+/// r[0..16) := its 16 x 16 transpose (lane c of r[i] moves to lane i of r[c]).
+KVCACHE_INLINE void transpose(Vec r[16]) noexcept {
+  Vec u[16];
+  transpose_in_lanes(r, u);
+  for (int m = 0; m < 4; ++m) {
+    const Vec lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
+    const Vec lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
+    const Vec hi23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xee);
+    r[m] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+    r[4 + m] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
+    r[8 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
+  }
+}
+
 #include "kvcache/simd/detail/math.ipp"
 
 // after math.ipp, whose exp it uses

@@ -9,6 +9,7 @@
 //   add, sub, mul, fma(a, b, c) = a * b + c, min, max
 //   reduce_add, reduce_max         horizontal
 //   reduce_add_4(a, b, c, d, out)  out[0..4) = the horizontal sums of a, b, c, d (shares the shuffles)
+//   transpose(r)                   r[0..kLanes) := its kLanes x kLanes transpose
 //   exp                            see detail/math.ipp
 //   prefetch(p)                    cache hint
 //   in_register(v)                 v, kept in a register (no re-load per use as a memory operand)
@@ -63,6 +64,8 @@ KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcep
   out[2] = c;
   out[3] = d;
 }
+
+KVCACHE_INLINE void transpose(Vec*) noexcept {}
 
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept { return std::nearbyint(v); }
 /// 2^n for an integral n in [-126, 127], built in the exponent bits.

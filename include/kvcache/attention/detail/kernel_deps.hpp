@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kvcache/attention/detail/tiles.hpp"
 #include "kvcache/core/dtype.hpp"

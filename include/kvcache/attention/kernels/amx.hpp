@@ -103,37 +103,6 @@ KVCACHE_INLINE void split3(__m512 x, __m256bh& hi, __m256bh& mid, __m256bh& lo) 
   lo = _mm512_cvtneps_pbh(_mm512_sub_ps(r, widen_bf16(mid)));
 }
 
-// The first two stages of a 16 x 16 transpose of 32-bit elements (unpacks within 128-bit lanes): afterwards
-// u[4a + m], 128-bit lane j, holds rows 4a .. 4a + 3 of column 4j + m of r. 128-bit lane shuffles finish it.
-KVCACHE_INLINE void transpose16_lanes(const __m512 r[16], __m512 u[16]) noexcept {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int a = 0; a < 16; a += 4) {
-    u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
-    u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
-    u[a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
-    u[a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a + 1]), _mm512_castps_pd(t[a + 3])));
-  }
-}
-
-// r[0..16) := its 16 x 16 transpose (32-bit elements).
-KVCACHE_INLINE void transpose16(__m512 r[16]) noexcept {
-  __m512 u[16];
-  transpose16_lanes(r, u);
-  for (int m = 0; m < 4; ++m) {
-    const __m512 lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
-    const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);
-    const __m512 hi23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xee);
-    r[m] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
-    r[4 + m] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
-    r[8 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
-    r[12 + m] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
-  }
-}
-
 KVCACHE_INLINE __m512 join_bf16(__m256bh a, __m256bh b) noexcept {
   return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512((__m256i)a), (__m256i)b, 1));
 }
@@ -161,8 +130,8 @@ KVCACHE_INLINE void tiles_begin(const float* q, int ldq, int g, int dk, int dv, 
         b2[h] = join_bf16(lo0, lo1);
         b2[8 + h] = _mm512_setzero_ps();
       }
-      transpose16(b1);
-      transpose16(b2);
+      ops::transpose(b1);
+      ops::transpose(b2);
       std::uint16_t* t = bq + (c / 32) * 1024;
       for (int p = 0; p < (half ? 8 : 16); ++p) {
         _mm512_store_ps(reinterpret_cast<float*>(t + p * 32), b1[p]);
@@ -179,7 +148,7 @@ KVCACHE_INLINE void tiles_end() noexcept { _tile_release(); }
 KVCACHE_INLINE void transpose_scores(const float* c, float* s, int ld) noexcept {
   __m512 r[16], u[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c + 16 * i);
-  transpose16_lanes(r, u);
+  ops::transpose_in_lanes(r, u);
   for (int m = 0; m < 4; ++m) {
     // Lanes 0 + 2 and 1 + 3 of u: columns m + (8 + m) and (4 + m) + (12 + m), i.e. heads m and 4 + m, both parts.
     const __m512 a01 =
