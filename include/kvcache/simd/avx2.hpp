@@ -5,6 +5,7 @@
 // Tails (n < 8) go through a zero-filled stack copy: AVX2 has no 16-bit masked load.
 
 #include "kvcache/core/dtype.hpp"
+#include "kvcache/core/macros.hpp"
 #include "kvcache/simd/target.hpp"
 
 #if KVCACHE_HAVE_AVX2
@@ -105,16 +106,19 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
 /// r[0..8) := its 8 x 8 transpose (lane c of r[i] moves to lane i of r[c]).
 KVCACHE_INLINE void transpose(Vec r[8]) noexcept {
   Vec t[8], u[8];
+  KVCACHE_UNROLL
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // per 128-bit half: r_i[0] r_i+1[0] r_i[1] r_i+1[1]
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
   }
+  KVCACHE_UNROLL
   for (int a = 0; a < 8; a += 4) {  // per half: column m of rows a .. a + 3
     u[a] = _mm256_shuffle_ps(t[a], t[a + 2], 0x44);
     u[a + 1] = _mm256_shuffle_ps(t[a], t[a + 2], 0xee);
     u[a + 2] = _mm256_shuffle_ps(t[a + 1], t[a + 3], 0x44);
     u[a + 3] = _mm256_shuffle_ps(t[a + 1], t[a + 3], 0xee);
   }
+  KVCACHE_UNROLL
   for (int m = 0; m < 4; ++m) {
     r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
     r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);

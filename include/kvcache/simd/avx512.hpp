@@ -4,6 +4,7 @@
 // Tails use masked loads and stores (16-bit masked moves need BW+VL), so no tail touches memory past n.
 
 #include "kvcache/core/dtype.hpp"
+#include "kvcache/core/macros.hpp"
 #include "kvcache/simd/target.hpp"
 
 #if KVCACHE_HAVE_AVX512
@@ -117,10 +118,12 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
 // (transpose below; amx's score transpose folds an addition into them).
 KVCACHE_INLINE void transpose_in_lanes(const Vec r[16], Vec u[16]) noexcept {
   Vec t[16];
+  KVCACHE_UNROLL
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
+  KVCACHE_UNROLL
   for (int a = 0; a < 16; a += 4) {
     u[a] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
     u[a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[a]), _mm512_castps_pd(t[a + 2])));
@@ -132,6 +135,7 @@ KVCACHE_INLINE void transpose_in_lanes(const Vec r[16], Vec u[16]) noexcept {
 KVCACHE_INLINE void transpose(Vec r[16]) noexcept {
   Vec u[16];
   transpose_in_lanes(r, u);
+  KVCACHE_UNROLL
   for (int m = 0; m < 4; ++m) {
     const Vec lo01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), hi01 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xee);
     const Vec lo23 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44);

@@ -128,6 +128,7 @@ inline void pack_kt(T const* k, int dk, int kd, std::int64_t j0, int nk, float* 
         for (int i = 0; i < L; ++i) r[i] = ops::load(src + i * dk + c);
       } else {  // the last rows of the sequence, or the last columns of a head dim that is not a multiple of L
         const int w = dk - c < L ? (dk > c ? dk - c : 0) : L;  // columns of the block inside the head dim
+        KVCACHE_UNROLL
         for (int i = 0; i < L; ++i) r[i] = i < rows && w > 0 ? ops::load_n(src + i * dk + c, w) : ops::zero();
       }
       ops::transpose(r);
