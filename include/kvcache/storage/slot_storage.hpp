@@ -94,8 +94,11 @@ class LayerSlots {
     for (std::int64_t l : length_) b += static_cast<std::size_t>(l) * sizeof(Position);
     return b;
   }
-  /// Bytes allocated for this layer: K, V and positions at full capacity (each head padded to 64 bytes).
-  [[nodiscard]] std::size_t bytes_reserved() const noexcept { return k_.size() + v_.size() + pos_.size(); }
+  /// Bytes allocated for this layer: K, V and positions at full capacity (each head padded to 64 bytes), the removal
+  /// marks (one byte per slot) and the per-head lengths.
+  [[nodiscard]] std::size_t bytes_reserved() const noexcept {
+    return k_.size() + v_.size() + pos_.size() + mark_.size() * sizeof(mark_[0]) + length_.size() * sizeof(length_[0]);
+  }
 
   /// Raw rows of head h (row stride head_dim_k / head_dim_v elements of dtype()).
   [[nodiscard]] const void* k_data(int h) const noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
