@@ -108,8 +108,11 @@ TEST_P(PrefillTest, ColumnSumsPerQueryHead) {
 }
 
 TEST_P(PrefillTest, HeadDimsAndOddWidths) {
-  for (int d : {64, 80, 96, 128, 256}) check_prefill({{8, 2, d, d}, 3, 70, DType::kF16, 0, -1});
+  for (DType dt : {DType::kF16, DType::kBF16})
+    for (int d : {64, 80, 96, 128, 256}) check_prefill({{8, 2, d, d}, 3, 70, dt, 0, -1});
   check_prefill({{3, 1, 72, 40}, 5, 33, DType::kF32, 0, -1});
+  check_prefill({{3, 1, 72, 40}, 5, 33, DType::kBF16, 0, -1});
+  check_prefill({{2, 1, 40, 72}, 64, 64, DType::kBF16, 0, -1});  // whole tiles of keys, dk a half chunk
   check_prefill({{4, 2, 5, 3}, 0, 20, DType::kBF16, 0, -1});
 }
 

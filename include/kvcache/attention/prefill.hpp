@@ -70,8 +70,11 @@ namespace detail {
 template <class T>
 void prefill_unit(Isa isa, const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
   switch (isa) {
-#if KVCACHE_HAVE_AVX512
+#if KVCACHE_HAVE_AMX
     case Isa::kAmx:
+      return kernels::amx::prefill_block(a, k, v, scratch);
+#endif
+#if KVCACHE_HAVE_AVX512
     case Isa::kAvx512:
       return kernels::avx512::prefill_block(a, k, v, kernels::avx512::prefill_scratch(scratch, a.dk, a.dv));
 #endif

@@ -7,7 +7,8 @@
 //   Isa::kAvx512  AVX-512 F/BW/DQ/VL, 16 lanes.
 //   Isa::kAmx     kAvx512 plus AMX-TILE, AMX-BF16 and AVX512-BF16 (Sapphire Rapids and later): the AVX-512 kernels,
 //                 except that decode runs Q.K and P.V of groups of 16 or more query heads (MLA: all of them) over
-//                 bf16 caches as AMX tile products (attention/kernels/amx.hpp). Linux only: the process asks
+//                 bf16 caches as AMX tile products, and prefill over bf16 caches does so for every shape
+//                 (attention/kernels/amx.hpp). Linux only: the process asks
 //                 the kernel for the tile state once (arch_prctl ARCH_REQ_XCOMP_PERM), and the ISA counts as
 //                 unsupported if that is refused.
 //

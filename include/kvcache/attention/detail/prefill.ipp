@@ -195,23 +195,106 @@ inline PrefillScratch prefill_scratch(float* base, int dk, int dv) noexcept {
 
 using ::kvcache::detail::PrefillArgs;
 
-template <class T>
-KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v, const PrefillScratch& sc) noexcept {
+// The block's rows before its first tile: O = 0, running maxima -inf, sums 0 (row stride of o: ldv).
+KVCACHE_INLINE void init_rows(const PrefillScratch& sc, int m, int ldv) noexcept {
+  for (int i = 0; i < m; ++i) {
+    for (int c = 0; c < ldv; ++c) sc.o[i * ldv + c] = 0.0f;
+    sc.m[i] = -std::numeric_limits<float>::infinity();
+    sc.l[i] = 0.0f;
+  }
+}
+
+// Online softmax of the block's rows [0, m) over the tile of keys [j0, j0 + nk) whose scores are in sc.s (row stride
+// kPrefillKvTile): masks the diagonal, rescales O and the sums where a row's maximum grows, and leaves the tile's
+// unnormalised probabilities in sc.s, zero from the first masked key to nk.
+KVCACHE_INLINE void softmax_tile(const PrefillArgs& a, const PrefillScratch& sc, int m, std::int64_t j0, int nk,
+                                 int ldv) noexcept {
   constexpr int L = ops::kLanes, B = kPrefillKvTile;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int g = a.g;
+  for (int i = 0; i < m; ++i) {
+    float* srow = sc.s + i * B;
+    const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;  // causal: keys j <= n_old + t
+    const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
+    float mt = kNegInf;
+    int j = 0;
+    if (lim >= L) {
+      ops::Vec mv = ops::load(srow);
+      for (j = L; j + L <= lim; j += L) mv = ops::max(mv, ops::load(srow + j));
+      mt = ops::reduce_max(mv);
+    }
+    for (; j < lim; ++j) mt = srow[j] > mt ? srow[j] : mt;
+    if (mt > sc.m[i]) {
+      const float alpha = sc.m[i] == kNegInf ? 0.0f : std::exp(sc.m[i] - mt);
+      sc.l[i] *= alpha;
+      const ops::Vec av = ops::set1(alpha);
+      float* orow = sc.o + i * ldv;
+      for (int c = 0; c < ldv; c += L) ops::store(orow + c, ops::mul(ops::load(orow + c), av));
+      sc.m[i] = mt;
+    }
+    const ops::Vec mh = ops::set1(sc.m[i]);
+    ops::Vec lv = ops::zero();
+    float lt = 0.0f;
+    j = 0;
+    for (; j + L <= lim; j += L) {
+      const ops::Vec p = ops::exp(ops::sub(ops::load(srow + j), mh));
+      ops::store(srow + j, p);
+      lv = ops::add(lv, p);
+    }
+    for (; j < lim; ++j) {
+      srow[j] = std::exp(srow[j] - sc.m[i]);
+      lt += srow[j];
+    }
+    for (; j < nk; ++j) srow[j] = 0.0f;
+    sc.l[i] += ops::reduce_add(lv) + lt;
+  }
+}
+
+// Writes the block's rows [0, m) of O / l to the output (row stride of o: ldv).
+KVCACHE_INLINE void store_rows(const PrefillArgs& a, const PrefillScratch& sc, int m, int ldv) noexcept {
+  constexpr int L = ops::kLanes;
+  for (int i = 0; i < m; ++i) {
+    const std::int64_t t = a.t0 + i / a.g;
+    float* dst = a.out + (t * a.n_q + a.head0 + i % a.g) * a.dv;
+    const ops::Vec inv = ops::set1(sc.l[i] > 0.0f ? 1.0f / sc.l[i] : 0.0f);
+    int c = 0;
+    for (; c + L <= a.dv; c += L) ops::store(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv));
+    if (c < a.dv) ops::store_n(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv), a.dv - c);
+  }
+}
+
+// Adds the final probabilities of rows [r0, r1) over the keys [j0, j0 + nk), whose scores are in sc.s, into the
+// column sums (the rows' maxima and sums are final by now).
+KVCACHE_INLINE void colsum_tile(const PrefillArgs& a, const PrefillScratch& sc, int r0, int r1, std::int64_t j0,
+                                int nk) noexcept {
+  constexpr int L = ops::kLanes, B = kPrefillKvTile;
+  const int g = a.g;
+  for (int i = r0; i < r1; ++i) {
+    float* srow = sc.s + i * B;
+    const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;
+    const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
+    const ops::Vec mh = ops::set1(sc.m[i]), inv = ops::set1(1.0f / sc.l[i]);
+    float* dst = a.colsum + (i % g) * a.colsum_ld + j0;
+    int j = 0;
+    for (; j + L <= lim; j += L)
+      ops::store(dst + j, ops::fma(ops::exp(ops::sub(ops::load(srow + j), mh)), inv, ops::load(dst + j)));
+    for (; j < lim; ++j) dst[j] += std::exp(srow[j] - sc.m[i]) / sc.l[i];
+  }
+}
+
+template <class T>
+KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v, const PrefillScratch& sc) noexcept {
+  constexpr int B = kPrefillKvTile;
   const int g = a.g, kd = pad_lanes(a.dk), ldv = pad_lanes(a.dv);
   const int M = static_cast<int>(a.t1 - a.t0) * g;
 
   for (int i = 0; i < M; ++i) {
-    const std::int64_t t = a.t0 + i / g;
-    const float* src = a.q + (t * a.n_q + a.head0 + i % g) * a.dk;
+    const float* src = a.q + ((a.t0 + i / g) * a.n_q + a.head0 + i % g) * a.dk;
     float* dst = sc.q + i * kd;
     for (int c = 0; c < a.dk; ++c) dst[c] = src[c] * a.scale;
     for (int c = a.dk; c < kd; ++c) dst[c] = 0.0f;
-    for (int c = 0; c < ldv; ++c) sc.o[i * ldv + c] = 0.0f;
-    sc.m[i] = kNegInf;
-    sc.l[i] = 0.0f;
   }
+  init_rows(sc, M, ldv);
 
   const std::int64_t kv_end = a.n_old + a.t1;  // keys visible to the block's last token
   for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
@@ -220,53 +303,10 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
     int vs = ldv;
     const float* vp = tile_values(v, a.dv, a.v_stride, ldv, j0, nk, sc.vp, vs);
     qk_block(sc.q, kd, sc.kt, 0, M, sc.s);
-    for (int i = 0; i < M; ++i) {
-      float* srow = sc.s + i * B;
-      const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;  // causal: keys j <= n_old + t
-      const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
-      float mt = kNegInf;
-      int j = 0;
-      if (lim >= L) {
-        ops::Vec mv = ops::load(srow);
-        for (j = L; j + L <= lim; j += L) mv = ops::max(mv, ops::load(srow + j));
-        mt = ops::reduce_max(mv);
-      }
-      for (; j < lim; ++j) mt = srow[j] > mt ? srow[j] : mt;
-      if (mt > sc.m[i]) {
-        const float alpha = sc.m[i] == kNegInf ? 0.0f : std::exp(sc.m[i] - mt);
-        sc.l[i] *= alpha;
-        const ops::Vec av = ops::set1(alpha);
-        float* orow = sc.o + i * ldv;
-        for (int c = 0; c < ldv; c += L) ops::store(orow + c, ops::mul(ops::load(orow + c), av));
-        sc.m[i] = mt;
-      }
-      const ops::Vec mh = ops::set1(sc.m[i]);
-      ops::Vec lv = ops::zero();
-      float lt = 0.0f;
-      j = 0;
-      for (; j + L <= lim; j += L) {
-        const ops::Vec p = ops::exp(ops::sub(ops::load(srow + j), mh));
-        ops::store(srow + j, p);
-        lv = ops::add(lv, p);
-      }
-      for (; j < lim; ++j) {
-        srow[j] = std::exp(srow[j] - sc.m[i]);
-        lt += srow[j];
-      }
-      for (; j < nk; ++j) srow[j] = 0.0f;
-      sc.l[i] += ops::reduce_add(lv) + lt;
-    }
+    softmax_tile(a, sc, M, j0, nk, ldv);
     pv_block(sc.s, M, nk, vp, vs, ldv, sc.o);
   }
-
-  for (int i = 0; i < M; ++i) {
-    const std::int64_t t = a.t0 + i / g;
-    float* dst = a.out + (t * a.n_q + a.head0 + i % g) * a.dv;
-    const ops::Vec inv = ops::set1(sc.l[i] > 0.0f ? 1.0f / sc.l[i] : 0.0f);
-    int c = 0;
-    for (; c + L <= a.dv; c += L) ops::store(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv));
-    if (c < a.dv) ops::store_n(dst + c, ops::mul(ops::load(sc.o + i * ldv + c), inv), a.dv - c);
-  }
+  store_rows(a, sc, M, ldv);
 
   // Column sums of the final probabilities of the chosen tokens: a second Q K^T sweep over their rows only, with
   // the row maxima and sums now known (no n x n matrix is kept).
@@ -279,16 +319,6 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
     const int nk = static_cast<int>(sweep_end - j0 < B ? sweep_end - j0 : B);
     pack_kt(k, a.dk, kd, j0, nk, sc.kt);
     qk_block(sc.q, kd, sc.kt, r0, r1, sc.s);
-    for (int i = r0; i < r1; ++i) {
-      float* srow = sc.s + i * B;
-      const std::int64_t visible = a.n_old + a.t0 + i / g + 1 - j0;
-      const int lim = static_cast<int>(visible < nk ? (visible > 0 ? visible : 0) : nk);
-      const ops::Vec mh = ops::set1(sc.m[i]), inv = ops::set1(1.0f / sc.l[i]);
-      float* dst = a.colsum + (i % g) * a.colsum_ld + j0;
-      int j = 0;
-      for (; j + L <= lim; j += L)
-        ops::store(dst + j, ops::fma(ops::exp(ops::sub(ops::load(srow + j), mh)), inv, ops::load(dst + j)));
-      for (; j < lim; ++j) dst[j] += std::exp(srow[j] - sc.m[i]) / sc.l[i];
-    }
+    colsum_tile(a, sc, r0, r1, j0, nk);
   }
 }

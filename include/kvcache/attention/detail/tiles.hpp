@@ -37,13 +37,26 @@ constexpr std::size_t decode_scratch_floats(int g, int dk, int dv) noexcept {
   return n;
 }
 
+/// Floats of one prefill worker's scratch on the AMX path (bf16 caches, kernels/amx.hpp): the scores, O and the row
+/// maxima and sums as the vector path, then the three bf16 parts of the block's queries (key columns padded to 32)
+/// and of a tile's probabilities, and a tile's keys and values as tiles of 1 KiB.
+constexpr std::size_t prefill_tile_scratch_floats(int dk, int dv) noexcept {
+  const std::size_t kd = pad_to(static_cast<std::size_t>(dk), 32);
+  const std::size_t ldv = pad_to(static_cast<std::size_t>(dv), kMaxLanes);
+  const std::size_t R = kPrefillMaxRows, B = kPrefillKvTile;
+  return pad_to(R * B, 16) + pad_to(R * ldv, 16) + 2 * pad_to(R, 16) + 3 * R * kd / 2 + 3 * R * B / 2 +
+         (B / 16) * (kd / 32) * 256 + (B / 32) * (ldv / 16) * 256;
+}
+
 /// Floats of one prefill worker's scratch, enough for every op set (rows padded to kMaxLanes).
 constexpr std::size_t prefill_scratch_floats(int dk, int dv) noexcept {
   const std::size_t kd = pad_to(static_cast<std::size_t>(dk), kMaxLanes);
   const std::size_t ldv = pad_to(static_cast<std::size_t>(dv), kMaxLanes);
   const std::size_t R = kPrefillMaxRows, B = kPrefillKvTile;
-  return pad_to(R * kd, 16) + pad_to(R * ldv, 16) + pad_to(R * B, 16) + pad_to(kd * B, 16) + pad_to(B * ldv, 16) +
-         2 * pad_to(R, 16);
+  const std::size_t vec = pad_to(R * kd, 16) + pad_to(R * ldv, 16) + pad_to(R * B, 16) + pad_to(kd * B, 16) +
+                          pad_to(B * ldv, 16) + 2 * pad_to(R, 16);
+  const std::size_t tiles = prefill_tile_scratch_floats(dk, dv);
+  return vec > tiles ? vec : tiles;
 }
 
 /// Tokens per block for group size g: as many as keep M = tokens * g <= kPrefillMaxRows.

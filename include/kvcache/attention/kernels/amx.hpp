@@ -7,6 +7,7 @@
 //  * P.V: 32 rows at a time, the tile's V rows laid out once per tile in row pairs, against the probabilities.
 // The vector ports keep the online softmax, the layouts and the rows past the last whole 16- or 32-row block. It
 // matters where decode is compute-bound: MLA (128 heads on one latent row of 576: over 2x faster) and large groups.
+// Prefill over bf16 caches runs both products on tiles for every shape (prefill_block_tiles, below).
 //
 // Precision. A tile product multiplies bf16 pairs exactly and accumulates in f32. bf16 keys and values enter as they
 // are; the f32 query and the f32 probabilities enter as three bf16 parts, hi = bf16(x), mid = bf16(x - hi),
@@ -295,12 +296,283 @@ KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T c
 #undef KVCACHE_TILE_B2
 #undef KVCACHE_TILE_B2_HALF
 
+// Prefill with tiles (bf16 keys and values). The block structure of the avx512 prefill_block (M = tokens x heads
+// query rows, tiles of 64 keys, the online softmax on the vector ports: the same code) with both products on tiles,
+// on groups of 16 query rows (M padded with zero rows):
+//  * S = Q K^T: A = the block's queries, pre-scaled, as three bf16 parts (16 rows x 32 key columns a tile, laid out
+//    once per block); B = 16 keys' K^T in pair rows (pair-row p, column n: elements 2p and 2p + 1 of key n, the 32-bit
+//    transpose of 16 key rows), laid out once per tile of keys. C = S of 16 rows x 16 keys, four of them at a time.
+//  * O += P V: A = the tile's probabilities as three bf16 parts (16 rows x 32 keys); B = V of 32 keys in pair rows
+//    (pair-row i, column n: keys 2i and 2i + 1 of value column n), laid out once per tile; C = 16 rows x 16 columns
+//    of O, loaded from and stored back to the f32 accumulator, four at a time.
+// The same precision as decode's tiles: exact products, f32 sums in another order than the FMA kernels'.
+// Tile registers (palette 1, all 16 x 64 bytes): C 0 - 3, A parts 4 - 6, B 7.
+using ::kvcache::detail::PrefillArgs;
+inline constexpr int kPrefillKvTile = ::kvcache::detail::kPrefillKvTile;
+inline constexpr int kPrefillMaxRows = ::kvcache::detail::kPrefillMaxRows;
+#define KVCACHE_PT_DP3(c)  \
+  _tile_dpbf16ps(c, 4, 7); \
+  _tile_dpbf16ps(c, 5, 7); \
+  _tile_dpbf16ps(c, 6, 7)
+
+KVCACHE_INLINE void load_prefill_tile_config() noexcept {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+// Scratch of one worker (detail::prefill_tile_scratch_floats): the vector path's s, o, m, l, then q3 ([3 parts][96
+// rows][kd32] bf16), p3 ([3 parts][96 rows][64 keys] bf16), kt ([4 key blocks][kd32 / 32 chunks] tiles of 1 KiB), vv
+// ([2 chunks of 32 keys][ldv / 16 column blocks] tiles of 1 KiB).
+struct PrefillTileScratch {
+  avx512::PrefillScratch rows;  // s, o, m, l (q, kt, vp unused)
+  std::uint16_t *q3, *p3, *kt, *vv;
+};
+KVCACHE_INLINE PrefillTileScratch prefill_tile_scratch(float* base, int dk, int dv) noexcept {
+  constexpr std::size_t R = kPrefillMaxRows, B = kPrefillKvTile;
+  const std::size_t kd32 = ::kvcache::detail::pad_to(std::size_t(dk), 32), ldv = avx512::pad_lanes(dv);
+  PrefillTileScratch t{};
+  t.rows.s = avx512::take_floats(base, R * B);
+  t.rows.o = avx512::take_floats(base, R * ldv);
+  t.rows.m = avx512::take_floats(base, R);
+  t.rows.l = avx512::take_floats(base, R);
+  t.q3 = reinterpret_cast<std::uint16_t*>(avx512::take_floats(base, 3 * R * kd32 / 2));
+  t.p3 = reinterpret_cast<std::uint16_t*>(avx512::take_floats(base, 3 * R * B / 2));
+  t.kt = reinterpret_cast<std::uint16_t*>(avx512::take_floats(base, (B / 16) * (kd32 / 32) * 256));
+  t.vv = reinterpret_cast<std::uint16_t*>(avx512::take_floats(base, (B / 32) * (ldv / 16) * 256));
+  return t;
+}
+
+KVCACHE_INLINE __mmask32 first_bf16(int w) noexcept {
+  return w >= 32 ? ~__mmask32{0} : (w <= 0 ? __mmask32{0} : (__mmask32{1} << w) - 1);
+}
+
+// Rows [0, mp) of q3: the scaled queries of rows [0, m) in three bf16 parts, zero past dk and for rows m .. mp.
+KVCACHE_INLINE void tile_block_queries(const PrefillArgs& a, int m, int mp, int kd32, std::uint16_t* q3) noexcept {
+  const std::size_t part = std::size_t(kPrefillMaxRows) * std::size_t(kd32);
+  const __m512 sv = _mm512_set1_ps(a.scale);
+  for (int i = 0; i < mp; ++i) {
+    std::uint16_t* d = q3 + std::size_t(i) * std::size_t(kd32);
+    const float* src = i < m ? a.q + ((a.t0 + i / a.g) * a.n_q + a.head0 + i % a.g) * a.dk : nullptr;
+    for (int c = 0; c < kd32; c += 16) {
+      const int w = src == nullptr ? 0 : (a.dk - c < 16 ? a.dk - c : 16);
+      const __m512 x =
+          w <= 0
+              ? _mm512_setzero_ps()
+              : _mm512_mul_ps(w == 16 ? _mm512_loadu_ps(src + c) : _mm512_maskz_loadu_ps((1u << w) - 1, src + c), sv);
+      __m256bh hi, mid, lo;
+      split3(x, hi, mid, lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + c), (__m256i)hi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + part + c), (__m256i)mid);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 2 * part + c), (__m256i)lo);
+    }
+  }
+}
+
+// kt: keys [j0, j0 + nk) as B tiles, tile (kb, ch) = keys 16 kb .. 16 kb + 15, key columns 32 ch .. 32 ch + 31; zero
+// past nk and dk.
+KVCACHE_INLINE void tile_block_keys(const bf16* k, int dk, int kc, std::int64_t j0, int nk,
+                                    std::uint16_t* kt) noexcept {
+  constexpr int B = kPrefillKvTile;
+  for (int kb = 0; kb < B / 16; ++kb) {
+    const int rows = nk - 16 * kb < 16 ? (nk > 16 * kb ? nk - 16 * kb : 0) : 16;
+    const bf16* src = k + (j0 + 16 * kb) * dk;
+    for (int ch = 0; ch < kc; ++ch) {
+      const __mmask32 mask = first_bf16(dk - 32 * ch);
+      __m512 r[16];
+      KVCACHE_UNROLL
+      for (int n = 0; n < 16; ++n)
+        r[n] = n < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, src + n * dk + 32 * ch))
+                        : _mm512_setzero_ps();
+      ops::transpose(r);
+      float* dst = reinterpret_cast<float*>(kt + std::size_t(kb * kc + ch) * 512);
+      KVCACHE_UNROLL
+      for (int p = 0; p < 16; ++p) _mm512_store_ps(dst + 16 * p, r[p]);
+    }
+  }
+}
+
+// vv: values [j0, j0 + nk) (rows at stride vs) as B tiles for the first nch chunks of 32 keys, tile (ch, cb) = keys
+// 32 ch .., value columns 16 cb ..; zero past nk and dv.
+KVCACHE_INLINE void tile_block_values(const bf16* v, int dv, int vs, int cbs, std::int64_t j0, int nk, int nch,
+                                      std::uint16_t* vv) noexcept {
+  alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static constexpr std::uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
+  for (int ch = 0; ch < nch; ++ch)
+    for (int i = 0; i < 16; ++i) {
+      const int ja = 32 * ch + 2 * i;
+      const bf16* ra = v + (j0 + ja) * vs;
+      std::uint16_t* dst = vv + std::size_t(ch * cbs) * 512 + i * 32;
+      for (int c = 0; c < 16 * cbs; c += 32) {
+        const __mmask32 mask = first_bf16(dv - c);
+        const __m512i x = ja < nk ? _mm512_maskz_loadu_epi16(mask, ra + c) : _mm512_setzero_si512();
+        const __m512i y = ja + 1 < nk ? _mm512_maskz_loadu_epi16(mask, ra + vs + c) : _mm512_setzero_si512();
+        _mm512_store_si512(dst + (c / 16) * 512, _mm512_permutex2var_epi16(x, lo_idx, y));
+        if (c / 16 + 1 < cbs) _mm512_store_si512(dst + (c / 16 + 1) * 512, _mm512_permutex2var_epi16(x, hi_idx, y));
+      }
+    }
+}
+
+// S rows of row groups [g0, g1) against the tile's 64 keys: s[16 gi ..][0 .. 64).
+KVCACHE_INLINE void tile_block_scores(const std::uint16_t* q3, int kd32, const std::uint16_t* kt, int g0, int g1,
+                                      float* s) noexcept {
+  constexpr int B = kPrefillKvTile;
+  const std::size_t part = std::size_t(kPrefillMaxRows) * std::size_t(kd32);
+  const int kc = kd32 / 32, qs = 2 * kd32;
+  for (int gi = g0; gi < g1; ++gi) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const std::uint16_t* qa = q3 + std::size_t(16 * gi) * std::size_t(kd32);
+    for (int ch = 0; ch < kc; ++ch) {
+      _tile_loadd(4, qa + 32 * ch, qs);
+      _tile_loadd(5, qa + part + 32 * ch, qs);
+      _tile_loadd(6, qa + 2 * part + 32 * ch, qs);
+      _tile_loadd(7, kt + std::size_t(0 * kc + ch) * 512, 64);
+      KVCACHE_PT_DP3(0);
+      _tile_loadd(7, kt + std::size_t(1 * kc + ch) * 512, 64);
+      KVCACHE_PT_DP3(1);
+      _tile_loadd(7, kt + std::size_t(2 * kc + ch) * 512, 64);
+      KVCACHE_PT_DP3(2);
+      _tile_loadd(7, kt + std::size_t(3 * kc + ch) * 512, 64);
+      KVCACHE_PT_DP3(3);
+    }
+    float* srow = s + 16 * gi * B;
+    _tile_stored(0, srow, 4 * B);
+    _tile_stored(1, srow + 16, 4 * B);
+    _tile_stored(2, srow + 32, 4 * B);
+    _tile_stored(3, srow + 48, 4 * B);
+  }
+}
+
+// p3: rows [0, mp) of the probabilities in sc.s as three bf16 parts, for the first nch chunks of 32 keys; zero past nk
+// and for rows m .. mp.
+KVCACHE_INLINE void tile_block_probabilities(const float* s, int m, int mp, int nk, int nch,
+                                             std::uint16_t* p3) noexcept {
+  constexpr int B = kPrefillKvTile;
+  constexpr std::size_t part = std::size_t(kPrefillMaxRows) * B;
+  for (int i = 0; i < mp; ++i)
+    for (int j = 0; j < 32 * nch; j += 16) {
+      const int w = i < m ? (nk - j < 16 ? nk - j : 16) : 0;
+      const __m512 x =
+          w <= 0 ? _mm512_setzero_ps()
+                 : (w == 16 ? _mm512_load_ps(s + i * B + j) : _mm512_maskz_loadu_ps((1u << w) - 1, s + i * B + j));
+      __m256bh hi, mid, lo;
+      split3(x, hi, mid, lo);
+      std::uint16_t* d = p3 + i * B + j;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(d), (__m256i)hi);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(d + part), (__m256i)mid);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(d + 2 * part), (__m256i)lo);
+    }
+}
+
+// O rows of row groups [0, mg) += P V over the first nch chunks of 32 keys (o: row stride ldv floats, cbs = ldv / 16).
+KVCACHE_INLINE void tile_block_pv(const std::uint16_t* p3, const std::uint16_t* vv, int mg, int nch, int cbs, int ldv,
+                                  float* o) noexcept {
+  constexpr int B = kPrefillKvTile;
+  constexpr std::size_t part = std::size_t(kPrefillMaxRows) * B;
+  const int os = 4 * ldv;
+  for (int gi = 0; gi < mg; ++gi) {
+    const std::uint16_t* pa = p3 + 16 * gi * B;
+    float* orow = o + std::size_t(16 * gi) * std::size_t(ldv);
+    int cb = 0;
+    for (; cb + 4 <= cbs; cb += 4) {
+      _tile_loadd(0, orow + 16 * cb, os);
+      _tile_loadd(1, orow + 16 * (cb + 1), os);
+      _tile_loadd(2, orow + 16 * (cb + 2), os);
+      _tile_loadd(3, orow + 16 * (cb + 3), os);
+      for (int ch = 0; ch < nch; ++ch) {
+        _tile_loadd(4, pa + 32 * ch, 2 * B);
+        _tile_loadd(5, pa + part + 32 * ch, 2 * B);
+        _tile_loadd(6, pa + 2 * part + 32 * ch, 2 * B);
+        const std::uint16_t* vb = vv + std::size_t(ch * cbs + cb) * 512;
+        _tile_loadd(7, vb, 64);
+        KVCACHE_PT_DP3(0);
+        _tile_loadd(7, vb + 512, 64);
+        KVCACHE_PT_DP3(1);
+        _tile_loadd(7, vb + 1024, 64);
+        KVCACHE_PT_DP3(2);
+        _tile_loadd(7, vb + 1536, 64);
+        KVCACHE_PT_DP3(3);
+      }
+      _tile_stored(0, orow + 16 * cb, os);
+      _tile_stored(1, orow + 16 * (cb + 1), os);
+      _tile_stored(2, orow + 16 * (cb + 2), os);
+      _tile_stored(3, orow + 16 * (cb + 3), os);
+    }
+    for (; cb < cbs; ++cb) {
+      _tile_loadd(0, orow + 16 * cb, os);
+      for (int ch = 0; ch < nch; ++ch) {
+        _tile_loadd(4, pa + 32 * ch, 2 * B);
+        _tile_loadd(5, pa + part + 32 * ch, 2 * B);
+        _tile_loadd(6, pa + 2 * part + 32 * ch, 2 * B);
+        _tile_loadd(7, vv + std::size_t(ch * cbs + cb) * 512, 64);
+        KVCACHE_PT_DP3(0);
+      }
+      _tile_stored(0, orow + 16 * cb, os);
+    }
+  }
+}
+
+KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf16* k, const bf16* v,
+                                                 float* scratch) noexcept {
+  constexpr int B = kPrefillKvTile;
+  const PrefillTileScratch t = prefill_tile_scratch(scratch, a.dk, a.dv);
+  const avx512::PrefillScratch& sc = t.rows;
+  const int g = a.g, kd32 = (a.dk + 31) / 32 * 32, kc = kd32 / 32, ldv = avx512::pad_lanes(a.dv), cbs = ldv / 16;
+  const int M = static_cast<int>(a.t1 - a.t0) * g, mg = (M + 15) / 16;
+
+  tile_block_queries(a, M, 16 * mg, kd32, t.q3);
+  avx512::init_rows(sc, 16 * mg, ldv);  // the padding rows too: their O goes through the tile products
+  load_prefill_tile_config();
+  const std::int64_t kv_end = a.n_old + a.t1;  // keys visible to the block's last token
+  for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
+    const int nk = static_cast<int>(kv_end - j0 < B ? kv_end - j0 : B), nch = (nk + 31) / 32;
+    tile_block_keys(k, a.dk, kc, j0, nk, t.kt);
+    tile_block_values(v, a.dv, a.v_stride, cbs, j0, nk, nch, t.vv);
+    tile_block_scores(t.q3, kd32, t.kt, 0, mg, sc.s);
+    avx512::softmax_tile(a, sc, M, j0, nk, ldv);
+    tile_block_probabilities(sc.s, M, 16 * mg, nk, nch, t.p3);
+    tile_block_pv(t.p3, t.vv, mg, nch, cbs, ldv, sc.o);
+  }
+  avx512::store_rows(a, sc, M, ldv);
+
+  // Column sums: the vector path's second sweep, its scores on tiles.
+  const std::int64_t c0 = a.cs0 > a.t0 ? a.cs0 : a.t0, c1 = a.cs1 < a.t1 ? a.cs1 : a.t1;
+  if (a.colsum != nullptr && c0 < c1) {
+    const int r0 = static_cast<int>(c0 - a.t0) * g, r1 = static_cast<int>(c1 - a.t0) * g;
+    const std::int64_t sweep_end = a.n_old + c1;
+    for (std::int64_t j0 = 0; j0 < sweep_end; j0 += B) {
+      const int nk = static_cast<int>(sweep_end - j0 < B ? sweep_end - j0 : B);
+      tile_block_keys(k, a.dk, kc, j0, nk, t.kt);
+      tile_block_scores(t.q3, kd32, t.kt, r0 / 16, (r1 + 15) / 16, sc.s);
+      avx512::colsum_tile(a, sc, r0, r1, j0, nk);
+    }
+  }
+  _tile_release();
+}
+#undef KVCACHE_PT_DP3
+
+/// Prefill of one block: on tiles for bf16 caches, else the avx512 kernel.
+template <class T>
+inline void prefill_block(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+  if constexpr (std::is_same_v<T, bf16>)
+    prefill_block_tiles(a, k, v, scratch);
+  else
+    avx512::prefill_block(a, k, v, avx512::prefill_scratch(scratch, a.dk, a.dv));
+}
+
 // Everything else is the avx512 code.
 using ::kvcache::kernels::avx512::fastgen_count;
 using ::kvcache::kernels::avx512::fastgen_rank;
 using ::kvcache::kernels::avx512::newest_position;
-using ::kvcache::kernels::avx512::prefill_block;
-using ::kvcache::kernels::avx512::prefill_scratch;
 using ::kvcache::kernels::avx512::select_one;
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END
