@@ -161,6 +161,14 @@ KVCACHE_INLINE void transpose_scores(const float* c, float* s, int ld) noexcept 
   }
 }
 
+// Interleaving two rows a and b of 32 bf16 into pair rows (vpermt2w indices; 32 + i is b's element i): kPairLo gives
+// a0 b0 a1 b1 .. a15 b15, kPairHi a16 b16 .. a31 b31. Value tiles (decode's and prefill's) are laid out this way.
+alignas(64) inline constexpr std::uint16_t kPairLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                          8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+alignas(64) inline constexpr std::uint16_t kPairHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                          53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                          27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+
 // decode_scores<8> with tiles: rows [r0, r1) of bf16 keys against query block `block` (heads 8 * block ..), whole
 // 16-row blocks by tile products, the rest (fewer than 16 rows) by the FMA path. Same prefetching as decode_scores.
 template <class T>
@@ -225,12 +233,7 @@ KVCACHE_INLINE void tile_pv(const float* s, int gb, int dk, int dv, int ldv, T c
   std::size_t issued = 0;
   if (chunks > 0) {
     std::uint16_t* vt = tile_values(ts, gb, dk);
-    alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-                                                          8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-    alignas(64) static constexpr std::uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
-                                                          53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
-                                                          27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-    const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
+    const __m512i lo_idx = _mm512_load_si512(kPairLo), hi_idx = _mm512_load_si512(kPairHi);
     for (int ch = 0; ch < chunks; ++ch)
       for (int i = 0; i < 16; ++i) {
         const T* ra = v + (t0 + 32 * ch + 2 * i) * ldv;
@@ -399,11 +402,7 @@ KVCACHE_INLINE void tile_block_keys(const bf16* k, int dk, int kc, std::int64_t 
 // 32 ch .., value columns 16 cb ..; zero past nk and dv.
 KVCACHE_INLINE void tile_block_values(const bf16* v, int dv, int vs, int cbs, std::int64_t j0, int nk, int nch,
                                       std::uint16_t* vv) noexcept {
-  alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-                                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static constexpr std::uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
+  const __m512i lo_idx = _mm512_load_si512(kPairLo), hi_idx = _mm512_load_si512(kPairHi);
   for (int ch = 0; ch < nch; ++ch)
     for (int i = 0; i < 16; ++i) {
       const int ja = 32 * ch + 2 * i;
