@@ -282,6 +282,20 @@ KVCACHE_INLINE void colsum_tile(const PrefillArgs& a, const PrefillScratch& sc, 
   }
 }
 
+// The rows whose probabilities the column sums take, [r0, r1) of the block, and the keys they see, [0, sweep_end);
+// false if the block has none.
+struct ColsumRows {
+  int r0, r1;
+  std::int64_t sweep_end;
+};
+KVCACHE_INLINE bool colsum_rows(const PrefillArgs& a, ColsumRows& r) noexcept {
+  if (a.colsum == nullptr) return false;
+  const std::int64_t c0 = a.cs0 > a.t0 ? a.cs0 : a.t0, c1 = a.cs1 < a.t1 ? a.cs1 : a.t1;
+  if (c0 >= c1) return false;
+  r = {static_cast<int>(c0 - a.t0) * a.g, static_cast<int>(c1 - a.t0) * a.g, a.n_old + c1};
+  return true;
+}
+
 template <class T>
 KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v, const PrefillScratch& sc) noexcept {
   constexpr int B = kPrefillKvTile;
@@ -310,15 +324,12 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
 
   // Column sums of the final probabilities of the chosen tokens: a second Q K^T sweep over their rows only, with
   // the row maxima and sums now known (no n x n matrix is kept).
-  if (a.colsum == nullptr) return;
-  const std::int64_t c0 = a.cs0 > a.t0 ? a.cs0 : a.t0, c1 = a.cs1 < a.t1 ? a.cs1 : a.t1;
-  if (c0 >= c1) return;
-  const int r0 = static_cast<int>(c0 - a.t0) * g, r1 = static_cast<int>(c1 - a.t0) * g;
-  const std::int64_t sweep_end = a.n_old + c1;
-  for (std::int64_t j0 = 0; j0 < sweep_end; j0 += B) {
-    const int nk = static_cast<int>(sweep_end - j0 < B ? sweep_end - j0 : B);
+  ColsumRows cs;
+  if (!colsum_rows(a, cs)) return;
+  for (std::int64_t j0 = 0; j0 < cs.sweep_end; j0 += B) {
+    const int nk = static_cast<int>(cs.sweep_end - j0 < B ? cs.sweep_end - j0 : B);
     pack_kt(k, a.dk, kd, j0, nk, sc.kt);
-    qk_block(sc.q, kd, sc.kt, r0, r1, sc.s);
-    colsum_tile(a, sc, r0, r1, j0, nk);
+    qk_block(sc.q, kd, sc.kt, cs.r0, cs.r1, sc.s);
+    colsum_tile(a, sc, cs.r0, cs.r1, j0, nk);
   }
 }

@@ -525,8 +525,9 @@ KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf1
   constexpr int B = kPrefillKvTile;
   const PrefillTileScratch t = prefill_tile_scratch(scratch, a.dk, a.dv);
   const avx512::PrefillScratch& sc = t.rows;
-  const int g = a.g, kd32 = (a.dk + 31) / 32 * 32, kc = kd32 / 32, ldv = avx512::pad_lanes(a.dv), cbs = ldv / 16;
-  const int M = static_cast<int>(a.t1 - a.t0) * g, mg = (M + 15) / 16;
+  const int kd32 = static_cast<int>(::kvcache::detail::pad_to(std::size_t(a.dk), 32)), kc = kd32 / 32,
+            ldv = avx512::pad_lanes(a.dv), cbs = ldv / 16;
+  const int M = static_cast<int>(a.t1 - a.t0) * a.g, mg = (M + 15) / 16;
 
   tile_block_queries(a, M, 16 * mg, kd32, t.q3);
   avx512::init_rows(sc, 16 * mg, ldv);  // the padding rows too: their O goes through the tile products
@@ -544,17 +545,14 @@ KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf1
   avx512::store_rows(a, sc, M, ldv);
 
   // Column sums: the vector path's second sweep, its scores on tiles.
-  const std::int64_t c0 = a.cs0 > a.t0 ? a.cs0 : a.t0, c1 = a.cs1 < a.t1 ? a.cs1 : a.t1;
-  if (a.colsum != nullptr && c0 < c1) {
-    const int r0 = static_cast<int>(c0 - a.t0) * g, r1 = static_cast<int>(c1 - a.t0) * g;
-    const std::int64_t sweep_end = a.n_old + c1;
-    for (std::int64_t j0 = 0; j0 < sweep_end; j0 += B) {
-      const int nk = static_cast<int>(sweep_end - j0 < B ? sweep_end - j0 : B);
+  avx512::ColsumRows cs;
+  if (avx512::colsum_rows(a, cs))
+    for (std::int64_t j0 = 0; j0 < cs.sweep_end; j0 += B) {
+      const int nk = static_cast<int>(cs.sweep_end - j0 < B ? cs.sweep_end - j0 : B);
       tile_block_keys(k, a.dk, kc, j0, nk, t.kt);
-      tile_block_scores(t.q3, kd32, t.kt, r0 / 16, (r1 + 15) / 16, sc.s);
-      avx512::colsum_tile(a, sc, r0, r1, j0, nk);
+      tile_block_scores(t.q3, kd32, t.kt, cs.r0 / 16, (cs.r1 + 15) / 16, sc.s);
+      avx512::colsum_tile(a, sc, cs.r0, cs.r1, j0, nk);
     }
-  }
   _tile_release();
 }
 #undef KVCACHE_PT_DP3
