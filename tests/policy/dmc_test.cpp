@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kvcache/kvcache.hpp"
@@ -213,6 +216,103 @@ TEST(DmcPropertyTest, MergedSlotsHoldTheWeightedMeanOfTheirNewestWindow) {
           ASSERT_NEAR(V[s * d + std::size_t(c)], vv[std::size_t(c)] / wsum, 2e-5);
         }
       }
+    }
+  }
+}
+
+// RoPE at a position for any layout: the first `rotary` dims, pairs (i, i + rotary / 2) or (2i, 2i + 1).
+void rotate_layout(float* x, int rotary, bool interleaved, Position p) {
+  for (int i = 0; i < rotary / 2; ++i) {
+    const double a = p * std::pow(10000.0, -2.0 * i / rotary);
+    const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + rotary / 2;
+    const double x0 = x[i0], x1 = x[i1];
+    x[i0] = float(x0 * std::cos(a) - x1 * std::sin(a));
+    x[i1] = float(x0 * std::sin(a) + x1 * std::cos(a));
+  }
+}
+
+// The keys and queries a merging policy sees are the pre-RoPE ones, for both RoPE layouts and partial rotary widths
+// (rotary halves of 7 and 11: not multiples of any vector width), on every ISA; and every ISA stores the same bits.
+TEST(DmcPropertyTest, PreRopeStepsAndStoredRowsOnEveryIsa) {
+  const int n_kv = 2, g = 3, nq = n_kv * g, d = 22, steps = 30;
+  const auto in = random_inputs(steps, n_kv, nq, d, 41);
+  for (const bool interleaved : {false, true})
+    for (const int rotary : {22, 14}) {
+      kvcache::KVCacheOptions opt;
+      opt.rope = kvcache::RopeConfig{rotary, 10000.0, interleaved};
+      std::vector<float> keys_first, out_first;
+      for (const kvcache::Isa isa : kvcache::available_isas()) {
+        kvtest::ScopedIsa scoped(isa);
+        const std::string where = std::string(kvcache::isa_name(isa)) + (interleaved ? " interleaved" : " half") +
+                                  " rotary " + std::to_string(rotary);
+        double worst_key = 0, worst_query = 0;
+        DMC dmc = DMC::official();
+        dmc.window = 4;
+        dmc.decide = [&](const DMC::Step& s) {
+          const auto& kpre = in.kpre[std::size_t(s.position)];
+          const auto& qpre = in.qpre[std::size_t(s.position)];
+          for (int c = 0; c < d; ++c)
+            worst_key =
+                std::max(worst_key, double(std::abs(s.key[std::size_t(c)] - kpre[std::size_t(s.kv_head * d + c)])));
+          for (int c = 0; c < g * d; ++c)
+            worst_query = std::max(
+                worst_query, double(std::abs(s.queries[std::size_t(c)] - qpre[std::size_t(s.kv_head * g * d + c)])));
+          return s.position % 5 != 0;
+        };
+        KVCache<DMC> cache({1, {nq, n_kv, d, d}, 64, kvcache::DType::kF32}, dmc, opt);
+        std::vector<float> out, outs;
+        for (int t = 0; t < steps; ++t) {
+          auto k = in.kpre[std::size_t(t)], q = in.qpre[std::size_t(t)];
+          for (int r = 0; r < n_kv; ++r) rotate_layout(k.data() + r * d, rotary, interleaved, t);
+          for (int r = 0; r < nq; ++r) rotate_layout(q.data() + r * d, rotary, interleaved, t);
+          step(cache, 0, n_kv, nq, d, k, in.v[std::size_t(t)], t, q, out);
+          outs.insert(outs.end(), out.begin(), out.end());
+        }
+        EXPECT_LE(worst_key, 1e-5) << where;
+        EXPECT_LE(worst_query, 1e-5) << where;
+        std::vector<float> keys;
+        for (int h = 0; h < n_kv; ++h) {
+          const auto kh = stored_keys(cache.layer(0), h), vh = stored_values(cache.layer(0), h);
+          keys.insert(keys.end(), kh.begin(), kh.end());
+          keys.insert(keys.end(), vh.begin(), vh.end());
+          EXPECT_EQ(cache.length(0, h), 6) << where;  // a new slot every fifth token
+        }
+        if (keys_first.empty()) {
+          keys_first = keys;
+          out_first = outs;
+        } else {
+          EXPECT_EQ(keys, keys_first) << where << ": stored rows differ from the first ISA's";
+          EXPECT_LE(kvtest::max_abs_diff(outs, out_first), 1e-5) << where;
+        }
+      }
+    }
+}
+
+// Stored keys hold 0 at the neuron, so the query's neuron never reaches a score: finite or not, any value there gives
+// the output of a zeroed query, bit for bit.
+TEST(DmcPropertyTest, QueryNeuronNeverReachesTheScores) {
+  const int n_kv = 2, g = 2, nq = n_kv * g, d = 16, steps = 12;
+  const auto in = random_inputs(steps, n_kv, nq, d, 51);
+  DMC dmc = DMC::official();
+  dmc.decide = [](const DMC::Step& s) { return s.position % 3 != 0; };
+  dmc.weigh = [](const DMC::Step&) { return 1.0f; };
+  kvcache::KVCacheOptions opt;
+  opt.rope = kvcache::RopeConfig{};
+  const kvcache::CacheConfig cfg{1, {nq, n_kv, d, d}, 32, kvcache::DType::kF16};
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const float neuron : {0.0f, 3.5f, -1e30f, inf, -inf, std::numeric_limits<float>::quiet_NaN()}) {
+    KVCache<DMC> zeroed(cfg, dmc, opt), other(cfg, dmc, opt);
+    std::vector<float> a, b;
+    for (int t = 0; t < steps; ++t) {
+      const auto k = rotated(in.kpre[std::size_t(t)], n_kv, d, t);
+      auto q = rotated(in.qpre[std::size_t(t)], nq, d, t), qz = q;
+      for (int r = 0; r < nq; ++r) {
+        qz[std::size_t(r * d + d - 1)] = 0.0f;
+        q[std::size_t(r * d + d - 1)] = neuron;
+      }
+      step(zeroed, 0, n_kv, nq, d, k, in.v[std::size_t(t)], t, qz, a);
+      step(other, 0, n_kv, nq, d, k, in.v[std::size_t(t)], t, q, b);
+      ASSERT_EQ(a, b) << "query neuron " << neuron << ", step " << t;
     }
   }
 }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kvcache/attention/decode.hpp"
+#include "kvcache/attention/dispatch.hpp"
 #include "kvcache/attention/prefill.hpp"
 #include "kvcache/attention/profile.hpp"
 #include "kvcache/core/budget.hpp"
@@ -524,7 +525,7 @@ class KVCache {
           rope_delta_ = delta;
           rope_cached_ = true;
         }
-        rope_.apply(x + rope_offset(), rope_cos_, rope_sin_);
+        rotate_rows(active_isa(), x + rope_offset(), x + rope_offset(), 1, dk - rope_offset(), rope_sin_);
         store_key_row(kv, h, s, x);
         at = target;
       }
@@ -597,11 +598,10 @@ class KVCache {
       const int nq = config_.shape.n_q_heads, g = nq / n_kv;
       const int idx = policy_.neuron_index(dk), window = merge_window();
       const bool zero = policy_.zero_neurons, rotated = options_.rope.has_value();
+      const Isa isa = active_isa();
       KVCACHE_REQUIRE(kv.max_length() < config_.capacity, "decode: the cache is full (capacity ", config_.capacity,
                       ")");
       const std::size_t udk = std::size_t(dk), udv = std::size_t(dv), stride = merge_stride();
-      std::copy_n(k, n_kv * dk, merge_k_.data());
-      std::copy_n(q, nq * dk, merge_q_.data());
       if (rotated) {  // back to pre-RoPE: rotate by -position (the angles are shared by every layer of a step)
         if (!merge_angles_ || position != merge_angles_at_) {
           rope_.angles(double(position), rope_cos_, rope_sin_);
@@ -610,8 +610,11 @@ class KVCache {
           merge_angles_at_ = position;
           merge_angles_ = true;
         }
-        for (int h = 0; h < n_kv; ++h) rope_.apply(merge_k_.data() + std::size_t(h) * udk, rope_cos_, merge_sin_neg_);
-        for (int a = 0; a < nq; ++a) rope_.apply(merge_q_.data() + std::size_t(a) * udk, rope_cos_, merge_sin_neg_);
+        rotate_rows(isa, merge_k_.data(), k, n_kv, dk, merge_sin_neg_);
+        rotate_rows(isa, merge_q_.data(), q, nq, dk, merge_sin_neg_);
+      } else {
+        std::copy_n(k, n_kv * dk, merge_k_.data());
+        std::copy_n(q, nq * dk, merge_q_.data());
       }
       float* krow = row_.data();
       float* vrow = merge_v_.data();
@@ -635,13 +638,15 @@ class KVCache {
         if (!merge) count = 0, start = 0;
         // The group's sums in double: add the new member; with a window, the oldest leaves once the group is full.
         if (count == 0) std::fill_n(sum, stride, 0.0);
+        // (The loops over the row are per-ISA kernels: cache/detail/merge_rows.ipp.)
+        const std::int64_t members = dk + dv;
         if (window > 0) {
           float* ring = st.merge_ring.data() + std::size_t(h) * stride * std::size_t(window);
           if (count == window) {
             const float* old = ring + std::size_t(start) * stride;
-            const double wo = old[stride - 1];
-            for (std::size_t c = 0; c + 1 < stride; ++c) sum[c] -= wo * double(old[c]);
-            sum[stride - 1] -= wo;
+            const float wo = old[stride - 1];
+            merge_sums(isa, sum, old, members, -wo);
+            sum[stride - 1] -= double(wo);
             start = (start + 1) % window;
             --count;
           }
@@ -649,9 +654,11 @@ class KVCache {
           std::copy_n(kp, dk, e);
           std::copy_n(vp, dv, e + dk);
           e[dk + dv] = w;
+          merge_sums(isa, sum, e, members, w);  // the member's key and value, contiguous in its ring entry
+        } else {
+          merge_sums(isa, sum, kp, dk, w);
+          merge_sums(isa, sum + dk, vp, dv, w);
         }
-        for (int c = 0; c < dk; ++c) sum[c] += double(w) * double(kp[c]);
-        for (int c = 0; c < dv; ++c) sum[std::size_t(dk + c)] += double(w) * double(vp[c]);
         sum[stride - 1] += double(w);
         ++count;
         if (count == 1) {  // a new slot holds the token itself, exactly
@@ -659,12 +666,12 @@ class KVCache {
           std::copy_n(vp, dv, vrow);
         } else {
           const double inv = 1.0 / sum[stride - 1];
-          for (int c = 0; c < dk; ++c) krow[c] = float(sum[c] * inv);
-          for (int c = 0; c < dv; ++c) vrow[c] = float(sum[std::size_t(dk + c)] * inv);
+          merge_means(isa, krow, sum, dk, inv);
+          merge_means(isa, vrow, sum + dk, dv, inv);
         }
         if (zero) krow[idx] = 0.0f;
         if (rotated) {
-          rope_.apply(krow, rope_cos_, rope_sin_);
+          rotate_rows(isa, krow, krow, 1, dk, rope_sin_);
           if (zero) krow[idx] = 0.0f;
         }
         if (merge) {
@@ -674,8 +681,12 @@ class KVCache {
           kv.append(h, ConstTensorView<float, 2>(krow, 1, dk), ConstTensorView<float, 2>(vrow, 1, dv), p);
         }
       }
+      // The queries' neuron is zeroed, as the official code does. Every stored key holds 0 there, so a finite neuron
+      // adds exactly 0 to each score: the zeroed copy is needed only when one is not finite (inf x 0 is NaN).
       const float* qa = q;
-      if (zero) {
+      bool finite = true;
+      for (int a = 0; a < nq; ++a) finite = finite && std::isfinite(q[std::size_t(a) * udk + std::size_t(idx)]);
+      if (zero && !finite) {
         std::copy_n(q, nq * dk, merge_qz_.data());
         for (int a = 0; a < nq; ++a) merge_qz_[std::size_t(a) * udk + std::size_t(idx)] = 0.0f;
         qa = merge_qz_.data();
@@ -683,6 +694,22 @@ class KVCache {
       decode_attention(kv, ConstTensorView<float, 2>(qa, nq, dk), TensorView<float, 2>(out, nq, config_.shape.dim_v()),
                        decode_ws_, DecodeOptions{}, exec_);
     }
+  }
+
+  // The loops over a row of decode_merging and place_sinks, as per-ISA kernels (cache/detail/merge_rows.ipp).
+  static void merge_sums(Isa isa, double* sum, const float* x, std::int64_t n, float w) noexcept {
+    KVCACHE_DISPATCH_ISA(isa, merge_add, (sum, x, n, w))
+  }
+  static void merge_means(Isa isa, float* out, const double* sum, std::int64_t n, double inv) noexcept {
+    KVCACHE_DISPATCH_ISA(isa, merge_mean, (out, sum, n, inv))
+  }
+  // out = n rows of x ([n, width]; out may be x) rotated by the angles of rope_cos_ and `sin` (rope_sin_, or their
+  // negation to rotate back).
+  void rotate_rows(Isa isa, float* out, const float* x, std::int64_t n, int width,
+                   const std::vector<double>& sin) const noexcept {
+    KVCACHE_DISPATCH_ISA(
+        isa, rope_rows,
+        (out, x, n, width, width, rope_.rotary_dims() / 2, rope_.interleaved(), rope_cos_.data(), sin.data()))
   }
 
   // Profiling policies (FastGen): the prompt's attention statistics per head (attention/profile.hpp), then the

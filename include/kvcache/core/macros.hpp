@@ -104,3 +104,18 @@
 #else
 #define KVCACHE_VECTORIZE
 #endif
+
+// The same for loops whose every ISA must give the same bits (RoPE rotations in double): no contraction of a * b + c
+// into an FMA, which GCC does by default in gnu++ modes and Clang within an expression. GCC takes it as a function
+// attribute (KVCACHE_VECTORIZE_EXACT), Clang as a pragma at the top of the function body (KVCACHE_FP_CONTRACT_OFF).
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVCACHE_VECTORIZE_EXACT \
+  __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic", "fp-contract=off")))
+#define KVCACHE_FP_CONTRACT_OFF
+#elif defined(__clang__)
+#define KVCACHE_VECTORIZE_EXACT
+#define KVCACHE_FP_CONTRACT_OFF _Pragma("clang fp contract(off)")
+#else
+#define KVCACHE_VECTORIZE_EXACT
+#define KVCACHE_FP_CONTRACT_OFF
+#endif

@@ -31,6 +31,7 @@ class Rope {
     for (int i = 0; i < r / 2; ++i) inv_freq_[std::size_t(i)] = std::pow(cfg.base, -2.0 * i / r);
   }
   [[nodiscard]] int rotary_dims() const noexcept { return dims_; }
+  [[nodiscard]] bool interleaved() const noexcept { return cfg_.interleaved; }
 
   /// x (f32, head_dim wide) is rotated at some position p; afterwards it is rotated at p + delta.
   void shift(float* x, double delta) const {

@@ -569,7 +569,10 @@ inline void prefill_block(const PrefillArgs& a, T const* k, T const* v, float* s
 // Everything else is the avx512 code.
 using ::kvcache::kernels::avx512::fastgen_count;
 using ::kvcache::kernels::avx512::fastgen_rank;
+using ::kvcache::kernels::avx512::merge_add;
+using ::kvcache::kernels::avx512::merge_mean;
 using ::kvcache::kernels::avx512::newest_position;
+using ::kvcache::kernels::avx512::rope_rows;
 using ::kvcache::kernels::avx512::select_one;
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END

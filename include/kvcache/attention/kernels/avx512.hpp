@@ -12,6 +12,7 @@ namespace kvcache::kernels::avx512 {
 namespace ops = ::kvcache::simd::avx512;
 #include "kvcache/attention/detail/decode.ipp"
 #include "kvcache/attention/detail/prefill.ipp"
+#include "kvcache/cache/detail/merge_rows.ipp"
 #include "kvcache/policy/detail/fastgen_scan.ipp"
 #include "kvcache/policy/detail/select_scan.ipp"
 }  // namespace kvcache::kernels::avx512

@@ -13,6 +13,7 @@ inline namespace KVCACHE_BASELINE_NS {
 namespace ops = ::kvcache::simd::scalar;
 #include "kvcache/attention/detail/decode.ipp"
 #include "kvcache/attention/detail/prefill.ipp"
+#include "kvcache/cache/detail/merge_rows.ipp"
 #include "kvcache/policy/detail/fastgen_scan.ipp"
 #include "kvcache/policy/detail/select_scan.ipp"
 }  // namespace KVCACHE_BASELINE_NS
