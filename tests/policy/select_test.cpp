@@ -13,8 +13,11 @@
 #include <limits>
 #include <numeric>
 #include <set>
+#include <span>
+#include <string_view>
 #include <vector>
 
+#include "kvcache/kvcache.hpp"
 #include "kvcache/policy/h2o.hpp"
 #include "kvcache/policy/vatp.hpp"
 #include "test_util.hpp"
@@ -106,6 +109,95 @@ TEST_P(SelectTest, MatchesBruteForce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, SelectTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
+
+// A policy ranking by a hash of (position, newest, head) with 61 levels, NaN and both zeros among them (so that the
+// lowest priority is sometimes tied), two heads with different budgets, and head 1's window changing every 50
+// positions (a dynamic budget).
+struct HashRanked {
+  static constexpr std::string_view kName = "hash_ranked";
+  [[nodiscard]] kvcache::PolicyNeeds needs() const noexcept { return {}; }
+  [[nodiscard]] kvcache::ResolvedBudget budget(int, int h, std::int64_t) const {
+    kvcache::ResolvedBudget b;
+    b.total = h == 0 ? 40 : 33;
+    b.recent = h == 0 ? 9 : 12;
+    b.sinks = h == 0 ? 3 : 0;
+    return b;
+  }
+  [[nodiscard]] kvcache::ResolvedBudget budget_now(const kvcache::RankInput& in, kvcache::ResolvedBudget b) const {
+    if (in.kv_head == 1 && (in.newest / 50) % 2 == 1) b.recent = 5;
+    return b;
+  }
+  static float priority(Position p, Position newest, int h) {
+    std::uint32_t x = std::uint32_t(p) * 2654435761u ^ std::uint32_t(newest) * 40503u ^ std::uint32_t(h) * 97u;
+    x ^= x >> 13;
+    const std::uint32_t r = (x * 2246822519u) >> 26;  // 0 .. 63
+    return r == 0 ? std::numeric_limits<float>::quiet_NaN() : r == 1 ? -0.0f : r == 2 ? 0.0f : float(r % 61) * 0.125f;
+  }
+  void rank(const kvcache::RankInput& in, std::span<float> out) const noexcept {
+    for (std::size_t j = 0; j < out.size(); ++j) out[j] = priority(in.positions[j], in.newest, in.kv_head);
+  }
+};
+
+// KVCache's decode steps against the slow selection: over 700 steps whose positions advance by 1, by 3 and by 300, with
+// ties, NaN, sinks and a window that changes, each head keeps after every step what expected_removals keeps (eviction
+// slack 0: one removal a step, the vectorised scan; 3: batched).
+TEST_P(SelectTest, DecodeStepsKeepWhatThePositionsSelect) {
+  kvtest::ScopedIsa isa(GetParam());
+  const int n_kv = 2, d = 8;
+  const HashRanked policy;
+  for (const std::int64_t slack : {0, 3}) {
+    kvcache::KVCacheOptions opt;
+    opt.eviction_slack = slack;
+    kvcache::KVCache<HashRanked> cache({1, {n_kv, n_kv, d, d}, 64, kvcache::DType::kF32}, policy, opt);
+    const std::int64_t m = 50;
+    const auto k = kvtest::random_vector(std::size_t(n_kv * m * d), 3),
+               q = kvtest::random_vector(std::size_t(m * n_kv * d), 4);
+    std::vector<float> out(q.size());
+    std::vector<Position> prompt(static_cast<std::size_t>(m));
+    std::iota(prompt.begin(), prompt.end(), Position(0));
+    cache.prefill(0, kvcache::ConstTensorView<float, 3>(k.data(), n_kv, m, d),
+                  kvcache::ConstTensorView<float, 3>(k.data(), n_kv, m, d), prompt,
+                  kvcache::ConstTensorView<float, 3>(q.data(), m, n_kv, d),
+                  kvcache::TensorView<float, 3>(out.data(), m, n_kv, d));
+    // The test's own cache: the positions each head keeps, cut by the slow selection.
+    std::vector<std::vector<Position>> want(n_kv, prompt);
+    auto cut = [&](int h, Position newest, std::int64_t allowed) {
+      kvcache::RankInput in;
+      in.kv_head = h;
+      in.newest = newest;
+      const kvcache::ResolvedBudget b = policy.budget_now(in, policy.budget(0, h, m));
+      auto& w = want[std::size_t(h)];
+      if (std::int64_t(w.size()) <= b.total + allowed) return;
+      std::vector<float> pri;
+      for (Position p : w) pri.push_back(HashRanked::priority(p, newest, h));
+      const auto removals = expected_removals(w, pri, b);
+      std::vector<Position> left;
+      for (std::size_t s = 0; s < w.size(); ++s)
+        if (!removals.count(std::int32_t(s))) left.push_back(w[s]);
+      w = left;
+    };
+    for (int h = 0; h < n_kv; ++h) cut(h, m - 1, 0);
+    Position pos = m - 1;
+    const auto kt = kvtest::random_vector(std::size_t(n_kv * d), 5),
+               qt = kvtest::random_vector(std::size_t(n_kv * d), 6);
+    std::vector<float> o(std::size_t(n_kv * d));
+    for (int step = 1; step <= 700; ++step) {
+      pos += step % 97 == 0 ? 300 : step % 7 == 0 ? 3 : 1;
+      cache.decode(0, kvcache::ConstTensorView<float, 2>(kt.data(), n_kv, d),
+                   kvcache::ConstTensorView<float, 2>(kt.data(), n_kv, d), pos,
+                   kvcache::ConstTensorView<float, 2>(qt.data(), n_kv, d),
+                   kvcache::TensorView<float, 2>(o.data(), n_kv, d));
+      for (int h = 0; h < n_kv; ++h) {
+        want[std::size_t(h)].push_back(pos);
+        cut(h, pos, slack);
+        const std::set<Position> expect(want[std::size_t(h)].begin(), want[std::size_t(h)].end());
+        auto got = cache.layer(0).positions(h);
+        ASSERT_EQ(std::set<Position>(got.begin(), got.end()), expect)
+            << "slack " << slack << " step " << step << " head " << h << " position " << pos;
+      }
+    }
+  }
+}
 
 // H2O selects straight from its scores; a policy derived from it that ranks otherwise does not inherit that.
 struct RanksOtherwise : kvcache::H2O {
