@@ -44,8 +44,13 @@ class Rope {
     c.resize(inv_freq_.size());
     s.resize(inv_freq_.size());
     for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
+#if defined(__GLIBC__)
+      // One argument reduction for both; glibc's sincos runs the code of its cos and sin, so the results are theirs.
+      ::sincos(delta * inv_freq_[i], &s[i], &c[i]);
+#else
       c[i] = std::cos(delta * inv_freq_[i]);
       s[i] = std::sin(delta * inv_freq_[i]);
+#endif
     }
   }
   void apply(float* x, const std::vector<double>& c, const std::vector<double>& s) const noexcept {
