@@ -638,7 +638,6 @@ class KVCache {
         if (!merge) count = 0, start = 0;
         // The group's sums in double: add the new member; with a window, the oldest leaves once the group is full.
         if (count == 0) std::fill_n(sum, stride, 0.0);
-        // (The loops over the row are per-ISA kernels: cache/detail/merge_rows.ipp.)
         const std::int64_t members = dk + dv;
         if (window > 0) {
           float* ring = st.merge_ring.data() + std::size_t(h) * stride * std::size_t(window);
@@ -684,12 +683,14 @@ class KVCache {
       // The queries' neuron is zeroed, as the official code does. Every stored key holds 0 there, so a finite neuron
       // adds exactly 0 to each score: the zeroed copy is needed only when one is not finite (inf x 0 is NaN).
       const float* qa = q;
-      bool finite = true;
-      for (int a = 0; a < nq; ++a) finite = finite && std::isfinite(q[std::size_t(a) * udk + std::size_t(idx)]);
-      if (zero && !finite) {
-        std::copy_n(q, nq * dk, merge_qz_.data());
-        for (int a = 0; a < nq; ++a) merge_qz_[std::size_t(a) * udk + std::size_t(idx)] = 0.0f;
-        qa = merge_qz_.data();
+      if (zero) {
+        bool finite = true;
+        for (int a = 0; a < nq; ++a) finite = finite && std::isfinite(q[std::size_t(a) * udk + std::size_t(idx)]);
+        if (!finite) {
+          std::copy_n(q, nq * dk, merge_qz_.data());
+          for (int a = 0; a < nq; ++a) merge_qz_[std::size_t(a) * udk + std::size_t(idx)] = 0.0f;
+          qa = merge_qz_.data();
+        }
       }
       decode_attention(kv, ConstTensorView<float, 2>(qa, nq, dk), TensorView<float, 2>(out, nq, config_.shape.dim_v()),
                        decode_ws_, DecodeOptions{}, exec_);
