@@ -1,6 +1,8 @@
 // DMC (algorithms.md 8): the worked example 8.11 and its neuron mapping through the real KVCache path, and the
 // properties: no merges is Full; a merged slot holds the weighted mean of its group's newest `window` pre-RoPE keys,
-// rotated at the newest position, with the neuron zeroed; prefill equals the same tokens decoded one by one.
+// rotated at the newest position, with the neuron zeroed; prefill equals the same tokens decoded one by one; the
+// policy sees pre-RoPE keys and queries for both RoPE layouts, and every ISA stores the same bits; the query's neuron
+// never reaches a score.
 
 #include <gtest/gtest.h>
 
@@ -106,15 +108,19 @@ TEST_P(DmcTest, NeuronMapping) {
 
 INSTANTIATE_TEST_SUITE_P(Isa, DmcTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
 
-// Rotate-half RoPE at a position, written independently of kvcache::Rope.
-void rotate(float* x, int d, Position p) {
-  for (int i = 0; i < d / 2; ++i) {
-    const double f = std::pow(10000.0, -2.0 * i / d), a = p * f;
-    const double x0 = x[i], x1 = x[i + d / 2];
-    x[i] = float(x0 * std::cos(a) - x1 * std::sin(a));
-    x[i + d / 2] = float(x0 * std::sin(a) + x1 * std::cos(a));
+// RoPE at a position, written independently of kvcache::Rope: the first `rotary` dims, in pairs (i, i + rotary / 2)
+// (rotate-half) or (2i, 2i + 1) (interleaved).
+void rotate_layout(float* x, int rotary, bool interleaved, Position p) {
+  for (int i = 0; i < rotary / 2; ++i) {
+    const double a = p * std::pow(10000.0, -2.0 * i / rotary);
+    const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + rotary / 2;
+    const double x0 = x[i0], x1 = x[i1];
+    x[i0] = float(x0 * std::cos(a) - x1 * std::sin(a));
+    x[i1] = float(x0 * std::sin(a) + x1 * std::cos(a));
   }
 }
+// Rotate-half over the whole head (the cache's default RopeConfig).
+void rotate(float* x, int d, Position p) { rotate_layout(x, d, false, p); }
 
 struct Inputs {
   std::vector<std::vector<float>> kpre, v, qpre;  // per step: [n_kv * d], [n_kv * d], [nq * d] (pre-RoPE)
@@ -217,17 +223,6 @@ TEST(DmcPropertyTest, MergedSlotsHoldTheWeightedMeanOfTheirNewestWindow) {
         }
       }
     }
-  }
-}
-
-// RoPE at a position for any layout: the first `rotary` dims, pairs (i, i + rotary / 2) or (2i, 2i + 1).
-void rotate_layout(float* x, int rotary, bool interleaved, Position p) {
-  for (int i = 0; i < rotary / 2; ++i) {
-    const double a = p * std::pow(10000.0, -2.0 * i / rotary);
-    const int i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + rotary / 2;
-    const double x0 = x[i0], x1 = x[i1];
-    x[i0] = float(x0 * std::cos(a) - x1 * std::sin(a));
-    x[i1] = float(x0 * std::sin(a) + x1 * std::cos(a));
   }
 }
 

@@ -1,7 +1,7 @@
 // select_removals (policy/select.hpp) against a brute-force selection, for every ISA this CPU has: the single-removal
 // scan (vectorised per ISA) and the many-removal path, with many tied priorities, NaN, sinks, a recent window, a
 // newest position given or scanned for, a priority given as a product (VATP's fused form), and lengths around the
-// vector widths, and longer ones (ties far apart).
+// vector widths, and longer ones (ties far apart); and KVCache's decode steps against the same brute force.
 
 #include "kvcache/policy/select.hpp"
 
