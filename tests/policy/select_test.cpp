@@ -15,6 +15,7 @@
 #include <set>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kvcache/kvcache.hpp"
@@ -27,7 +28,7 @@ namespace {
 using kvcache::Position;
 
 // What select_removals must return, written the slow way: protected rows stay; the others are sorted by priority
-// descending (NaN lowest), newer position first among equals; the first budget - protected are kept.
+// descending (NaN lowest, below -inf), newer position first among equals; the first budget - protected are kept.
 std::set<std::int32_t> expected_removals(const std::vector<Position>& pos, const std::vector<float>& pri,
                                          const kvcache::ResolvedBudget& b) {
   const auto n = static_cast<std::int64_t>(pos.size());
@@ -42,9 +43,10 @@ std::set<std::int32_t> expected_removals(const std::vector<Position>& pos, const
     else
       others.push_back(s);
   }
+  // (NaN first, then the value: NaN sorts below -inf; -0 == +0 as floats compare.)
   auto key = [&](std::int32_t s) {
     const float p = pri[std::size_t(s)];
-    return std::isnan(p) ? -std::numeric_limits<float>::infinity() : p;
+    return std::pair<int, float>(std::isnan(p) ? 0 : 1, std::isnan(p) ? 0.0f : p);
   };
   std::sort(others.begin(), others.end(), [&](std::int32_t a, std::int32_t c) {
     return key(a) != key(c) ? key(a) > key(c) : pos[std::size_t(a)] > pos[std::size_t(c)];
@@ -61,7 +63,7 @@ TEST_P(SelectTest, MatchesBruteForce) {
   for (std::int64_t n : {1, 2, 7, 15, 16, 17, 31, 33, 64, 100, 511, 512, 513, 1000, 2049}) {
     for (int trial = 0; trial < 24; ++trial) {
       // Shuffled distinct positions (compaction leaves them out of order), a few priority levels so that ties are
-      // common, some NaN and -0.0 / +0.0 among them.
+      // common, some NaN, -inf, +inf and -0.0 / +0.0 among them (NaN must rank below -inf on both paths).
       std::vector<Position> pos(static_cast<std::size_t>(n));
       // Every third trial starts below zero, with a sink count below that (nothing protected as a sink): the
       // single-removal scan orders positions as biased unsigned numbers.
@@ -75,6 +77,8 @@ TEST_P(SelectTest, MatchesBruteForce) {
         p = r == 0   ? std::numeric_limits<float>::quiet_NaN()
             : r == 1 ? -0.0f
             : r == 2 ? 0.0f
+            : r == 4 ? -std::numeric_limits<float>::infinity()
+            : r == 9 ? std::numeric_limits<float>::infinity()
                      : static_cast<float>(int(r % 5) - 2) * 0.25f;
       }
       kvcache::ResolvedBudget b;

@@ -3,8 +3,8 @@
 // Selection shared by every ranking policy (algorithms.md section 1): keep the protected rows (the first `sinks`
 // positions, and the `recent` newest positions: those within `recent` of the newest position), then the best-ranked
 // other rows up to the budget. Order: priority descending; among equal priorities the newer position is kept (the
-// one defined behaviour of the official code, torch.argmin evicting the oldest). NaN ranks below everything, so a
-// bad score never evicts a good row (and never a protected one).
+// one defined behaviour of the official code, torch.argmin evicting the oldest). NaN ranks below everything, -inf
+// included, so a bad score never evicts a good row (and never a protected one); -0 and +0 are equal.
 //
 // One removal (the paper-faithful decode step) is a single scan; more use nth_element. Nothing allocates: the
 // caller passes scratch of capacity size.
@@ -23,11 +23,12 @@
 namespace kvcache {
 
 namespace detail {
-inline float rank_key(float p) noexcept { return std::isnan(p) ? -std::numeric_limits<float>::infinity() : p; }
-/// True when row a should be kept before row b.
+/// True when row a should be kept before row b. NaN is below -inf (the single-removal scan's order keys rank it so),
+/// -0 equals +0, and equal priorities keep the newer position.
 inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
-  const float ka = rank_key(pa), kb = rank_key(pb);
-  return ka != kb ? ka > kb : a > b;
+  const bool na = std::isnan(pa), nb = std::isnan(pb);
+  if (na != nb) return nb;
+  return !na && pa != pb ? pa > pb : a > b;
 }
 }  // namespace detail
 
