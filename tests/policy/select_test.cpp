@@ -1,7 +1,8 @@
 // select_removals (policy/select.hpp) against a brute-force selection, for every ISA this CPU has: the single-removal
 // scan (vectorised per ISA) and the many-removal path, with many tied priorities, NaN, sinks, a recent window, a
-// newest position given or scanned for, a priority given as a product (VATP's fused form), and lengths around the
-// vector widths, and longer ones (ties far apart); and KVCache's decode steps against the same brute force.
+// newest position given or scanned for, a priority given as a product (VATP's fused form), no priorities at all
+// (StreamingLLM's selection by age), and lengths around the vector widths, and longer ones (ties far apart); and
+// KVCache's decode steps against the same brute force.
 
 #include "kvcache/policy/select.hpp"
 
@@ -95,18 +96,22 @@ TEST_P(SelectTest, MatchesBruteForce) {
         base[i] = pri[i] / factor[i];
       }
       const auto want = expected_removals(pos, pri, b);
-      for (int variant = 0; variant < 3; ++variant) {
-        const bool give_newest = variant == 1, fused = variant == 2;
+      // No priorities (RanksByAge: every row alike): the oldest unprotected rows go.
+      const auto want_by_age = expected_removals(pos, std::vector<float>(pri.size(), 0.0f), b);
+      for (int variant = 0; variant < 4; ++variant) {
+        const bool give_newest = variant == 1, fused = variant == 2, by_age = variant == 3;
         std::vector<std::int32_t> scratch(pos.size()), removals(pos.size());
-        const Position newest = give_newest ? *std::max_element(pos.begin(), pos.end()) : -1;
+        const Position newest = give_newest || by_age ? *std::max_element(pos.begin(), pos.end()) : -1;
         const std::size_t r =
-            fused ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
-                  : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
+            fused    ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
+            : by_age ? kvcache::select_removals(pos, {}, b, scratch, removals, GetParam(), newest)
+                     : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
         const std::set<std::int32_t> got(removals.begin(), removals.begin() + std::ptrdiff_t(r));
         EXPECT_EQ(got.size(), r) << "a slot listed twice";
-        EXPECT_EQ(got, want) << "n " << n << " trial " << trial << " total " << b.total << " sinks " << b.sinks
-                             << " recent " << b.recent << (give_newest ? " (newest given)" : "")
-                             << (fused ? " (fused product)" : "");
+        EXPECT_EQ(got, by_age ? want_by_age : want)
+            << "n " << n << " trial " << trial << " total " << b.total << " sinks " << b.sinks << " recent " << b.recent
+            << (give_newest ? " (newest given)" : "") << (fused ? " (fused product)" : "")
+            << (by_age ? " (by age)" : "");
       }
     }
   }

@@ -133,7 +133,7 @@ class KVCache {
     // Eviction scratch: one region, or one per KV head when an executor may evict heads at once (decode evicts
     // each head in the task that finished its attention).
     evict_regions_ = exec_.concurrency() > 1 ? std::size_t(config.shape.n_kv_heads) : 1;
-    priority_.assign(cap * evict_regions_, 0.0f);
+    if constexpr (!RanksByAge<P>) priority_.assign(cap * evict_regions_, 0.0f);  // rank()'s output
     scratch_.assign(cap * evict_regions_, 0);
     removals_.assign(cap * evict_regions_, 0);
     row_.assign(std::size_t(std::max(config.shape.head_dim_k, config.shape.dim_v())), 0.0f);
@@ -791,9 +791,10 @@ class KVCache {
       }
     }
     const std::size_t region = evict_regions_ > 1 ? std::size_t(h) * cap : 0;
-    float* const rank_out = priority_.data() + region;
+    float* const rank_out = priority_.empty() ? nullptr : priority_.data() + region;
     std::int32_t* const removals = removals_.data() + region;
-    if (priority.size() != un) {
+    // RanksByAge: no priorities at all; select_removals takes an empty span as every row ranking alike.
+    if (!RanksByAge<P> && priority.size() != un) {
       policy_.rank(in, std::span<float>(rank_out, un));
       priority = std::span<const float>(rank_out, un);
       factor = {};

@@ -138,6 +138,14 @@ concept RanksByScoresTimesValueNorms = requires {
   typename P::ScoresTimesValueNormsArePriority;
   requires std::same_as<typename P::ScoresTimesValueNormsArePriority, P>;
 };
+/// A policy whose rows all rank alike, so that only age decides (the oldest unprotected row goes first; StreamingLLM),
+/// may say so with `using AgeIsPriority = Self;`: KVCache then skips rank() and its array of equal priorities, and
+/// the single-removal scan reads the positions alone.
+template <class P>
+concept RanksByAge = requires {
+  typename P::AgeIsPriority;
+  requires std::same_as<typename P::AgeIsPriority, P>;
+};
 
 template <class P>
 concept TaggingPolicy = requires(P const& p, Position pos) {

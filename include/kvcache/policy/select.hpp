@@ -37,6 +37,7 @@ inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
 /// isa: where the scans run (policy/detail/select_scan.ipp is compiled per ISA). newest: the largest position among
 /// the rows when the caller knows it (KVCache does: RankInput::newest), else -1 and it is scanned for. factor: if not
 /// empty, the priority of slot j is priority[j] * factor[j] (VATP's score x value norm, without a ranking copy).
+/// priority empty: every row ranks alike, so the oldest unprotected rows go (StreamingLLM; policy.hpp, RanksByAge).
 inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
                                    const ResolvedBudget& budget, std::span<std::int32_t> scratch,
                                    std::span<std::int32_t> removals, Isa isa = Isa::kScalar, Position newest = -1,
@@ -59,6 +60,9 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
     };
     const std::int32_t sinks = clamp32(budget.sinks), from = clamp32(recent_from);
     const std::int64_t slot = [&]() noexcept -> std::int64_t {
+      if (priority.empty()) {
+        KVCACHE_DISPATCH_ISA(isa, select_oldest, (positions.data(), n, sinks, from))
+      }
       KVCACHE_DISPATCH_ISA(
           isa, select_one,
           (positions.data(), priority.data(), factor.empty() ? nullptr : factor.data(), n, sinks, from))
@@ -77,6 +81,7 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
   }
   const std::int64_t keep_others = std::clamp<std::int64_t>(budget.total - kept_protected, 0, std::int64_t(m));
   auto at = [&](std::int32_t s) {
+    if (priority.empty()) return 0.0f;
     return factor.empty() ? priority[std::size_t(s)] : priority[std::size_t(s)] * factor[std::size_t(s)];
   };
   auto better = [&](std::int32_t a, std::int32_t b) {

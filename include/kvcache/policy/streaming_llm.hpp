@@ -46,7 +46,9 @@ struct StreamingLLM {
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t) const noexcept {
     return ResolvedBudget{sinks + recent, recent, sinks};
   }
-  // Everything outside the protected sinks and window goes; no ranking among the rest is needed.
+  // Everything outside the protected sinks and window goes; no ranking among the rest is needed (KVCache skips rank()
+  // and selects by age alone: policy.hpp, RanksByAge).
+  using AgeIsPriority = StreamingLLM;
   void rank(const RankInput&, std::span<float> priority) const noexcept {
     for (float& p : priority) p = 0.0f;
   }

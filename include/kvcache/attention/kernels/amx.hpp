@@ -573,6 +573,7 @@ using ::kvcache::kernels::avx512::merge_add;
 using ::kvcache::kernels::avx512::merge_mean;
 using ::kvcache::kernels::avx512::newest_position;
 using ::kvcache::kernels::avx512::rope_rows;
+using ::kvcache::kernels::avx512::select_oldest;
 using ::kvcache::kernels::avx512::select_one;
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END

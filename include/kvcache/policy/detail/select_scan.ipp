@@ -62,6 +62,33 @@ KVCACHE_NOINLINE inline std::int64_t select_one(const std::int32_t* pos, const f
                            : select_one_scan<false>(pos, pri, nullptr, n, sinks, recent_from);
 }
 
+/// The slot to evict when every row ranks alike: the oldest position in [sinks, recent_from); -1 when every row is
+/// protected. Positions are distinct. Two 32-bit scans of the positions alone (the second reads them from L1): the
+/// lowest biased position among the unprotected rows, then its slot.
+KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int64_t select_oldest(const std::int32_t* KVCACHE_RESTRICT pos,
+                                                                     std::int64_t n, std::int32_t sinks,
+                                                                     std::int32_t recent_from) noexcept {
+  // Positions biased by 2^31 order as unsigned numbers; a protected row reads as all ones, so with every row protected
+  // the minimum decodes to 2^31 - 1, which is >= recent_from (a clamped int32) and is caught below.
+  std::uint32_t lowest = ~0u;
+  for (std::int64_t s = 0; s < n; ++s) {
+    const std::uint32_t prot = std::uint32_t(pos[s] < sinks) | std::uint32_t(pos[s] >= recent_from);
+    const std::uint32_t k = (std::uint32_t(pos[s]) ^ 0x80000000u) | (0u - prot);
+    lowest = k < lowest ? k : lowest;
+  }
+  const auto oldest = static_cast<std::int32_t>(lowest ^ 0x80000000u);
+  if (oldest < sinks || oldest >= recent_from) return -1;
+  constexpr std::int32_t kNoSlot = 0x7fffffff;
+  const auto n32 = static_cast<std::int32_t>(n);  // slots fit 32 bits (capacity is checked against it)
+  std::int32_t slot = kNoSlot;
+  for (std::int32_t s = 0; s < n32; ++s) {
+    const std::uint32_t hit = 0u - std::uint32_t(pos[s] == oldest);
+    const auto c = static_cast<std::int32_t>((std::uint32_t(s) & hit) | (std::uint32_t(kNoSlot) & ~hit));
+    slot = c < slot ? c : slot;
+  }
+  return slot == kNoSlot ? -1 : slot;
+}
+
 /// The largest position (positions are never empty here).
 KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int32_t newest_position(const std::int32_t* pos,
                                                                        std::int64_t n) noexcept {
