@@ -1,8 +1,8 @@
 // select_removals (policy/select.hpp) against a brute-force selection, for every ISA this CPU has: the single-removal
 // scan (vectorised per ISA) and the many-removal path, with many tied priorities, NaN, sinks, a recent window, a
 // newest position given or scanned for, a priority given as a product (VATP's fused form), no priorities at all
-// (StreamingLLM's selection by age), and lengths around the vector widths, and longer ones (ties far apart); and
-// KVCache's decode steps against the same brute force.
+// (StreamingLLM's selection by age), negated priorities (L2Norm's), and lengths around the vector widths, and longer
+// ones (ties far apart); and KVCache's decode steps against the same brute force.
 
 #include "kvcache/policy/select.hpp"
 
@@ -98,20 +98,29 @@ TEST_P(SelectTest, MatchesBruteForce) {
       const auto want = expected_removals(pos, pri, b);
       // No priorities (RanksByAge: every row alike): the oldest unprotected rows go.
       const auto want_by_age = expected_removals(pos, std::vector<float>(pri.size(), 0.0f), b);
-      for (int variant = 0; variant < 4; ++variant) {
-        const bool give_newest = variant == 1, fused = variant == 2, by_age = variant == 3;
+      // Negated (RanksByNegatedKeyNorms: the scan flips the sign): -pri given, pri's selection expected.
+      std::vector<float> negated(pri.size());
+      for (std::size_t i = 0; i < pri.size(); ++i) negated[i] = -pri[i];
+      for (int variant = 0; variant < 6; ++variant) {
+        const bool give_newest = variant == 1, fused = variant == 2, by_age = variant == 3, negate = variant >= 4;
         std::vector<std::int32_t> scratch(pos.size()), removals(pos.size());
         const Position newest = give_newest || by_age ? *std::max_element(pos.begin(), pos.end()) : -1;
+        // variant 5: negated and fused (the product's sign flipped: -base x factor).
+        std::vector<float> neg_base(base.size());
+        for (std::size_t i = 0; i < base.size(); ++i) neg_base[i] = -base[i];
         const std::size_t r =
-            fused    ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
-            : by_age ? kvcache::select_removals(pos, {}, b, scratch, removals, GetParam(), newest)
-                     : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
+            fused          ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
+            : by_age       ? kvcache::select_removals(pos, {}, b, scratch, removals, GetParam(), newest)
+            : variant == 4 ? kvcache::select_removals(pos, negated, b, scratch, removals, GetParam(), newest, {}, true)
+            : variant == 5
+                ? kvcache::select_removals(pos, neg_base, b, scratch, removals, GetParam(), newest, factor, true)
+                : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
         const std::set<std::int32_t> got(removals.begin(), removals.begin() + std::ptrdiff_t(r));
         EXPECT_EQ(got.size(), r) << "a slot listed twice";
         EXPECT_EQ(got, by_age ? want_by_age : want)
             << "n " << n << " trial " << trial << " total " << b.total << " sinks " << b.sinks << " recent " << b.recent
             << (give_newest ? " (newest given)" : "") << (fused ? " (fused product)" : "")
-            << (by_age ? " (by age)" : "");
+            << (by_age ? " (by age)" : "") << (negate ? " (negated)" : "");
       }
     }
   }

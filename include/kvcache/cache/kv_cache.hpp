@@ -783,7 +783,12 @@ class KVCache {
     if constexpr (DynamicBudgetPolicy<P>) b = policy_.budget_now(in, b);
     if (b.unlimited() || n <= b.total + slack) return;
     std::span<const float> priority, factor;
+    bool negate = false;
     if constexpr (RanksByScores<P>) priority = in.scores;
+    if constexpr (RanksByNegatedKeyNorms<P>) {
+      priority = in.key_norms;
+      negate = true;
+    }
     if constexpr (RanksByScoresTimesValueNorms<P>) {
       if (in.value_norms.size() == un) {
         priority = in.scores;
@@ -798,10 +803,11 @@ class KVCache {
       policy_.rank(in, std::span<float>(rank_out, un));
       priority = std::span<const float>(rank_out, un);
       factor = {};
+      negate = false;
     }
     const std::size_t r =
         select_removals(in.positions, priority, b, std::span<std::int32_t>(scratch_.data() + region, un),
-                        std::span<std::int32_t>(removals, un), isa, in.newest, factor);
+                        std::span<std::int32_t>(removals, un), isa, in.newest, factor, negate);
     if (r == 0) return;
     kv.remove(h, std::span<std::int32_t const>(removals, r), [&](std::int64_t from, std::int64_t to) {
       const std::size_t f = base + std::size_t(from), t = base + std::size_t(to);

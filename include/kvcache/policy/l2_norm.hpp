@@ -48,6 +48,7 @@ struct L2Norm {
     if (std::find(skip_layers.begin(), skip_layers.end(), layer) != skip_layers.end()) return {};
     return ResolvedBudget{keep.resolve(prompt_length), recent, sinks};
   }
+  using NegatedKeyNormsArePriority = L2Norm;  // rank() below is what KVCache's selection computes in place
   void rank(const RankInput& in, std::span<float> priority) const noexcept {
     for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = -in.key_norms[j];
   }

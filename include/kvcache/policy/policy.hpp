@@ -138,6 +138,14 @@ concept RanksByScoresTimesValueNorms = requires {
   typename P::ScoresTimesValueNormsArePriority;
   requires std::same_as<typename P::ScoresTimesValueNormsArePriority, P>;
 };
+/// A policy whose priority is minus the key norm (L2Norm: the highest norms go) may say so with `using
+/// NegatedKeyNormsArePriority = Self;`: the selection then reads the key norms with the sign flipped in its scan,
+/// instead of rank() writing a negated copy each step.
+template <class P>
+concept RanksByNegatedKeyNorms = requires {
+  typename P::NegatedKeyNormsArePriority;
+  requires std::same_as<typename P::NegatedKeyNormsArePriority, P>;
+};
 /// A policy whose rows all rank alike, so that only age decides (the oldest unprotected row goes first; StreamingLLM),
 /// may say so with `using AgeIsPriority = Self;`: KVCache then skips rank() and its array of equal priorities, and
 /// the single-removal scan reads the positions alone.

@@ -38,10 +38,11 @@ inline bool keep_before(float pa, Position a, float pb, Position b) noexcept {
 /// the rows when the caller knows it (KVCache does: RankInput::newest), else -1 and it is scanned for. factor: if not
 /// empty, the priority of slot j is priority[j] * factor[j] (VATP's score x value norm, without a ranking copy).
 /// priority empty: every row ranks alike, so the oldest unprotected rows go (StreamingLLM; policy.hpp, RanksByAge).
+/// negate: the priority of slot j is minus the above (L2Norm ranks by minus the key norm; RanksByNegatedKeyNorms).
 inline std::size_t select_removals(std::span<const Position> positions, std::span<const float> priority,
                                    const ResolvedBudget& budget, std::span<std::int32_t> scratch,
                                    std::span<std::int32_t> removals, Isa isa = Isa::kScalar, Position newest = -1,
-                                   std::span<const float> factor = {}) noexcept {
+                                   std::span<const float> factor = {}, bool negate = false) noexcept {
   const auto n = static_cast<std::int64_t>(positions.size());
   if (budget.unlimited() || n <= budget.total) return 0;
   if (newest < 0 && budget.recent > 0)
@@ -65,7 +66,7 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
       }
       KVCACHE_DISPATCH_ISA(
           isa, select_one,
-          (positions.data(), priority.data(), factor.empty() ? nullptr : factor.data(), n, sinks, from))
+          (positions.data(), priority.data(), factor.empty() ? nullptr : factor.data(), n, sinks, from, negate))
     }();
     if (slot < 0) return 0;  // everything is protected (budget below sinks + recent: rejected at configuration)
     removals[0] = static_cast<std::int32_t>(slot);
@@ -82,7 +83,8 @@ inline std::size_t select_removals(std::span<const Position> positions, std::spa
   const std::int64_t keep_others = std::clamp<std::int64_t>(budget.total - kept_protected, 0, std::int64_t(m));
   auto at = [&](std::int32_t s) {
     if (priority.empty()) return 0.0f;
-    return factor.empty() ? priority[std::size_t(s)] : priority[std::size_t(s)] * factor[std::size_t(s)];
+    const float p = factor.empty() ? priority[std::size_t(s)] : priority[std::size_t(s)] * factor[std::size_t(s)];
+    return negate ? -p : p;
   };
   auto better = [&](std::int32_t a, std::int32_t b) {
     return detail::keep_before(at(a), positions[std::size_t(a)], at(b), positions[std::size_t(b)]);

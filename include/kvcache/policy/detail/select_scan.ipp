@@ -11,16 +11,19 @@ KVCACHE_INLINE std::uint32_t order_key(float p) noexcept {
   return (u ^ (sign | 0x80000000u)) & ~nan;  // NaN ranks below -inf
 }
 
-template <bool kFactor>
+template <bool kFactor, bool kNegate>
 KVCACHE_INLINE float priority_at(const float* KVCACHE_RESTRICT pri, const float* KVCACHE_RESTRICT factor,
                                  std::int64_t s) noexcept {
+  float p;
   if constexpr (kFactor)
-    return pri[s] * factor[s];
+    p = pri[s] * factor[s];
   else
-    return pri[s];
+    p = pri[s];
+  if constexpr (kNegate) p = -p;
+  return p;
 }
 
-template <bool kFactor>
+template <bool kFactor, bool kNegate>
 KVCACHE_VECTORIZE inline std::int64_t select_one_scan(const std::int32_t* KVCACHE_RESTRICT pos,
                                                       const float* KVCACHE_RESTRICT pri,
                                                       const float* KVCACHE_RESTRICT factor, std::int64_t n,
@@ -35,7 +38,7 @@ KVCACHE_VECTORIZE inline std::int64_t select_one_scan(const std::int32_t* KVCACH
   std::uint64_t lowest = kNone;
   for (std::int64_t s = 0; s < n; ++s) {
     const std::uint32_t prot = std::uint32_t(pos[s] < sinks) | std::uint32_t(pos[s] >= recent_from);
-    const std::uint32_t k = order_key(priority_at<kFactor>(pri, factor, s)) | (0u - prot);
+    const std::uint32_t k = order_key(priority_at<kFactor, kNegate>(pri, factor, s)) | (0u - prot);
     const std::uint64_t c = (std::uint64_t{k} << 32) | (std::uint32_t(pos[s]) ^ 0x80000000u);
     lowest = c < lowest ? c : lowest;
   }
@@ -54,12 +57,16 @@ KVCACHE_VECTORIZE inline std::int64_t select_one_scan(const std::int32_t* KVCACH
 }
 
 /// The slot to evict among rows whose position is in [sinks, recent_from): the lowest priority (pri[s], times
-/// factor[s] when factor is not null), and among equal priorities the oldest position. -1 when every row is
-/// protected. Positions are distinct. Branch-free bodies (no short-circuit) so that the loops vectorise.
+/// factor[s] when factor is not null, negated when negate), and among equal priorities the oldest position. -1 when
+/// every row is protected. Positions are distinct. Branch-free bodies (no short-circuit) so that the loops vectorise.
 KVCACHE_NOINLINE inline std::int64_t select_one(const std::int32_t* pos, const float* pri, const float* factor,
-                                                std::int64_t n, std::int32_t sinks, std::int32_t recent_from) noexcept {
-  return factor != nullptr ? select_one_scan<true>(pos, pri, factor, n, sinks, recent_from)
-                           : select_one_scan<false>(pos, pri, nullptr, n, sinks, recent_from);
+                                                std::int64_t n, std::int32_t sinks, std::int32_t recent_from,
+                                                bool negate) noexcept {
+  if (negate)
+    return factor != nullptr ? select_one_scan<true, true>(pos, pri, factor, n, sinks, recent_from)
+                             : select_one_scan<false, true>(pos, pri, nullptr, n, sinks, recent_from);
+  return factor != nullptr ? select_one_scan<true, false>(pos, pri, factor, n, sinks, recent_from)
+                           : select_one_scan<false, false>(pos, pri, nullptr, n, sinks, recent_from);
 }
 
 /// The slot to evict when every row ranks alike: the oldest position in [sinks, recent_from); -1 when every row is
