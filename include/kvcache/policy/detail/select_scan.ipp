@@ -70,7 +70,7 @@ KVCACHE_NOINLINE inline std::int64_t select_one(const std::int32_t* pos, const f
 }
 
 /// The slot to evict when every row ranks alike: the oldest position in [sinks, recent_from); -1 when every row is
-/// protected. Positions are distinct. Two 32-bit scans of the positions alone (the second reads them from L1): the
+/// protected. Positions are distinct. Two 32-bit scans of the positions alone (the second finds them in cache): the
 /// lowest biased position among the unprotected rows, then its slot.
 KVCACHE_NOINLINE KVCACHE_VECTORIZE inline std::int64_t select_oldest(const std::int32_t* KVCACHE_RESTRICT pos,
                                                                      std::int64_t n, std::int32_t sinks,
