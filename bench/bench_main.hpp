@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,27 @@ struct Options {
   double min_time() const { return quick ? 0.05 : 0.3; }
 };
 
+// The CPU as Linux names it: "model name (family F, model M)" from /proc/cpuinfo, or "unknown". Tables from different
+// machines differ by more than noise (docs/performance.md has Sapphire Rapids and Zen 5), so every run records it.
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string name, family, model;
+  auto value = [](const std::string& line) {
+    const std::size_t c = line.find(':');
+    const std::size_t b = c == std::string::npos ? line.size() : line.find_first_not_of(' ', c + 1);
+    return b == std::string::npos ? std::string() : line.substr(b);
+  };
+  for (std::string line; std::getline(in, line) && line.size() > 0;) {
+    if (line.rfind("model name", 0) == 0) name = value(line);
+    if (line.rfind("cpu family", 0) == 0) family = value(line);
+    if (line.rfind("model\t", 0) == 0) model = value(line);
+  }
+  if (name.empty()) return "unknown";
+  return family.empty() ? name : name + " (family " + family + ", model " + model + ")";
+}
+
 inline Options parse_options(int& argc, char** argv) {
+  benchmark::AddCustomContext("cpu_model", cpu_model());  // printed with the run's context, kept in JSON output
   Options o;
   int out = 1;
   for (int i = 1; i < argc; ++i) {
