@@ -99,15 +99,16 @@ TEST_P(SelectTest, MatchesBruteForce) {
       // No priorities (RanksByAge: every row alike): the oldest unprotected rows go.
       const auto want_by_age = expected_removals(pos, std::vector<float>(pri.size(), 0.0f), b);
       // Negated (RanksByNegatedKeyNorms: the scan flips the sign): -pri given, pri's selection expected.
-      std::vector<float> negated(pri.size());
-      for (std::size_t i = 0; i < pri.size(); ++i) negated[i] = -pri[i];
+      // Also negated and fused (variant 5: the product's sign flipped, -base x factor).
+      std::vector<float> negated(pri.size()), neg_base(base.size());
+      for (std::size_t i = 0; i < pri.size(); ++i) {
+        negated[i] = -pri[i];
+        neg_base[i] = -base[i];
+      }
       for (int variant = 0; variant < 6; ++variant) {
         const bool give_newest = variant == 1, fused = variant == 2, by_age = variant == 3, negate = variant >= 4;
         std::vector<std::int32_t> scratch(pos.size()), removals(pos.size());
-        const Position newest = give_newest || by_age ? *std::max_element(pos.begin(), pos.end()) : -1;
-        // variant 5: negated and fused (the product's sign flipped: -base x factor).
-        std::vector<float> neg_base(base.size());
-        for (std::size_t i = 0; i < base.size(); ++i) neg_base[i] = -base[i];
+        const Position newest = give_newest ? *std::max_element(pos.begin(), pos.end()) : -1;
         const std::size_t r =
             fused          ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
             : by_age       ? kvcache::select_removals(pos, {}, b, scratch, removals, GetParam(), newest)
