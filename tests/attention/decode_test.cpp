@@ -258,6 +258,82 @@ TEST_P(DecodeTest, HeadDoneComesOncePerHeadAfterItsProbabilities) {
   }
 }
 
+// decode_two_pass (groups of 4 to 16, one split, export on) against the one-pass kernel followed by the separate
+// export pass: output, statistics, accumulator (and per-query-head rows with their maximum) bit for bit, as
+// docs/kernels.md states. The per-row probabilities and tile maxima of both are compared too.
+template <class T>
+void check_two_pass(kvcache::Isa isa, DType dt, int g, int dk, int dv, std::int64_t len, bool per_query_head) {
+  const AttentionShape shape{g, 1, dk, dv};
+  const std::int64_t cap = len + 5, tiles = (cap + kvcache::detail::kDecodeTile - 1) / kvcache::detail::kDecodeTile;
+  LayerSlots kv(shape, cap, dt);
+  kvtest::fill_random(kv, len, 5u + static_cast<std::uint32_t>(len));
+  const int ldq = (dk + 15) / 16 * 16;
+  kvcache::AlignedBuffer qb(sizeof(float) * std::size_t(ldq * g));
+  const auto qr = kvtest::random_vector(static_cast<std::size_t>(g * dk), 7, 0.5f);
+  for (int i = 0; i < g; ++i)
+    for (int c = 0; c < dk; ++c) qb.as<float>()[i * ldq + c] = qr[std::size_t(i * dk + c)];
+  const std::size_t scratch = kvcache::detail::decode_scratch_floats(g, dk, dv);
+  struct Run {
+    kvcache::AlignedBuffer s;
+    std::vector<float> o, m, l, probs, tile_max, acc, acc_max;
+  };
+  const int rows = per_query_head ? g : 1;
+  auto run = [&](bool fused) {
+    Run r{kvcache::AlignedBuffer(sizeof(float) * scratch),
+          std::vector<float>(std::size_t(g * dv)),
+          std::vector<float>(std::size_t(g)),
+          std::vector<float>(std::size_t(g)),
+          std::vector<float>(std::size_t(g * cap), -1.0f),
+          std::vector<float>(std::size_t(g * tiles), -1.0f),
+          kvtest::random_vector(static_cast<std::size_t>(rows * cap), 3, 0.5f),
+          std::vector<float>(std::size_t(cap), -2.0f)};
+    const std::int64_t acc_ld = per_query_head ? cap : 0;
+    float* acc_max = per_query_head ? r.acc_max.data() : nullptr;
+    const T* k = static_cast<const T*>(kv.k_data(0));
+    const T* v = static_cast<const T*>(kv.v_data(0));
+    kvcache::detail::decode_head_range(isa, qb.as<float>(), ldq, g, dk, dv, kv.v_stride(), k, v, 0, len, r.o.data(),
+                                       r.m.data(), r.l.data(), r.probs.data(), cap, r.tile_max.data(), tiles,
+                                       r.s.template as<float>(), fused ? r.acc.data() : nullptr, acc_ld,
+                                       fused ? acc_max : nullptr);
+    if (!fused)
+      kvcache::detail::decode_probabilities(isa, r.probs.data(), g, cap, len, r.tile_max.data(), tiles, r.m.data(),
+                                            r.l.data(), r.acc.data(), acc_ld, acc_max);
+    return r;
+  };
+  const Run one = run(false), two = run(true);
+  const std::string what = std::string(kvcache::dtype_name(dt)) + " g " + std::to_string(g) + " dk " +
+                           std::to_string(dk) + " dv " + std::to_string(dv) + " len " + std::to_string(len) +
+                           (per_query_head ? " per query head" : "");
+  EXPECT_EQ(two.o, one.o) << what;
+  EXPECT_EQ(two.m, one.m) << what;
+  EXPECT_EQ(two.l, one.l) << what;
+  EXPECT_EQ(two.probs, one.probs) << what;
+  EXPECT_EQ(two.tile_max, one.tile_max) << what;
+  EXPECT_EQ(two.acc, one.acc) << what;
+  EXPECT_EQ(two.acc_max, one.acc_max) << what;
+}
+
+TEST_P(DecodeTest, TwoPassExportIsBitForBitTheOnePassKernel) {
+  const kvcache::Isa isa = GetParam();
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int g : {3, 4, 5, 8, 16})  // 3: the one-pass kernel on both sides
+      for (std::int64_t len : {1, 63, 64, 65, 1000, 4099})
+        for (bool per_query_head : {false, true})
+          for (auto [dk, dv] : {std::pair{64, 64}, std::pair{72, 40}}) {
+            switch (dt) {
+              case DType::kF32:
+                check_two_pass<float>(isa, dt, g, dk, dv, len, per_query_head);
+                break;
+              case DType::kF16:
+                check_two_pass<kvcache::f16>(isa, dt, g, dk, dv, len, per_query_head);
+                break;
+              case DType::kBF16:
+                check_two_pass<kvcache::bf16>(isa, dt, g, dk, dv, len, per_query_head);
+                break;
+            }
+          }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isa, DecodeTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);
 
 TEST(DecodeErrorsTest, BadShapesAreClearErrors) {

@@ -9,9 +9,11 @@
 // The group's query heads are processed together, so each K and V row is read once per KV head; accumulation is
 // fp32 for every storage type. With DecodeOptions::probabilities set, the softmax probabilities of the group,
 // summed over its query heads (or, on request, per query head), are added into a per-slot accumulator the caller
-// owns (the score export of H2O-like policies): the kernel keeps its logits in the workspace, so no second pass over K
-// or V is made. With an executor of concurrency c, each KV head's rows are split into up to ceil(c / n_kv_heads) ranges
-// (flash-decoding) whose partial softmax states are merged afterwards, so one sequence can use every thread.
+// owns (the score export of H2O-like policies): the kernel keeps its exponentials in the workspace, so no second pass
+// over K or V is made (with one split and a group of 4 or more, a head's K is read first and its V after, while the
+// exponentials come back and are added in: detail/decode.ipp, decode_two_pass). With an executor of concurrency c, each
+// KV head's rows are split into up to ceil(c / n_kv_heads) ranges (flash-decoding) whose partial softmax states are
+// merged afterwards, so one sequence can use every thread.
 //
 // The call validates shapes and throws kvcache::Error before any work; the work itself allocates nothing.
 // An empty head (length 0) gives a zero output.
@@ -146,9 +148,11 @@ namespace detail {
 template <class T>
 void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, int ldv, const T* k, const T* v,
                        std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld,
-                       float* tile_max, std::int64_t ldt, float* s) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, decode_partial,
-                       (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s))
+                       float* tile_max, std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
+                       float* acc_max) noexcept {
+  KVCACHE_DISPATCH_ISA(
+      isa, decode_partial,
+      (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n, float* tile_max,
                                  std::int64_t ldt, const float* m, const float* l, float* acc, std::int64_t acc_ld,
@@ -188,21 +192,15 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     T const* k = static_cast<T const*>(kv.k_data(h));
     T const* v = static_cast<T const*>(kv.v_data(h));
     float* part = ws.partial(h, s);
-    // One split: the head's statistics are final when its task ends, so its probabilities go into the scores there,
-    // from a buffer still in cache (after all heads they came back from memory: 0.03 of the attention at 3k rows).
+    // One split: the head's probabilities go into the scores in its own task, inside the kernel (after all heads
+    // they came back from memory: 0.03 of the attention at 3k rows).
     const bool now = probs && splits == 1;
     const int buf = now ? ws.claim_logits() : h;
     decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), k, v, r0, r1, part,
                       part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
                       probs ? ws.logits(buf) : nullptr, ws.capacity(), probs ? ws.tile_max(h) : nullptr, ws.tiles(),
-                      ws.tile_scores(h, s));
-    if (now) {
-      const float* m = part + std::size_t(g) * std::size_t(dv);
-      if (len > 0)
-        decode_probabilities(isa, ws.logits(buf), g, ws.capacity(), len, ws.tile_max(h), ws.tiles(), m, m + g,
-                             acc_of(h), acc_ld, max_of(h));
-      ws.release_logits(buf);
-    }
+                      ws.tile_scores(h, s), now ? acc_of(h) : nullptr, acc_ld, now ? max_of(h) : nullptr);
+    if (now) ws.release_logits(buf);
     if (splits == 1 && opt.head_done != nullptr) opt.head_done(opt.head_done_context, h);
   });
   // Merge the splits of each head: M = max m_s, L = sum l_s e^(m_s - M), out = sum o_s e^(m_s - M) / L.

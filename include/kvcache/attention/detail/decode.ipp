@@ -26,7 +26,8 @@ KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int
 
 inline constexpr std::int64_t kPrefetchRows = 8;
 
-// The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end, and V row r.
+// The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end, and V row r
+// (none with dv = 0: decode_two_pass prefetches V in its second pass).
 template <class T>
 KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::int64_t r, std::int64_t r_end) noexcept {
   if (r + kPrefetchRows < r_end) {
@@ -125,16 +126,33 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
 // at stride ldv (ldv > dv in the latent layout, where values are the head of each key row).
 // Each head keeps NA = 8 / HB accumulators that take alternate rows, so about 8 independent FMA chains are in flight
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
-// k_next (if not null): n_next K rows of width dk to prefetch while this runs.
-template <int HB, class T>
+// k_next (if not null): n_next K rows of width dk (contiguous) to prefetch while this runs, a cache line every other
+// row step; with kWholeTile, instead exactly the lines of the next min(n_next, r1 - r0) rows, spread evenly over all
+// the call's row steps (decode_two_pass's V, which has no other prefetch: the same lines issued in bursts, a row per
+// step of the first pass over the rows, made the step 1.6x slower from L3).
+template <int HB, class T, bool kWholeTile = false>
 KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, T const* v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
                               int dk) noexcept {
   constexpr int L = ops::kLanes;
   constexpr int NA = HB >= 8 ? 1 : 8 / HB;
   const int full = dv / L * L, tail = dv - full;
-  const std::size_t next_bytes = k_next != nullptr ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
+  const std::size_t next_bytes =
+      k_next != nullptr && !kWholeTile ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
   const char* kn = reinterpret_cast<const char*>(k_next);
+  // kWholeTile: line i of the next rows is issued at the row step where i * steps / lines is passed (a Bresenham
+  // walk over all the row steps of the call: sweeps over the rows x rows).
+  std::size_t pf_lines = 0, pf_steps = 1, pf_acc = 0, pf_line = 0;
+  if constexpr (kWholeTile) {
+    const int pairs = ops::kLanes >= 16 && HB >= 4 ? full / (2 * L) : 0;
+    const int sweeps = pairs + (dv - pairs * 2 * L + L - 1) / L;
+    if (k_next != nullptr) pf_lines = (sizeof(T) * std::size_t(dk) * std::size_t(std::min(n_next, r1 - r0)) + 63) / 64;
+    pf_steps = std::max<std::size_t>(std::size_t(r1 - r0) * std::size_t(sweeps), 1);
+  }
+  auto spread = [&](std::size_t rows) noexcept {
+    if constexpr (kWholeTile)
+      for (pf_acc += rows * pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(kn + 64 * pf_line++);
+  };
   std::size_t step = 0;
   int c = 0;
   if constexpr (ops::kLanes >= 16 && HB >= 4) {
@@ -148,6 +166,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
       }
       for (std::int64_t r = r0; r < r1; ++r, ++step) {
         if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+        spread(1);
         const ops::Vec v0 = ops::load(v + r * ldv + c), v1 = ops::load(v + r * ldv + c + L);
         KVCACHE_UNROLL
         for (int h = 0; h < HB; ++h) {
@@ -175,6 +194,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     std::int64_t r = r0;
     for (; r + NA <= r1; r += NA, step += NA) {
       if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+      spread(NA);
       KVCACHE_UNROLL
       for (int a = 0; a < NA; ++a) {
         const ops::Vec vv = w == L ? ops::load(v + (r + a) * ldv + c) : ops::load_n(v + (r + a) * ldv + c, w);
@@ -183,6 +203,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
       }
     }
     for (; r < r1; ++r) {
+      spread(1);
       const ops::Vec vv = w == L ? ops::load(v + r * ldv + c) : ops::load_n(v + r * ldv + c, w);
       KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) acc[h][0] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h][0]);
@@ -213,23 +234,191 @@ KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T
       return decode_scores<8>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
   }
 }
-template <class T>
+template <bool kWholeTile = false, class T>
 KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T const* v, std::int64_t r0, std::int64_t r1,
                                   float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
-      return decode_pv<1>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<1, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 2:
-      return decode_pv<2>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<2, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 4:
-      return decode_pv<4>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<4, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     default:
-      return decode_pv<8>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<8, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
   }
 }
 
 // Largest head block (8, 4, 2 or 1) that fits in the heads left.
 KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+// Turns tile_max[h][t] (the running maximum after tile t) into the scale of tile t's exponentials,
+// e^(tile_max - m_h) / l_h, for tiles [t, t + n) of every head.
+KVCACHE_INLINE void probability_scales(int g, float* tile_max, std::int64_t ldt, std::int64_t t, std::int64_t n,
+                                       const float* m, const float* l) noexcept {
+  constexpr int L = ops::kLanes;
+  for (int h = 0; h < g; ++h) {
+    float* tm = tile_max + h * ldt;
+    const ops::Vec mh = ops::set1(m[h]), inv = ops::set1(l[h] > 0.0f ? 1.0f / l[h] : 0.0f);
+    std::int64_t i = t;
+    for (; i + L <= t + n; i += L) ops::store(tm + i, ops::mul(ops::exp(ops::sub(ops::load(tm + i), mh)), inv));
+    if (i < t + n) {
+      const int r = static_cast<int>(t + n - i);
+      ops::store_n(tm + i, ops::mul(ops::exp(ops::sub(ops::load_n(tm + i, r), mh)), inv), r);
+    }
+  }
+}
+
+// The export of rows [t0, t1) of one tile: acc[j] += sum_h probs[h][j] * sc[h * ldt] (sc: the tile's scales), or
+// with acc_ld > 0 each head's into its own row, acc[h * acc_ld + j], and acc_max[j] = their maximum if not null.
+KVCACHE_INLINE void accumulate_tile(const float* probs, int g, std::int64_t ld, std::int64_t t0, std::int64_t t1,
+                                    const float* sc, std::int64_t ldt, float* acc, std::int64_t acc_ld,
+                                    float* acc_max) noexcept {
+  constexpr int L = ops::kLanes;
+  std::int64_t j = t0;
+  if (acc_ld > 0) {
+    // Slot-major so that each slot's maximum comes from the sums just written (no second pass over the g rows).
+    for (; j + L <= t1; j += L) {
+      ops::Vec mx = ops::fma(ops::load(probs + j), ops::set1(sc[0]), ops::load(acc + j));
+      ops::store(acc + j, mx);
+      for (int h = 1; h < g; ++h) {
+        const ops::Vec a =
+            ops::fma(ops::load(probs + h * ld + j), ops::set1(sc[h * ldt]), ops::load(acc + h * acc_ld + j));
+        ops::store(acc + h * acc_ld + j, a);
+        mx = ops::max(mx, a);
+      }
+      if (acc_max != nullptr) ops::store(acc_max + j, mx);
+    }
+    for (; j < t1; ++j) {
+      float mx = acc[j] += probs[j] * sc[0];
+      for (int h = 1; h < g; ++h) {
+        const float a = acc[h * acc_ld + j] += probs[h * ld + j] * sc[h * ldt];
+        mx = a > mx ? a : mx;
+      }
+      if (acc_max != nullptr) acc_max[j] = mx;
+    }
+    return;
+  }
+  for (; j + L <= t1; j += L) {
+    ops::Vec sum = ops::load(acc + j);
+    for (int h = 0; h < g; ++h) sum = ops::fma(ops::load(probs + h * ld + j), ops::set1(sc[h * ldt]), sum);
+    ops::store(acc + j, sum);
+  }
+  for (; j < t1; ++j)
+    for (int h = 0; h < g; ++h) acc[j] += probs[h * ld + j] * sc[h * ldt];
+}
+
+/// acc[j] += sum_h probs[h][j] * e^(tile_max[h][j / kDecodeTile] - m[h]) / l[h] for j in [0, n): the group's
+/// probabilities, summed, added into a per-slot accumulator; with acc_ld > 0 each head's are added into its own row
+/// instead, acc[h * acc_ld + j] (GqaReduce::kMax keeps them apart), and if acc_max is not null, acc_max[j] is set to
+/// max_h acc[h * acc_ld + j] after the addition. probs: [g, ld] and tile_max: [g, ldt] from decode_partial (tile_max
+/// is overwritten with the scales); m, l: [g], the head's final softmax statistics.
+KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g, std::int64_t ld, std::int64_t n,
+                                                      float* tile_max, std::int64_t ldt, const float* m, const float* l,
+                                                      float* acc, std::int64_t acc_ld, float* acc_max) noexcept {
+  const std::int64_t tiles = (n + kDecodeTile - 1) / kDecodeTile;
+  probability_scales(g, tile_max, ldt, 0, tiles, m, l);
+  for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
+    const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
+    accumulate_tile(probs, g, ld, t0, t1, tile_max + t0 / kDecodeTile, ldt, acc, acc_ld, acc_max);
+  }
+}
+
+inline constexpr int kTwoPassGroup = 16;  ///< the largest group decode_two_pass takes (its stack arrays)
+
+// decode_partial with the export added into the caller's accumulator in the same call (one split), in two passes: the
+// scores and softmax statistics of every tile over K, storing the exponentials in probs (as decode_partial does), then,
+// with the head's final maximum and sum known, P.V over V tile by tile together with the export of the tile's
+// probabilities. The exponentials are read back while V streams in, not in a separate pass after the head (by then the
+// head's K and V had pushed them out of L2). o, m, l, probs and the accumulator come out bit for bit as decode_partial
+// followed by accumulate_probabilities: P.V replays the one-pass kernel's rescaling (the running maximum of each tile
+// is in tile_max) on the same exponentials.
+template <class T>
+KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
+                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
+                                      std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                                      std::int64_t acc_ld, float* acc_max) noexcept {
+  constexpr int L = ops::kLanes;
+  // Pass 1: scores, running maximum and sum; the exponentials go to probs, the running maximum to tile_max.
+  for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
+    const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1;
+    const int nt = static_cast<int>(t1 - t0);
+    for (int h0 = 0; h0 < g;) {
+      const int hb = head_block(g - h0);
+      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? k : nullptr, 0, r1);
+      h0 += hb;
+    }
+    for (int h = 0; h < g; ++h) {
+      float* sh = s + h * kDecodeTile;
+      ops::Vec mv = ops::set1(m[h]);
+      int r = 0;
+      for (; r + L <= nt; r += L) mv = ops::max(mv, ops::load(sh + r));
+      float mt = ops::reduce_max(mv);
+      for (; r < nt; ++r) mt = sh[r] > mt ? sh[r] : mt;
+      if (mt > m[h]) {
+        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mt);
+        l[h] *= alpha;
+        m[h] = mt;
+      }
+      const ops::Vec mh = ops::set1(m[h]);
+      ops::Vec lv = ops::zero();
+      float* dst = probs + h * ld + t0;
+      r = 0;
+      for (; r + L <= nt; r += L) {
+        const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
+        ops::store(dst + r, p);
+        lv = ops::add(lv, p);
+      }
+      float lt = 0.0f;
+      if (r < nt) {
+        const ops::Vec p = ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh));
+        ops::store_n(dst + r, p, nt - r);
+        for (; r < nt; ++r) lt += dst[r];
+      }
+      l[h] += ops::reduce_add(lv) + lt;
+      tile_max[h * ldt + t0 / kDecodeTile] = m[h];
+    }
+  }
+  // Pass 2: per tile, the rescaling of o the one-pass kernel made there, the export, then P.V.
+  float raw_max[kTwoPassGroup][L], prev[kTwoPassGroup];
+  for (int h = 0; h < g; ++h) prev[h] = -std::numeric_limits<float>::infinity();
+  const std::int64_t first = r0 / kDecodeTile;
+  for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
+    const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1, tile = t0 / kDecodeTile;
+    const int nt = static_cast<int>(t1 - t0);
+    if ((tile - first) % L == 0) {
+      // The next L tiles' scales, computed as accumulate_probabilities computes them (lane by lane the same).
+      const std::int64_t n = std::min<std::int64_t>(L, (r1 - t0 + kDecodeTile - 1) / kDecodeTile);
+      for (int h = 0; h < g; ++h) {
+        // keep the raw running maxima of these tiles for the rescaling below
+        for (std::int64_t i = 0; i < n; ++i) raw_max[h][i] = tile_max[h * ldt + tile + i];
+      }
+      probability_scales(g, tile_max, ldt, tile, n, m, l);
+    }
+    for (int h = 0; h < g; ++h) {
+      const float mt = raw_max[h][(tile - first) % L];
+      if (mt > prev[h]) {
+        if (prev[h] != -std::numeric_limits<float>::infinity()) {
+          const float alpha = std::exp(prev[h] - mt);
+          float* oh = o + h * dv;
+          const ops::Vec av = ops::set1(alpha);
+          int c = 0;
+          for (; c + L <= dv; c += L) ops::store(oh + c, ops::mul(ops::load(oh + c), av));
+          for (; c < dv; ++c) oh[c] *= alpha;
+        }
+        prev[h] = mt;
+      }
+      std::copy_n(probs + h * ld + t0, nt, s + h * kDecodeTile);
+    }
+    accumulate_tile(probs, g, ld, t0, t1, tile_max + tile, ldt, acc, acc_ld, acc_max);
+    for (int h0 = 0; h0 < g;) {
+      const int hb = head_block(g - h0);
+      decode_pv_any</*kWholeTile=*/true>(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv,
+                                         h0 == 0 ? v + t1 * ldv : nullptr, r1 - t1, ldv);
+      h0 += hb;
+    }
+  }
+}
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
@@ -241,11 +430,15 @@ KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >
 /// For probability export (probs not null; r0 must be a multiple of kDecodeTile): probs: [g, ld] receives
 /// e^(s_hj - mt_h) at column j, where mt_h is the running maximum after j's tile, and tile_max: [g, ldt] receives
 /// mt_h at column j / kDecodeTile. The final probability is then probs * e^(mt - m_final) / l_final: one multiply per
-/// row and head, reusing the exponentials the softmax computed anyway.
+/// row and head, reusing the exponentials the softmax computed anyway. acc (if not null; the whole head, r0 == 0):
+/// those probabilities are also added into the accumulator, as accumulate_probabilities(probs, g, ld, r1, tile_max,
+/// ldt, m, l, acc, acc_ld, acc_max) would after the call (groups of 4 to kTwoPassGroup: by decode_two_pass, with
+/// the same result).
 template <class T>
 KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
-                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s) noexcept {
+                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                                     std::int64_t acc_ld, float* acc_max) noexcept {
   constexpr int L = ops::kLanes;
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
@@ -255,6 +448,10 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   // With matrix tiles (amx), the full 8-head blocks get their scores and P.V from tile products; the operands live
   // in s after the scores of a tile. Below one tile of rows, laying the queries out costs more than the tiles save.
   const bool tiles = r1 - r0 >= kDecodeTile && tiles_apply<T>(g, dk, dv);
+  if (acc != nullptr && !tiles && g >= 4 && g <= kTwoPassGroup) {
+    decode_two_pass(q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max);
+    return;
+  }
   float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
   if (tiles) tiles_begin(q, ldq, g, dk, dv, ts);
 
@@ -321,65 +518,5 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     }
   }
   if (tiles) tiles_end();
-}
-
-/// acc[j] += sum_h probs[h][j] * e^(tile_max[h][j / kDecodeTile] - m[h]) / l[h] for j in [0, n): the group's
-/// probabilities, summed, added into a per-slot accumulator; with acc_ld > 0 each head's are added into its own row
-/// instead, acc[h * acc_ld + j] (GqaReduce::kMax keeps them apart), and if acc_max is not null, acc_max[j] is set to
-/// max_h acc[h * acc_ld + j] after the addition. probs: [g, ld] and tile_max: [g, ldt] from decode_partial (tile_max
-/// is overwritten with the scales); m, l: [g], the head's final softmax statistics.
-KVCACHE_NOINLINE inline void accumulate_probabilities(const float* probs, int g, std::int64_t ld, std::int64_t n,
-                                                      float* tile_max, std::int64_t ldt, const float* m, const float* l,
-                                                      float* acc, std::int64_t acc_ld, float* acc_max) noexcept {
-  constexpr int L = ops::kLanes;
-  const std::int64_t tiles = (n + kDecodeTile - 1) / kDecodeTile;
-  for (int h = 0; h < g; ++h) {
-    float* tm = tile_max + h * ldt;
-    const ops::Vec mh = ops::set1(m[h]), inv = ops::set1(l[h] > 0.0f ? 1.0f / l[h] : 0.0f);
-    std::int64_t t = 0;
-    for (; t + L <= tiles; t += L) ops::store(tm + t, ops::mul(ops::exp(ops::sub(ops::load(tm + t), mh)), inv));
-    if (t < tiles) {
-      const int r = static_cast<int>(tiles - t);
-      ops::store_n(tm + t, ops::mul(ops::exp(ops::sub(ops::load_n(tm + t, r), mh)), inv), r);
-    }
-  }
-  if (acc_ld > 0) {
-    // Slot-major so that each slot's maximum comes from the sums just written (no second pass over the g rows).
-    for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
-      const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n, tile = t0 / kDecodeTile;
-      std::int64_t j = t0;
-      for (; j + L <= t1; j += L) {
-        ops::Vec mx = ops::fma(ops::load(probs + j), ops::set1(tile_max[tile]), ops::load(acc + j));
-        ops::store(acc + j, mx);
-        for (int h = 1; h < g; ++h) {
-          const ops::Vec a = ops::fma(ops::load(probs + h * ld + j), ops::set1(tile_max[h * ldt + tile]),
-                                      ops::load(acc + h * acc_ld + j));
-          ops::store(acc + h * acc_ld + j, a);
-          mx = ops::max(mx, a);
-        }
-        if (acc_max != nullptr) ops::store(acc_max + j, mx);
-      }
-      for (; j < t1; ++j) {
-        float mx = acc[j] += probs[j] * tile_max[tile];
-        for (int h = 1; h < g; ++h) {
-          const float a = acc[h * acc_ld + j] += probs[h * ld + j] * tile_max[h * ldt + tile];
-          mx = a > mx ? a : mx;
-        }
-        if (acc_max != nullptr) acc_max[j] = mx;
-      }
-    }
-    return;
-  }
-  for (std::int64_t t0 = 0; t0 < n; t0 += kDecodeTile) {
-    const std::int64_t t1 = t0 + kDecodeTile < n ? t0 + kDecodeTile : n;
-    std::int64_t j = t0;
-    for (; j + L <= t1; j += L) {
-      ops::Vec sum = ops::load(acc + j);
-      for (int h = 0; h < g; ++h)
-        sum = ops::fma(ops::load(probs + h * ld + j), ops::set1(tile_max[h * ldt + t0 / kDecodeTile]), sum);
-      ops::store(acc + j, sum);
-    }
-    for (; j < t1; ++j)
-      for (int h = 0; h < g; ++h) acc[j] += probs[h * ld + j] * tile_max[h * ldt + t0 / kDecodeTile];
-  }
+  if (acc != nullptr && r1 > r0) accumulate_probabilities(probs, g, ld, r1, tile_max, ldt, m, l, acc, acc_ld, acc_max);
 }
