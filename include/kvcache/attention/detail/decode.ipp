@@ -252,6 +252,51 @@ KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T con
 // Largest head block (8, 4, 2 or 1) that fits in the heads left.
 KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
 
+// o[0, n) *= alpha.
+KVCACHE_INLINE void scale_row(float* o, int n, float alpha) noexcept {
+  constexpr int L = ops::kLanes;
+  const ops::Vec av = ops::set1(alpha);
+  int c = 0;
+  for (; c + L <= n; c += L) ops::store(o + c, ops::mul(ops::load(o + c), av));
+  for (; c < n; ++c) o[c] *= alpha;
+}
+
+// One head's online-softmax step over the nt scores of a tile, sh: the running maximum m and sum l move on (when the
+// maximum rises, l and, if not null, the output row o [dv] are rescaled), and the tile's exponentials e^(s - m) are
+// written to e (which may be sh) and, if not null, to dst as well.
+KVCACHE_INLINE void softmax_tile(const float* sh, int nt, float& m, float& l, float* o, int dv, float* e,
+                                 float* dst) noexcept {
+  constexpr int L = ops::kLanes;
+  ops::Vec mv = ops::set1(m);
+  int r = 0;
+  for (; r + L <= nt; r += L) mv = ops::max(mv, ops::load(sh + r));
+  float mt = ops::reduce_max(mv);
+  for (; r < nt; ++r) mt = sh[r] > mt ? sh[r] : mt;
+  if (mt > m) {
+    const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m - mt);
+    l *= alpha;
+    if (o != nullptr) scale_row(o, dv, alpha);
+    m = mt;
+  }
+  const ops::Vec mh = ops::set1(m);
+  ops::Vec lv = ops::zero();
+  r = 0;
+  for (; r + L <= nt; r += L) {
+    const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
+    ops::store(e + r, p);
+    if (dst != nullptr) ops::store(dst + r, p);
+    lv = ops::add(lv, p);
+  }
+  float lt = 0.0f;
+  if (r < nt) {
+    const ops::Vec p = ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh));
+    ops::store_n(e + r, p, nt - r);
+    if (dst != nullptr) ops::store_n(dst + r, p, nt - r);
+    for (; r < nt; ++r) lt += e[r];
+  }
+  l += ops::reduce_add(lv) + lt;
+}
+
 // Turns tile_max[h][t] (the running maximum after tile t) into the scale of tile t's exponentials,
 // e^(tile_max - m_h) / l_h, for tiles [t, t + n) of every head.
 KVCACHE_INLINE void probability_scales(int g, float* tile_max, std::int64_t ldt, std::int64_t t, std::int64_t n,
@@ -349,33 +394,7 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
-      float* sh = s + h * kDecodeTile;
-      ops::Vec mv = ops::set1(m[h]);
-      int r = 0;
-      for (; r + L <= nt; r += L) mv = ops::max(mv, ops::load(sh + r));
-      float mt = ops::reduce_max(mv);
-      for (; r < nt; ++r) mt = sh[r] > mt ? sh[r] : mt;
-      if (mt > m[h]) {
-        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mt);
-        l[h] *= alpha;
-        m[h] = mt;
-      }
-      const ops::Vec mh = ops::set1(m[h]);
-      ops::Vec lv = ops::zero();
-      float* dst = probs + h * ld + t0;
-      r = 0;
-      for (; r + L <= nt; r += L) {
-        const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
-        ops::store(dst + r, p);
-        lv = ops::add(lv, p);
-      }
-      float lt = 0.0f;
-      if (r < nt) {
-        const ops::Vec p = ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh));
-        ops::store_n(dst + r, p, nt - r);
-        for (; r < nt; ++r) lt += dst[r];
-      }
-      l[h] += ops::reduce_add(lv) + lt;
+      softmax_tile(s + h * kDecodeTile, nt, m[h], l[h], nullptr, dv, probs + h * ld + t0, nullptr);
       tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
   }
@@ -398,14 +417,7 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
     for (int h = 0; h < g; ++h) {
       const float mt = raw_max[h][(tile - first) % L];
       if (mt > prev[h]) {
-        if (prev[h] != -std::numeric_limits<float>::infinity()) {
-          const float alpha = std::exp(prev[h] - mt);
-          float* oh = o + h * dv;
-          const ops::Vec av = ops::set1(alpha);
-          int c = 0;
-          for (; c + L <= dv; c += L) ops::store(oh + c, ops::mul(ops::load(oh + c), av));
-          for (; c < dv; ++c) oh[c] *= alpha;
-        }
+        if (prev[h] != -std::numeric_limits<float>::infinity()) scale_row(o + h * dv, dv, std::exp(prev[h] - mt));
         prev[h] = mt;
       }
       std::copy_n(probs + h * ld + t0, nt, s + h * kDecodeTile);
@@ -439,7 +451,6 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
                                      std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
                                      std::int64_t acc_ld, float* acc_max) noexcept {
-  constexpr int L = ops::kLanes;
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
     l[h] = 0.0f;
@@ -468,41 +479,9 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
+      // The exponentials replace the scores in s; the export stores them a second time.
       float* sh = s + h * kDecodeTile;
-      // Online softmax: new running max, rescale what was accumulated, exponentiate the tile in place.
-      ops::Vec mv = ops::set1(m[h]);
-      int r = 0;
-      for (; r + L <= nt; r += L) mv = ops::max(mv, ops::load(sh + r));
-      float mt = ops::reduce_max(mv);
-      for (; r < nt; ++r) mt = sh[r] > mt ? sh[r] : mt;
-      if (mt > m[h]) {
-        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mt);
-        l[h] *= alpha;
-        const ops::Vec av = ops::set1(alpha);
-        float* oh = o + h * dv;
-        int c = 0;
-        for (; c + L <= dv; c += L) ops::store(oh + c, ops::mul(ops::load(oh + c), av));
-        for (; c < dv; ++c) oh[c] *= alpha;
-        m[h] = mt;
-      }
-      const ops::Vec mh = ops::set1(m[h]);
-      ops::Vec lv = ops::zero();
-      float* dst = probs != nullptr ? probs + h * ld + t0 : nullptr;  // the export: the same exponentials, stored twice
-      r = 0;
-      for (; r + L <= nt; r += L) {
-        const ops::Vec p = ops::exp(ops::sub(ops::load(sh + r), mh));
-        ops::store(sh + r, p);
-        if (dst != nullptr) ops::store(dst + r, p);
-        lv = ops::add(lv, p);
-      }
-      float lt = 0.0f;
-      if (r < nt) {
-        const ops::Vec p = ops::exp(ops::sub(ops::load_n(sh + r, nt - r), mh));
-        ops::store_n(sh + r, p, nt - r);
-        if (dst != nullptr) ops::store_n(dst + r, p, nt - r);
-        for (; r < nt; ++r) lt += sh[r];
-      }
-      l[h] += ops::reduce_add(lv) + lt;
+      softmax_tile(sh, nt, m[h], l[h], o + h * dv, dv, sh, probs != nullptr ? probs + h * ld + t0 : nullptr);
       if (probs != nullptr) tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
     int h0 = 0;
