@@ -26,8 +26,9 @@ KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int
 
 inline constexpr std::int64_t kPrefetchRows = 8;
 
-// The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end, and V row r
-// (none with dv = 0: decode_two_pass prefetches V in its second pass).
+// The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end (callers pass
+// an r_end past the first tile only: later tiles' K was prefetched a whole tile ahead), and V row r (none with dv = 0:
+// decode_two_pass prefetches V in its second pass).
 template <class T>
 KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::int64_t r, std::int64_t r_end) noexcept {
   if (r + kPrefetchRows < r_end) {
@@ -41,18 +42,22 @@ KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::in
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
 // Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
-// read bandwidth): while the scores of a tile are computed, K rows kPrefetchRows ahead and the tile's own V rows are
-// prefetched (v not null); while its P.V runs, the next tile's K rows are, one cache line every other row step so
-// the requests are spread out rather than issued in a burst (k_next not null).
+// read bandwidth), each line one phase ahead of its use: while the scores of a tile are computed, the tile's own V
+// rows are prefetched (v not null; and in a head's first tile, K rows kPrefetchRows ahead); while its P.V runs, all of
+// the next tile's K (decode_pv's k_next). pf_lines cache lines from pf (decode_two_pass's next K tile, which has no
+// P.V phase in between) are spread evenly over the rows here.
 template <int HB, class T>
 KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int dk, T const* KVCACHE_RESTRICT k,
                                   std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s, T const* v, int dv,
-                                  std::int64_t r_end) noexcept {
+                                  std::int64_t r_end, const char* pf = nullptr, std::size_t pf_lines = 0) noexcept {
   constexpr int L = ops::kLanes;
   const int full = dk / L * L, tail = dk - full;
+  const std::size_t pf_steps = std::max<std::size_t>(std::size_t(r1 - r0), 1);
+  std::size_t pf_acc = 0, pf_line = 0;
   for (std::int64_t r = r0; r < r1; ++r) {
     T const* kr = k + r * dk;
     if (v != nullptr) prefetch_row(k, dk, v, dv, r, r_end);
+    for (pf_acc += pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(pf + 64 * pf_line++);
     if constexpr (ops::kLanes >= 16 && HB >= 4) {
       // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
       // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
@@ -90,6 +95,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
           for (int i = 0; i < 4; ++i) s[(h + i) * kDecodeTile + (r + 1 - r0)] = sum[i];
         }
         if (v != nullptr) prefetch_row(k, dk, v, dv, r + 1, r_end);  // the second row's (the first's came above)
+        for (pf_acc += pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(pf + 64 * pf_line++);
         ++r;
         continue;
       }
@@ -126,34 +132,30 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
 // at stride ldv (ldv > dv in the latent layout, where values are the head of each key row).
 // Each head keeps NA = 8 / HB accumulators that take alternate rows, so about 8 independent FMA chains are in flight
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
-// k_next (if not null): n_next K rows of width dk (contiguous) to prefetch while this runs, a cache line every other
-// row step; with kWholeTile, instead exactly the lines of the next min(n_next, r1 - r0) rows, spread evenly over all
-// the call's row steps (decode_two_pass's V, which has no other prefetch: the same lines issued in bursts, a row per
-// step of the first pass over the rows, made the step 1.6x slower from L3).
-template <int HB, class T, bool kWholeTile = false>
+// k_next (if not null): rows of width dk (contiguous) to prefetch while this runs, exactly the lines of the first
+// min(n_next, r1 - r0), spread evenly over all the call's row steps (bursts were slower: decode_two_pass's V issued a
+// row per step of the first column sweep made its step 1.6x slower from L3). The one-pass kernel prefetched one line
+// every other row step here until the thirteenth session, which reached only half of the next tile for groups of 4 and
+// 8 and a quarter for groups of 1: prefetching all of it made decode 15 - 20% faster on Zen 5 (docs/performance.md).
+template <int HB, class T>
 KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, T const* v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
                               int dk) noexcept {
   constexpr int L = ops::kLanes;
   constexpr int NA = HB >= 8 ? 1 : 8 / HB;
   const int full = dv / L * L, tail = dv - full;
-  const std::size_t next_bytes =
-      k_next != nullptr && !kWholeTile ? sizeof(T) * std::size_t(dk) * std::size_t(n_next) : 0;
   const char* kn = reinterpret_cast<const char*>(k_next);
-  // kWholeTile: line i of the next rows is issued at the row step where i * steps / lines is passed (a Bresenham
-  // walk over all the row steps of the call: sweeps over the rows x rows).
-  std::size_t pf_lines = 0, pf_steps = 1, pf_acc = 0, pf_line = 0;
-  if constexpr (kWholeTile) {
-    const int pairs = ops::kLanes >= 16 && HB >= 4 ? full / (2 * L) : 0;
-    const int sweeps = pairs + (dv - pairs * 2 * L + L - 1) / L;
-    if (k_next != nullptr) pf_lines = (sizeof(T) * std::size_t(dk) * std::size_t(std::min(n_next, r1 - r0)) + 63) / 64;
-    pf_steps = std::max<std::size_t>(std::size_t(r1 - r0) * std::size_t(sweeps), 1);
-  }
+  // Line i of the next rows is issued at the row step where i * steps / lines is passed (a Bresenham walk over all
+  // the row steps of the call: sweeps over the columns x rows).
+  const int pairs = ops::kLanes >= 16 && HB >= 4 ? full / (2 * L) : 0;
+  const int sweeps = pairs + (dv - pairs * 2 * L + L - 1) / L;
+  const std::size_t pf_lines =
+      k_next != nullptr ? (sizeof(T) * std::size_t(dk) * std::size_t(std::min(n_next, r1 - r0)) + 63) / 64 : 0;
+  const std::size_t pf_steps = std::max<std::size_t>(std::size_t(r1 - r0) * std::size_t(sweeps), 1);
+  std::size_t pf_acc = 0, pf_line = 0;
   auto spread = [&](std::size_t rows) noexcept {
-    if constexpr (kWholeTile)
-      for (pf_acc += rows * pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(kn + 64 * pf_line++);
+    for (pf_acc += rows * pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(kn + 64 * pf_line++);
   };
-  std::size_t step = 0;
   int c = 0;
   if constexpr (ops::kLanes >= 16 && HB >= 4) {
     // Two column chunks at once: each broadcast probability feeds two FMAs (16 accumulators), 10 loads per 16 FMAs.
@@ -164,8 +166,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
         a0[h] = ops::load(o + h * dv + c);
         a1[h] = ops::load(o + h * dv + c + L);
       }
-      for (std::int64_t r = r0; r < r1; ++r, ++step) {
-        if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+      for (std::int64_t r = r0; r < r1; ++r) {
         spread(1);
         const ops::Vec v0 = ops::load(v + r * ldv + c), v1 = ops::load(v + r * ldv + c + L);
         KVCACHE_UNROLL
@@ -192,8 +193,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
       for (int a = 1; a < NA; ++a) acc[h][a] = ops::zero();
     }
     std::int64_t r = r0;
-    for (; r + NA <= r1; r += NA, step += NA) {
-      if ((step & 1) == 0 && step * 32 < next_bytes) ops::prefetch(kn + step * 32);
+    for (; r + NA <= r1; r += NA) {
       spread(NA);
       KVCACHE_UNROLL
       for (int a = 0; a < NA; ++a) {
@@ -222,30 +222,31 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
 
 template <class T>
 KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T const* k, std::int64_t r0,
-                                      std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end) noexcept {
+                                      std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end,
+                                      const char* pf = nullptr, std::size_t pf_lines = 0) noexcept {
   switch (hb) {
     case 1:
-      return decode_scores<1>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
+      return decode_scores<1>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     case 2:
-      return decode_scores<2>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
+      return decode_scores<2>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     case 4:
-      return decode_scores<4>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
+      return decode_scores<4>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     default:
-      return decode_scores<8>(q, ldq, dk, k, r0, r1, s, v, dv, r_end);
+      return decode_scores<8>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
   }
 }
-template <bool kWholeTile = false, class T>
+template <class T>
 KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T const* v, std::int64_t r0, std::int64_t r1,
                                   float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
   switch (hb) {
     case 1:
-      return decode_pv<1, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<1>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 2:
-      return decode_pv<2, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<2>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 4:
-      return decode_pv<4, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<4>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     default:
-      return decode_pv<8, T, kWholeTile>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+      return decode_pv<8>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
   }
 }
 
@@ -390,7 +391,11 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? k : nullptr, 0, r1);
+      // K rows kPrefetchRows ahead in the first tile; the next tile's K spread over this tile's rows.
+      const std::int64_t n_next = h0 == 0 ? std::min<std::int64_t>(r1 - t1, kDecodeTile) : 0;
+      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? k : nullptr, 0,
+                        t0 == r0 ? r1 : t0, reinterpret_cast<const char*>(k + t1 * dk),
+                        (sizeof(T) * std::size_t(dk) * std::size_t(n_next) + 63) / 64);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
@@ -425,8 +430,8 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
     accumulate_tile(probs, g, ld, t0, t1, tile_max + tile, ldt, acc, acc_ld, acc_max);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any</*kWholeTile=*/true>(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv,
-                                         h0 == 0 ? v + t1 * ldv : nullptr, r1 - t1, ldv);
+      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? v + t1 * ldv : nullptr,
+                    r1 - t1, ldv);
       h0 += hb;
     }
   }
@@ -475,7 +480,7 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
       if (tiles && hb == 8)
         tile_scores(q + h0 * ldq, ldq, h0 / 8, g, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, r1, ts);
       else
-        decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, r1);
+        decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, t0 == r0 ? r1 : t0);
       h0 += hb;
     }
     for (int h = 0; h < g; ++h) {
