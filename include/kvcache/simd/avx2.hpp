@@ -103,6 +103,15 @@ KVCACHE_INLINE Vec select_lt(Vec a, Vec b, Vec if_lt, Vec otherwise) noexcept {
   return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
 }
 
+// Used by the decode kernel's 16-lane path only; here for the op set contract.
+KVCACHE_INLINE void reduce_add_16(const Vec* v, float* out) noexcept {
+  for (int i = 0; i < 16; i += 4) reduce_add_4(v[i], v[i + 1], v[i + 2], v[i + 3], out + i);
+}
+KVCACHE_INLINE void transpose_16x8(const float* src, float* dst, std::ptrdiff_t ld) noexcept {
+  for (int h = 0; h < 8; ++h)
+    for (int i = 0; i < 16; ++i) dst[h * ld + i] = src[i * 8 + h];
+}
+
 /// r[0..8) := its 8 x 8 transpose (lane c of r[i] moves to lane i of r[c]).
 KVCACHE_INLINE void transpose(Vec r[8]) noexcept {
   Vec t[8], u[8];

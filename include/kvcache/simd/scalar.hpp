@@ -9,6 +9,8 @@
 //   add, sub, mul, fma(a, b, c) = a * b + c, min, max
 //   reduce_add, reduce_max         horizontal
 //   reduce_add_4(a, b, c, d, out)  out[0..4) = the horizontal sums of a, b, c, d (shares the shuffles)
+//   reduce_add_16(v, out)          out[0..16) = the horizontal sums of v[0..16) (one tree of shuffles, one store)
+//   transpose_16x8(src, dst, ld)   dst[h * ld + i] = src[i * 8 + h] for h < 8, i < 16
 //   transpose(r)                   r[0..kLanes) := its kLanes x kLanes transpose
 //   exp                            see detail/math.ipp
 //   prefetch(p)                    cache hint
@@ -65,7 +67,15 @@ KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcep
   out[3] = d;
 }
 
+KVCACHE_INLINE void reduce_add_16(const Vec* v, float* out) noexcept {
+  for (int i = 0; i < 16; ++i) out[i] = v[i];
+}
+
 KVCACHE_INLINE void transpose(Vec*) noexcept {}
+KVCACHE_INLINE void transpose_16x8(const float* src, float* dst, std::ptrdiff_t ld) noexcept {
+  for (int h = 0; h < 8; ++h)
+    for (int i = 0; i < 16; ++i) dst[h * ld + i] = src[i * 8 + h];
+}
 
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept { return std::nearbyint(v); }
 /// 2^n for an integral n in [-126, 127], built in the exponent bits.
