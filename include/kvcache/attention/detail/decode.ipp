@@ -26,6 +26,16 @@ KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int
 
 inline constexpr std::int64_t kPrefetchRows = 8;
 
+// `lines` cache lines from p, prefetched evenly over `steps` row steps: line i goes out at the step where
+// i * steps / lines is passed (a Bresenham walk; bursts made decode slower).
+struct SpreadPrefetch {
+  const char* p;
+  std::size_t lines, steps, acc = 0, next = 0;
+  KVCACHE_INLINE void advance(std::size_t rows) noexcept {
+    for (acc += rows * lines; acc >= steps; acc -= steps) ops::prefetch(p + 64 * next++);
+  }
+};
+
 // The prefetches of the score pass for row r (see decode_scores): K row r + kPrefetchRows, if below r_end (callers pass
 // an r_end past the first tile only: later tiles' K was prefetched a whole tile ahead), and V row r (none with dv = 0:
 // decode_two_pass prefetches V in its second pass).
@@ -52,8 +62,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
                                   std::int64_t r_end, const char* pf = nullptr, std::size_t pf_lines = 0) noexcept {
   constexpr int L = ops::kLanes;
   const int full = dk / L * L, tail = dk - full;
-  const std::size_t pf_steps = std::max<std::size_t>(std::size_t(r1 - r0), 1);
-  std::size_t pf_acc = 0, pf_line = 0;
+  SpreadPrefetch spread{pf, pf_lines, std::max<std::size_t>(std::size_t(r1 - r0), 1)};
   // Blocks of 8 heads on 16 lanes, 16-bit storage: a row pair's 16 sums come out of one reduction tree as one vector,
   // [row][head], staged here and transposed into s after the rows (one tree, one store and 1.5 permutes per pair
   // instead of four 4-way reductions and 16 scalar copies). Group 8 from DRAM on Zen 5: f16 / bf16 6 - 9% faster at
@@ -63,7 +72,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
   for (std::int64_t r = r0; r < r1; ++r) {
     T const* kr = k + r * dk;
     if (v != nullptr) prefetch_row(k, dk, v, dv, r, r_end);
-    for (pf_acc += pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(pf + 64 * pf_line++);
+    spread.advance(1);
     if constexpr (ops::kLanes >= 16 && HB >= 4) {
       // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
       // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
@@ -111,7 +120,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
           }
         }
         if (v != nullptr) prefetch_row(k, dk, v, dv, r + 1, r_end);  // the second row's (the first's came above)
-        for (pf_acc += pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(pf + 64 * pf_line++);
+        spread.advance(1);
         ++r;
         continue;
       }
@@ -169,18 +178,13 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
   constexpr int L = ops::kLanes;
   constexpr int NA = HB >= 8 ? 1 : 8 / HB;
   const int full = dv / L * L, tail = dv - full;
-  const char* kn = reinterpret_cast<const char*>(k_next);
-  // Line i of the next rows is issued at the row step where i * steps / lines is passed (a Bresenham walk over all
-  // the row steps of the call: sweeps over the columns x rows).
+  // The row steps of the call: column sweeps x rows.
   const int pairs = ops::kLanes >= 16 && HB >= 4 ? full / (2 * L) : 0;
   const int sweeps = pairs + (dv - pairs * 2 * L + L - 1) / L;
-  const std::size_t pf_lines =
-      k_next != nullptr ? (sizeof(T) * std::size_t(dk) * std::size_t(std::min(n_next, r1 - r0)) + 63) / 64 : 0;
-  const std::size_t pf_steps = std::max<std::size_t>(std::size_t(r1 - r0) * std::size_t(sweeps), 1);
-  std::size_t pf_acc = 0, pf_line = 0;
-  auto spread = [&](std::size_t rows) noexcept {
-    for (pf_acc += rows * pf_lines; pf_acc >= pf_steps; pf_acc -= pf_steps) ops::prefetch(kn + 64 * pf_line++);
-  };
+  SpreadPrefetch spread{
+      reinterpret_cast<const char*>(k_next),
+      k_next != nullptr ? (sizeof(T) * std::size_t(dk) * std::size_t(std::min(n_next, r1 - r0)) + 63) / 64 : 0,
+      std::max<std::size_t>(std::size_t(r1 - r0) * std::size_t(sweeps), 1)};
   int c = 0;
   if constexpr (ops::kLanes >= 16 && HB >= 4) {
     // Two column chunks at once: each broadcast probability feeds two FMAs (16 accumulators), 10 loads per 16 FMAs.
@@ -192,7 +196,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
         a1[h] = ops::load(o + h * dv + c + L);
       }
       for (std::int64_t r = r0; r < r1; ++r) {
-        spread(1);
+        spread.advance(1);
         const ops::Vec v0 = ops::load(v + r * ldv + c), v1 = ops::load(v + r * ldv + c + L);
         KVCACHE_UNROLL
         for (int h = 0; h < HB; ++h) {
@@ -219,7 +223,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
     }
     std::int64_t r = r0;
     for (; r + NA <= r1; r += NA) {
-      spread(NA);
+      spread.advance(NA);
       KVCACHE_UNROLL
       for (int a = 0; a < NA; ++a) {
         const ops::Vec vv = w == L ? ops::load(v + (r + a) * ldv + c) : ops::load_n(v + (r + a) * ldv + c, w);
@@ -228,7 +232,7 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
       }
     }
     for (; r < r1; ++r) {
-      spread(1);
+      spread.advance(1);
       const ops::Vec vv = w == L ? ops::load(v + r * ldv + c) : ops::load_n(v + r * ldv + c, w);
       KVCACHE_UNROLL
       for (int h = 0; h < HB; ++h) acc[h][0] = ops::fma(ops::set1(p[h * kDecodeTile + (r - r0)]), vv, acc[h][0]);
