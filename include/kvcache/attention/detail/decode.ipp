@@ -168,9 +168,9 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
 // k_next (if not null): rows of width dk (contiguous) to prefetch while this runs, exactly the lines of the first
 // min(n_next, r1 - r0), spread evenly over all the call's row steps (bursts were slower: decode_two_pass's V issued a
-// row per step of the first column sweep made its step 1.6x slower from L3). The one-pass kernel prefetched one line
-// every other row step here until the thirteenth session, which reached only half of the next tile for groups of 4 and
-// 8 and a quarter for groups of 1: prefetching all of it made decode 15 - 20% faster on Zen 5 (docs/performance.md).
+// row per step of the first column sweep made its step 1.6x slower from L3). All of the tile, not part: what P.V
+// leaves out waits on the score pass's prefetch a few rows ahead, too close to hide DRAM (covering half the tile,
+// decode ran 15 - 20% slower on Zen 5; docs/performance.md).
 template <int HB, class T>
 KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, T const* v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
