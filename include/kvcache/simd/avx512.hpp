@@ -84,35 +84,44 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// Horizontal sums of several vectors: the folds within 128-bit lanes come first (vshufps, which on Zen 5 issues beside
+// the FMAs) and the folds across lanes last, on the fewest vectors (there vshuff32x4 takes an FMA slot, vpermt2ps
+// about two). reduce_add_4 folded across lanes first and picked its four sums out with vcompressps: decode with the
+// rows in L2 (an ad-hoc driver, 8 query heads of one KV head, d 128) took 52 -> 49 cycles a row at group 4, f16, and
+// 100 -> 91 at group 8, f32.
 KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
-  // Fold 512 -> 256 bits pairwise: ab = [a_lo + a_hi | b_lo + b_hi], then 256 -> 128: [a | b | c | d] partials.
-  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
-  const __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
-  // Within each 128-bit lane: 4 -> 1; lane k of the result's low 128 bits then holds the sum for input k.
-  const __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4e));
-  const __m512 w = _mm512_add_ps(u, _mm512_permute_ps(u, 0xb1));
-  _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, w)));
+  // 128-bit lane j of t = [a | b | c | d] summed over lane j; then the four lanes added: 2 shuffles across lanes.
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_ps(c, d, 0x44), _mm512_shuffle_ps(c, d, 0xee));
+  const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x88), _mm512_shuffle_ps(ab, cd, 0xdd));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
-// Four rounds of pairwise folds (512 -> 256 -> 128 bits across vectors, then within 128-bit lanes): 30 shuffles and
-// 15 additions for 16 sums, against 56 operations, four stores and 16 scalar copies for four reduce_add_4. The folds
-// leave the sum of their input q at lane 4 * (q % 4) + q / 4, so the inputs go in that (self-inverse) order.
+// 16 sums: 24 shuffles within lanes, 5 blends, 3 shuffles across lanes, 15 additions, one store. (Folding across
+// lanes first, with 24 shuffles across lanes, ran group 8's score pass at the same speed on Zen 5.)
 KVCACHE_INLINE void reduce_add_16(const Vec* v, float* out) noexcept {
-  Vec u[8], w[4], x[2];
+  Vec t[8], w[4];
   KVCACHE_UNROLL
-  for (int k = 0; k < 8; ++k) {  // u[k]: the two vectors' 256-bit halves folded, one vector per half
-    const Vec a = v[4 * (2 * k % 4) + 2 * k / 4], b = v[4 * ((2 * k + 1) % 4) + (2 * k + 1) / 4];
-    u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  for (int i = 0; i < 8; ++i) {  // lane j of t[i]: [a0 + a2, a1 + a3, b0 + b2, b1 + b3] of a, b = v[2i], v[2i + 1]
+    const Vec a = v[2 * i], b = v[2 * i + 1];
+    t[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
   }
   KVCACHE_UNROLL
-  for (int m = 0; m < 4; ++m)  // w[m]: one input per 128-bit lane
-    w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0x88),
-                         _mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], 0xdd));
+  for (int m = 0; m < 4; ++m)  // lane j of w[m]: v[4m .. 4m + 3], each summed over lane j
+    w[m] =
+        _mm512_add_ps(_mm512_shuffle_ps(t[2 * m], t[2 * m + 1], 0x88), _mm512_shuffle_ps(t[2 * m], t[2 * m + 1], 0xdd));
+  // Across lanes. x[n], lanes 0 .. 3: w[2n] lanes 0+1, w[2n+1] lanes 0+1, w[2n] lanes 2+3, w[2n+1] lanes 2+3 (two
+  // blends and one lane swap instead of two two-source shuffles); then lane J of the result is w[J] summed.
+  Vec x[2];
   KVCACHE_UNROLL
-  for (int n = 0; n < 2; ++n)  // x[n]: two inputs per 128-bit lane, two partial sums each
-    x[n] =
-        _mm512_add_ps(_mm512_shuffle_ps(w[2 * n], w[2 * n + 1], 0x44), _mm512_shuffle_ps(w[2 * n], w[2 * n + 1], 0xee));
-  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xdd)));
+  for (int n = 0; n < 2; ++n) {
+    const Vec a = w[2 * n], b = w[2 * n + 1];
+    const Vec keep = _mm512_mask_blend_ps(0xf0f0, a, b);                 // a0 b1 a2 b3
+    const Vec swap = _mm512_mask_blend_ps(0x0f0f, a, b);                 // b0 a1 b2 a3
+    x[n] = _mm512_add_ps(keep, _mm512_shuffle_f32x4(swap, swap, 0xb1));  // + a1 b0 a3 b2
+  }
+  const Vec lo = _mm512_mask_blend_ps(0xff00, x[0], x[1]);                           // x0 lanes 0, 1; x1 lanes 2, 3
+  _mm512_storeu_ps(out, _mm512_add_ps(lo, _mm512_shuffle_f32x4(x[0], x[1], 0x4e)));  // + x0 lanes 2, 3; x1 lanes 0, 1
 }
 KVCACHE_INLINE float reduce_max(Vec v) noexcept {
   __m256 s8 = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
