@@ -1,20 +1,28 @@
-// Decode attention speed against this machine's measured read bandwidth.
+// Decode attention speed against this machine's measured read bandwidth and FMA peak.
 //
 // A case is one layer step of decode_attention: 8 KV heads, group g (8 g query heads), context N, head dim d,
 // storage f32/f16/bf16, a forced ISA and 1 or 2 threads. Counters:
 //   GBps         K+V bytes read per step / step time (1e9 bytes)
 //   bw_fraction  GBps / the read bandwidth measured in this run with the same number of threads
+//   GFLOPs       the step's 4 x d x context x query-head FLOPs (Q.K and P.V) / step time
+//   roofline_fraction  the time the step cannot beat on this machine, max(bytes / read bandwidth, FLOPs / fp32 FMA
+//                peak of the case's ISA and thread count), over the step time: how close a case is to whichever
+//                limit it hits first (group 8 at d 128 does 8 FLOPs per f16 byte, so on a core whose FMA peak is
+//                under 8 x its read bandwidth, it is the FMA peak). The peak is measured at the first case of each
+//                ISA and thread count.
 // The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough
 // distinct layers to span the working set (>= 1 GiB; see machine.hpp): every step streams from DRAM, as in a
 // real decode over many layers.
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_main.hpp"
@@ -28,7 +36,22 @@ using kvcache::Isa;
 
 constexpr int kKvHeads = 8;
 
-std::map<int, double> g_read_bw;  // threads -> GB/s
+std::map<int, double> g_read_bw;                   // threads -> GB/s
+std::map<std::pair<int, int>, double> g_fma_peak;  // (isa, threads) -> GFLOP/s, measured when first needed
+
+template <class Exec>
+double fma_peak(Isa isa, const Exec& ex) {
+  const std::pair<int, int> key{static_cast<int>(isa), ex.concurrency()};
+  auto it = g_fma_peak.find(key);
+  if (it == g_fma_peak.end()) {
+    // amx's vector ports are avx512's (measure_fma_peaks does the same).
+    const double p = kvbench::fma_peak_gflops(isa == Isa::kAmx ? Isa::kAvx512 : isa, ex);
+    std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
+                 std::string(kvcache::isa_name(isa)).c_str(), ex.concurrency(), p);
+    it = g_fma_peak.emplace(key, p).first;
+  }
+  return it->second;
+}
 
 // Layers filled with random rows, kept while consecutive cases share (context, dim, dtype).
 struct LayerSet {
@@ -69,6 +92,7 @@ const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t
 template <class Exec>
 void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, const Exec& ex) {
   const auto& layers = layers_for(ctx, d, dt);
+  const double peak = fma_peak(isa, ex);
   kvcache::set_isa_for_testing(isa);
   const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
   std::vector<float> q(std::size_t(shape.n_q_heads * d), 0.01f), out(q.size());
@@ -88,9 +112,13 @@ void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, 
   const double gb = static_cast<double>(layers[0]->kv_bytes()) / 1e9;
   const double bw = g_read_bw.at(ex.concurrency());
   const double gbps = gb * static_cast<double>(st.iterations()) / seconds;
+  const double gflop = 4.0 * d * static_cast<double>(ctx) * shape.n_q_heads / 1e9;
+  const double step = seconds / static_cast<double>(st.iterations());
   st.counters["GBps"] = gbps;
   st.counters["bw_fraction"] = gbps / bw;
   st.counters["read_bw_GBps"] = bw;
+  st.counters["GFLOPs"] = gflop / step;
+  st.counters["roofline_fraction"] = std::max(gb / bw, gflop / peak) / step;
 }
 
 }  // namespace
