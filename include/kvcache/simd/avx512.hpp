@@ -86,9 +86,7 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
 }
 // Horizontal sums of several vectors: the folds within 128-bit lanes come first (vshufps, which on Zen 5 issues beside
 // the FMAs) and the folds across lanes last, on the fewest vectors (there vshuff32x4 takes an FMA slot, vpermt2ps
-// about two). reduce_add_4 folded across lanes first and picked its four sums out with vcompressps: decode with the
-// rows in L2 (an ad-hoc driver, 8 query heads of one KV head, d 128) took 52 -> 49 cycles a row at group 4, f16, and
-// 100 -> 91 at group 8, f32.
+// about two, and the decode kernel calls these between its FMAs). docs/performance.md has the measurements.
 KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
   // 128-bit lane j of t = [a | b | c | d] summed over lane j; then the four lanes added: 2 shuffles across lanes.
   const __m512 ab = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
@@ -97,8 +95,7 @@ KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcep
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
-// 16 sums: 24 shuffles within lanes, 5 blends, 3 shuffles across lanes, 15 additions, one store. (Folding across
-// lanes first, with 24 shuffles across lanes, ran group 8's score pass at the same speed on Zen 5.)
+// 16 sums: 24 shuffles within lanes, 5 blends, 3 shuffles across lanes, 15 additions, one store.
 KVCACHE_INLINE void reduce_add_16(const Vec* v, float* out) noexcept {
   Vec t[8], w[4];
   KVCACHE_UNROLL
