@@ -16,7 +16,7 @@
 // Cold cases (".../cold", 32k): before each of the two timed calls the bench reads 256 MiB of other memory, so both
 // calls find what they touch in DRAM: K and V, as in an engine, where the other layers' steps pass between two steps
 // of a layer, and the policy's state (scores, positions), likewise; but also the step's scratch (the exported
-// exponentials), which an engine's layers share and keep warm, so cold cases bound the overhead from above. Warm
+// exponentials), which an engine's layers share and keep warm, so cold cases are pessimistic about that part. Warm
 // cases leave one layer of 13 - 33 MB (at 32k) where the previous call left it, much of it in a large LLC.
 // Policies that never evict during decode (Full, SnapKV, L2 once) grow by one row per iteration, so every case runs a
 // fixed number of iterations.
