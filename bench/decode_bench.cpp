@@ -22,7 +22,6 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "bench_main.hpp"
@@ -36,22 +35,7 @@ using kvcache::Isa;
 
 constexpr int kKvHeads = 8;
 
-std::map<int, double> g_read_bw;                   // threads -> GB/s
-std::map<std::pair<int, int>, double> g_fma_peak;  // (isa, threads) -> GFLOP/s, measured when first needed
-
-template <class Exec>
-double fma_peak(Isa isa, const Exec& ex) {
-  const std::pair<int, int> key{static_cast<int>(isa), ex.concurrency()};
-  auto it = g_fma_peak.find(key);
-  if (it == g_fma_peak.end()) {
-    // amx's vector ports are avx512's (measure_fma_peaks does the same).
-    const double p = kvbench::fma_peak_gflops(isa == Isa::kAmx ? Isa::kAvx512 : isa, ex);
-    std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
-                 std::string(kvcache::isa_name(isa)).c_str(), ex.concurrency(), p);
-    it = g_fma_peak.emplace(key, p).first;
-  }
-  return it->second;
-}
+std::map<int, double> g_read_bw;  // threads -> GB/s
 
 // Layers filled with random rows, kept while consecutive cases share (context, dim, dtype).
 struct LayerSet {
@@ -92,7 +76,7 @@ const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t
 template <class Exec>
 void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, const Exec& ex) {
   const auto& layers = layers_for(ctx, d, dt);
-  const double peak = fma_peak(isa, ex);
+  const double peak = kvbench::fma_peak_once(isa, ex);
   kvcache::set_isa_for_testing(isa);
   const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
   std::vector<float> q(std::size_t(shape.n_q_heads * d), 0.01f), out(q.size());

@@ -168,21 +168,33 @@ inline std::map<int, double> measure_read_bandwidths(const std::vector<int>& thr
   return out;
 }
 
+/// fma_peak_gflops of isa with ex's threads, measured at the first call for that (isa, threads) and printed on
+/// stderr; amx's vector ports are avx512's (the tile unit has no FMA peak to measure), so amx gets avx512's number.
+template <class Exec>
+double fma_peak_once(kvcache::Isa isa, const Exec& ex) {
+  static std::map<std::pair<int, int>, double> peaks;
+  if (isa == kvcache::Isa::kAmx) isa = kvcache::Isa::kAvx512;
+  const std::pair<int, int> key{static_cast<int>(isa), ex.concurrency()};
+  auto it = peaks.find(key);
+  if (it == peaks.end()) {
+    it = peaks.emplace(key, fma_peak_gflops(isa, ex)).first;
+    std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n",
+                 std::string(kvcache::isa_name(isa)).c_str(), key.second, it->second);
+  }
+  return it->second;
+}
+
 /// The fp32 FMA peak (GFLOP/s) of each available ISA and thread count, keyed (int(isa), threads); also recorded in
-/// the benchmark context and printed on stderr.
+/// the benchmark context.
 inline std::map<std::pair<int, int>, double> measure_fma_peaks(const std::vector<int>& threads) {
   std::map<std::pair<int, int>, double> out;
   for (kvcache::Isa isa : kvcache::available_isas())
     for (int t : threads) {
-      // amx's vector ports are avx512's (the tile unit has no FMA peak to measure): the same number, measured once.
-      const auto avx512 = out.find({static_cast<int>(kvcache::Isa::kAvx512), t});
-      const double p = isa == kvcache::Isa::kAmx && avx512 != out.end() ? avx512->second
-                       : t == 1 ? fma_peak_gflops(isa, kvcache::SerialExecutor{})
-                                : fma_peak_gflops(isa, kvcache::OpenMPExecutor{t});
+      const double p =
+          t == 1 ? fma_peak_once(isa, kvcache::SerialExecutor{}) : fma_peak_once(isa, kvcache::OpenMPExecutor{t});
       out[{static_cast<int>(isa), t}] = p;
-      const std::string name(kvcache::isa_name(isa));
-      benchmark::AddCustomContext("fma_peak_" + name + "_" + std::to_string(t) + "t_GFLOPs", std::to_string(p));
-      std::fprintf(stderr, "measured fp32 FMA peak, %s, %d thread(s): %.1f GFLOP/s\n", name.c_str(), t, p);
+      benchmark::AddCustomContext(
+          "fma_peak_" + std::string(kvcache::isa_name(isa)) + "_" + std::to_string(t) + "t_GFLOPs", std::to_string(p));
     }
   return out;
 }

@@ -87,26 +87,22 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
 // Horizontal sums of several vectors: the folds within 128-bit lanes come first (vshufps, which on Zen 5 issues beside
 // the FMAs) and the folds across lanes last, on the fewest vectors (there vshuff32x4 takes an FMA slot, vpermt2ps
 // about two, and the decode kernel calls these between its FMAs). docs/performance.md has the measurements.
-KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
-  // 128-bit lane j of t = [a | b | c | d] summed over lane j; then the four lanes added: 2 shuffles across lanes.
+// 128-bit lane j of the result = [a | b | c | d], each summed over lane j (shuffles within lanes only).
+KVCACHE_INLINE Vec fold_in_lanes_4(Vec a, Vec b, Vec c, Vec d) noexcept {
   const __m512 ab = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
   const __m512 cd = _mm512_add_ps(_mm512_shuffle_ps(c, d, 0x44), _mm512_shuffle_ps(c, d, 0xee));
-  const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x88), _mm512_shuffle_ps(ab, cd, 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x88), _mm512_shuffle_ps(ab, cd, 0xdd));
+}
+KVCACHE_INLINE void reduce_add_4(Vec a, Vec b, Vec c, Vec d, float* out) noexcept {
+  const Vec t = fold_in_lanes_4(a, b, c, d);  // then the four lanes added: 2 shuffles across lanes
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 // 16 sums: 24 shuffles within lanes, 5 blends, 3 shuffles across lanes, 15 additions, one store.
 KVCACHE_INLINE void reduce_add_16(const Vec* v, float* out) noexcept {
-  Vec t[8], w[4];
+  Vec w[4];
   KVCACHE_UNROLL
-  for (int i = 0; i < 8; ++i) {  // lane j of t[i]: [a0 + a2, a1 + a3, b0 + b2, b1 + b3] of a, b = v[2i], v[2i + 1]
-    const Vec a = v[2 * i], b = v[2 * i + 1];
-    t[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));
-  }
-  KVCACHE_UNROLL
-  for (int m = 0; m < 4; ++m)  // lane j of w[m]: v[4m .. 4m + 3], each summed over lane j
-    w[m] =
-        _mm512_add_ps(_mm512_shuffle_ps(t[2 * m], t[2 * m + 1], 0x88), _mm512_shuffle_ps(t[2 * m], t[2 * m + 1], 0xdd));
+  for (int m = 0; m < 4; ++m) w[m] = fold_in_lanes_4(v[4 * m], v[4 * m + 1], v[4 * m + 2], v[4 * m + 3]);
   // Across lanes. x[n], lanes 0 .. 3: w[2n] lanes 0+1, w[2n+1] lanes 0+1, w[2n] lanes 2+3, w[2n+1] lanes 2+3 (two
   // blends and one lane swap instead of two two-source shuffles); then lane J of the result is w[J] summed.
   Vec x[2];
