@@ -103,6 +103,7 @@ void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, 
   st.counters["read_bw_GBps"] = bw;
   st.counters["GFLOPs"] = gflop / step;
   st.counters["roofline_fraction"] = std::max(gb / bw, gflop / peak) / step;
+  st.counters["fma_peak_GFLOPs"] = peak;
 }
 
 }  // namespace

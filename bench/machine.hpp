@@ -184,19 +184,4 @@ double fma_peak_once(kvcache::Isa isa, const Exec& ex) {
   return it->second;
 }
 
-/// The fp32 FMA peak (GFLOP/s) of each available ISA and thread count, keyed (int(isa), threads); also recorded in
-/// the benchmark context.
-inline std::map<std::pair<int, int>, double> measure_fma_peaks(const std::vector<int>& threads) {
-  std::map<std::pair<int, int>, double> out;
-  for (kvcache::Isa isa : kvcache::available_isas())
-    for (int t : threads) {
-      const double p =
-          t == 1 ? fma_peak_once(isa, kvcache::SerialExecutor{}) : fma_peak_once(isa, kvcache::OpenMPExecutor{t});
-      out[{static_cast<int>(isa), t}] = p;
-      benchmark::AddCustomContext(
-          "fma_peak_" + std::string(kvcache::isa_name(isa)) + "_" + std::to_string(t) + "t_GFLOPs", std::to_string(p));
-    }
-  return out;
-}
-
 }  // namespace kvbench

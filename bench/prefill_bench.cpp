@@ -12,7 +12,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,7 +26,6 @@ using kvcache::DType;
 using kvcache::Isa;
 
 constexpr int kKvHeads = 8;
-std::map<std::pair<int, int>, double> g_peak;  // (isa, threads) -> GFLOP/s
 
 template <class Exec>
 void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, Isa isa, const Exec& ex) {
@@ -41,6 +39,7 @@ void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, I
   kv.append(kvcache::ConstTensorView<float, 3>(k.data(), kKvHeads, n, d),
             kvcache::ConstTensorView<float, 3>(k.data(), kKvHeads, n, d), pos);
   kvcache::PrefillWorkspace ws(shape, std::max(1, ex.concurrency()));
+  const double peak = kvbench::fma_peak_once(isa, ex);
   kvcache::set_isa_for_testing(isa);
   double seconds = 0;
   for (auto _ : st) {
@@ -53,7 +52,6 @@ void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, I
   }
   kvcache::set_isa_for_testing(std::nullopt);
   const double gflop = 2.0 * (2 * d) * shape.n_q_heads * (static_cast<double>(n) * (n + 1) / 2) / 1e9;
-  const double peak = g_peak.at({static_cast<int>(isa), ex.concurrency()});
   const double gflops = gflop * static_cast<double>(st.iterations()) / seconds;
   st.counters["GFLOPs"] = gflops;
   st.counters["peak_fraction"] = gflops / peak;
@@ -64,7 +62,6 @@ void run_prefill(benchmark::State& st, std::int64_t n, int d, int g, DType dt, I
 
 int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
-  g_peak = kvbench::measure_fma_peaks(opt.threads);
 
   auto add = [&](std::int64_t n, int d, int g, DType dt, Isa isa, int t) {
     const std::string name = "Prefill/" + std::string(kvcache::dtype_name(dt)) + "/d" + std::to_string(d) + "/n" +
