@@ -8,8 +8,8 @@
 //   roofline_fraction  the time the step cannot beat on this machine, max(bytes / read bandwidth, FLOPs / fp32 FMA
 //                peak of the case's ISA and thread count), over the step time: how close a case is to whichever
 //                limit it hits first (group 8 at d 128 does 8 FLOPs per f16 byte, so on a core whose FMA peak is
-//                under 8 x its read bandwidth, it is the FMA peak). The peak is measured at the first case of each
-//                ISA and thread count.
+//                under 8 x its read bandwidth, it is the FMA peak)
+//   fma_peak_GFLOPs  that peak, measured at the first case of each ISA and thread count
 // The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough
 // distinct layers to span the working set (>= 1 GiB; see machine.hpp): every step streams from DRAM, as in a
 // real decode over many layers.

@@ -10,6 +10,7 @@
 //   GBps            latent bytes per step (read once for all heads) / step time
 //   bw_fraction     GBps / the read bandwidth measured in this run with the same threads
 //   limit_fraction  max(peak_fraction, bw_fraction): the fraction of whichever limit the step hits first
+//   fma_peak_GFLOPs the FMA peak held against, measured at the first case of each ISA and thread count
 // Each iteration reads the next of enough layers to span the working set (>= 1 GiB), as decode_bench does.
 
 #include <benchmark/benchmark.h>

@@ -3,7 +3,9 @@
 // A case is prefill_attention of n new tokens into an empty layer: 8 KV heads, group g, head dim d, storage
 // f32/f16/bf16, a forced ISA, 1 or 2 threads. Counters:
 //   GFLOPs         2 (dk + dv) n_q n (n + 1) / 2 useful FLOPs (only the causal triangle) per second
-//   peak_fraction  GFLOPs / the fp32 FMA peak of the same ISA and thread count, measured in this run
+//   peak_fraction  GFLOPs / the fp32 FMA peak of the same ISA and thread count, measured in this run (at the
+//                  first case of each ISA and thread count)
+//   fma_peak_GFLOPs  that peak
 // Grid: n = 1024 for every combination; n = 4096 (the target shape: 32 query / 8 KV heads, d = 128) for
 // f32 with g = 4. The scalar ISA runs only n = 1024, f32, d = 64, g = 4, one thread: it is there to be correct,
 // and a larger grid would take tens of minutes.
