@@ -102,6 +102,17 @@ TEST_P(DecodeTest, AwkwardLengthsAndGroupSizes) {
       for (std::int64_t len : {1, 7, 15, 17, 1000, 4099}) check_decode({{2 * g, 2, 64, 64}, len, dt});
 }
 
+// Every block size of the decode kernels (groups 1 - 3 and 8 above; 9 = a block of 8 and one of 1), at lengths around
+// the score pass's 2- and 3-row steps and the 64-row tiles, with the export summed and per query head.
+TEST_P(DecodeTest, EveryHeadBlock) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int g : {4, 5, 6, 7, 9})
+      for (std::int64_t len : {1, 2, 3, 5, 64, 67, 130}) {
+        check_decode({{2 * g, 2, 72, 40}, len, dt});  // key and value rows with tails past the whole vectors
+        if (len == 130) check_decode({{2 * g, 2, 72, 40}, len, dt, 1, true, /*per_query_head=*/true});
+      }
+}
+
 TEST_P(DecodeTest, HeadDims) {
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
     for (int d : {64, 80, 96, 128, 256})

@@ -49,6 +49,36 @@ KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::in
   for (std::size_t b = 0; b < sizeof(T) * std::size_t(dv); b += 64) ops::prefetch(vr + b);
 }
 
+// Rows the score pass takes at once for a block of hb heads that is not a multiple of 4 (those have their own
+// two-row path), on AVX-512 (32 registers: R x hb accumulators, R keys and a query): enough rows that R x hb
+// independent FMA chains cover the FMA latency. With one row, blocks of 3, 5, 6 and 7 heads waited on it, and before
+// they had kernels of their own, a group of 7 ran as blocks of 4, 2 and 1 at 1.35x group 8's time (Zen 5). Blocks of
+// 1 and 2 heads stay at one row: their groups are bound by DRAM, and scoring 2 to 8 rows at once made them slower
+// there (group 1 from 0.98 to 0.74 - 0.80 of the read bandwidth; the tile's V prefetches, issued row by row, then go
+// out in a shorter burst). AVX2 (16 registers) keeps one row.
+constexpr int score_rows(int hb) noexcept {
+  if constexpr (ops::kLanes >= 16) return hb == 3 ? 3 : hb >= 5 ? 2 : 1;
+  return 1;
+}
+
+// s[h * kDecodeTile + i] = the sum of a[i][h]'s lanes, for R rows and HB heads: four sums per reduce_add_4, taking
+// the (row, head) pairs in order and padding the last call with zeros.
+template <int R, int HB>
+KVCACHE_INLINE void store_sums(const ops::Vec (&a)[R][HB], float* KVCACHE_RESTRICT s) noexcept {
+  constexpr int N = R * HB;
+  alignas(16) float sum[4];
+  KVCACHE_UNROLL
+  for (int j = 0; j < N; j += 4) {
+    ops::Vec x[4];
+    KVCACHE_UNROLL
+    for (int t = 0; t < 4; ++t) x[t] = j + t < N ? a[(j + t) / HB][(j + t) % HB] : ops::zero();
+    ops::reduce_add_4(x[0], x[1], x[2], x[3], sum);
+    KVCACHE_UNROLL
+    for (int t = 0; t < 4; ++t)
+      if (j + t < N) s[(j + t) % HB * kDecodeTile + (j + t) / HB] = sum[t];
+  }
+}
+
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
 // Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
@@ -67,13 +97,14 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
   // [row][head], staged here and transposed into s after the rows (one tree, one store and 1.5 permutes per pair
   // instead of four 4-way reductions and 16 scalar copies). Group 8 from DRAM on Zen 5: f16 / bf16 6 - 9% faster at
   // d 128, 13 - 16% at d 64; f32 (bound by the stream there, not by these instructions) 5 - 14% slower, so not f32.
+  constexpr int R = score_rows(HB);
   constexpr bool kStaged = ops::kLanes >= 16 && HB == 8 && sizeof(T) == 2;
   [[maybe_unused]] alignas(64) float st[kStaged ? kDecodeTile * 8 : 1];
   for (std::int64_t r = r0; r < r1; ++r) {
     T const* kr = k + r * dk;
     if (v != nullptr) prefetch_row(k, dk, v, dv, r, r_end);
     spread.advance(1);
-    if constexpr (ops::kLanes >= 16 && HB >= 4) {
+    if constexpr (ops::kLanes >= 16 && HB % 4 == 0) {
       // Two rows at once: each query load feeds two FMAs (16 accumulators of the 32 registers), so the loop issues
       // 10 loads per 16 FMAs instead of 9 per 8 and the FMA ports, not the load ports, set the pace.
       if (r + 1 < r1) {
@@ -122,6 +153,49 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
         if (v != nullptr) prefetch_row(k, dk, v, dv, r + 1, r_end);  // the second row's (the first's came above)
         spread.advance(1);
         ++r;
+        continue;
+      }
+    }
+    if constexpr (HB % 4 != 0 && R > 1) {
+      // R rows at once (score_rows): each query load feeds R FMAs and each key load HB. The multiples of 4 keep the
+      // path above, whose sums come out four heads of a row at a time (and for 8 f16/bf16 heads through the tree);
+      // run through this one instead, group 8 over f32 took 1.15 - 1.2x as long (same inner loop; not found why).
+      if (r + R <= r1) {
+        ops::Vec a[R][HB];
+        KVCACHE_UNROLL
+        for (int i = 0; i < R; ++i) {
+          KVCACHE_UNROLL
+          for (int h = 0; h < HB; ++h) a[i][h] = ops::zero();
+        }
+        for (int c = 0; c < full; c += L) {
+          ops::Vec kv[R];
+          KVCACHE_UNROLL
+          for (int i = 0; i < R; ++i) kv[i] = ops::load(kr + i * dk + c);
+          KVCACHE_UNROLL
+          for (int h = 0; h < HB; ++h) {
+            const ops::Vec qv = ops::in_register(ops::load(q + h * ldq + c));
+            KVCACHE_UNROLL
+            for (int i = 0; i < R; ++i) a[i][h] = ops::fma(qv, kv[i], a[i][h]);
+          }
+        }
+        if (tail != 0) {
+          ops::Vec kv[R];
+          KVCACHE_UNROLL
+          for (int i = 0; i < R; ++i) kv[i] = ops::load_n(kr + i * dk + full, tail);
+          KVCACHE_UNROLL
+          for (int h = 0; h < HB; ++h) {
+            const ops::Vec qv = ops::load_n(q + h * ldq + full, tail);
+            KVCACHE_UNROLL
+            for (int i = 0; i < R; ++i) a[i][h] = ops::fma(qv, kv[i], a[i][h]);
+          }
+        }
+        store_sums<R, HB>(a, s + (r - r0));
+        KVCACHE_UNROLL
+        for (int i = 1; i < R; ++i) {  // the other rows' prefetches (the first's came above)
+          if (v != nullptr) prefetch_row(k, dk, v, dv, r + i, r_end);
+          spread.advance(1);
+        }
+        r += R - 1;
         continue;
       }
     }
@@ -249,6 +323,20 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
   }
 }
 
+// The kernels of a block of hb heads, 1 <= hb <= 8, each compiled for its block size. Blocks of 3, 5, 6 and 7 are
+// called, not inlined: inlined as well, they made decode_partial 1.7x as large and groups 1, 4 and 8 3 - 7% slower
+// although their code had not changed (three code layouts each, Zen 5); called, those stay within 3% of before.
+template <int HB, class T>
+KVCACHE_NOINLINE void decode_scores_apart(const float* q, int ldq, int dk, T const* k, std::int64_t r0, std::int64_t r1,
+                                          float* s, T const* v, int dv, std::int64_t r_end, const char* pf,
+                                          std::size_t pf_lines) noexcept {
+  decode_scores<HB>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
+}
+template <int HB, class T>
+KVCACHE_NOINLINE void decode_pv_apart(const float* p, int dv, int ldv, T const* v, std::int64_t r0, std::int64_t r1,
+                                      float* o, T const* k_next, std::int64_t n_next, int dk) noexcept {
+  decode_pv<HB>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+}
 template <class T>
 KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T const* k, std::int64_t r0,
                                       std::int64_t r1, float* s, T const* v, int dv, std::int64_t r_end,
@@ -258,8 +346,16 @@ KVCACHE_INLINE void decode_scores_any(int hb, const float* q, int ldq, int dk, T
       return decode_scores<1>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     case 2:
       return decode_scores<2>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
+    case 3:
+      return decode_scores_apart<3>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     case 4:
       return decode_scores<4>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
+    case 5:
+      return decode_scores_apart<5>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
+    case 6:
+      return decode_scores_apart<6>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
+    case 7:
+      return decode_scores_apart<7>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
     default:
       return decode_scores<8>(q, ldq, dk, k, r0, r1, s, v, dv, r_end, pf, pf_lines);
   }
@@ -272,15 +368,24 @@ KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T con
       return decode_pv<1>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 2:
       return decode_pv<2>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+    case 3:
+      return decode_pv_apart<3>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     case 4:
       return decode_pv<4>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+    case 5:
+      return decode_pv_apart<5>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+    case 6:
+      return decode_pv_apart<6>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
+    case 7:
+      return decode_pv_apart<7>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
     default:
       return decode_pv<8>(p, dv, ldv, v, r0, r1, o, k_next, n_next, dk);
   }
 }
 
-// Largest head block (8, 4, 2 or 1) that fits in the heads left.
-KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+// Blocks of 8 heads while more than 8 are left, then the rest as one block (8 first keeps the amx path's tile
+// blocks whole).
+KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left; }
 
 // o[0, n) *= alpha.
 KVCACHE_INLINE void scale_row(float* o, int n, float alpha) noexcept {
