@@ -159,7 +159,8 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
     if constexpr (HB % 4 != 0 && R > 1) {
       // R rows at once (score_rows): each query load feeds R FMAs and each key load HB. The multiples of 4 keep the
       // path above, whose sums come out four heads of a row at a time (and for 8 f16/bf16 heads through the tree);
-      // run through this one instead, group 8 over f32 took 1.15 - 1.2x as long (same inner loop; not found why).
+      // run through this one instead (inlined, with the new blocks inlined too), group 8 over f32 took 1.15 - 1.2x as
+      // long with the same inner loop, likely the code-size effect described at decode_scores_any.
       if (r + R <= r1) {
         ops::Vec a[R][HB];
         KVCACHE_UNROLL
