@@ -384,7 +384,7 @@ KVCACHE_INLINE void decode_pv_any(int hb, const float* p, int dv, int ldv, T con
   }
 }
 
-// Blocks of 8 heads while more than 8 are left, then the rest as one block (8 first keeps the amx path's tile
+// Blocks of 8 heads while at least 8 are left, then the rest (1 - 7) as one block (8 first keeps the amx path's tile
 // blocks whole).
 KVCACHE_INLINE int head_block(int left) noexcept { return left >= 8 ? 8 : left; }
 
