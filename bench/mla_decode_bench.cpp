@@ -26,6 +26,7 @@
 
 #include "bench_main.hpp"
 #include "kvcache/kvcache.hpp"
+#include "kvcache/testing/testing.hpp"
 #include "machine.hpp"
 
 namespace {

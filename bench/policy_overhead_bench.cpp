@@ -61,18 +61,10 @@ struct FastGenAs : kvcache::FastGen {
                                       : kvcache::TokenClass::kOther;
                 }),
         fixed(int(c)) {}
-  [[nodiscard]] kvcache::PolicyNeeds needs() const noexcept {
-    auto n = FastGen::needs();
-    n.prefill_profile = false;
-    return n;
-  }
-  [[nodiscard]] kvcache::ResolvedBudget budget_now(kvcache::RankInput in, kvcache::ResolvedBudget b) const noexcept {
-    in.head_choice = fixed;
-    return FastGen::budget_now(in, b);
-  }
-  void rank(kvcache::RankInput in, std::span<float> priority) const noexcept {
-    in.head_choice = fixed;
-    FastGen::rank(in, priority);
+  // Every head takes the fixed choice when the prompt is in, instead of profiling it.
+  void after_prefill_attention(Ctx& c, kvcache::ConstTensorView<float, 3>, bool) const {
+    for (int h = 0; h < c.kv.n_kv_heads(); ++h)
+      c.state.choices[std::size_t(c.layer) * std::size_t(c.state.n_kv) + std::size_t(h)] = fixed;
   }
 };
 

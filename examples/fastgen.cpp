@@ -38,7 +38,8 @@ int main(int argc, char** argv) try {
     KVCache<FastGen> probe(cfg, FastGen(t, engine::byte_token_classes(ex.model)));
     ex.model.prefill(probe, std::span<const int>(windows.back().data(), std::size_t(prefix)), 0);
     for (int l = 0; l < cfg.n_layers; ++l)
-      for (int h = 0; h < cfg.shape.n_kv_heads; ++h) heads[std::size_t(std::max(0, probe.head_choice(l, h)))] += 1;
+      for (int h = 0; h < cfg.shape.n_kv_heads; ++h)
+        heads[std::size_t(std::max(0, probe.policy_state().choice(l, h)))] += 1;
     const double kv = s.mean_kv_bytes() / full.mean_kv_bytes(), loss = s.bits_per_byte() / full.bits_per_byte() - 1;
     std::printf("| %.2f | %.4f | %+.2f%% | %.2f | %d, %d, %d, %d, %d |\n", t, s.bits_per_byte(), 100 * loss, kv,
                 heads[0], heads[1], heads[2], heads[3], heads[4]);

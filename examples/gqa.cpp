@@ -1,4 +1,4 @@
-// GQA: how sharing K/V heads shrinks the cache (algorithms.md 9.1), and what the policies do on top of it.
+// GQA: how sharing K/V heads shrinks the cache (docs/architectures.md), and what the policies do on top of it.
 //
 // 1. KV bytes per token for MHA, GQA and MQA on the published Llama-3-8B config (32 layers, 32 query heads, 8 KV
 //    heads of 128) and on the bundled tinylm-gqa (6 layers, 6 query / 2 KV heads of 64), computed from the configs;

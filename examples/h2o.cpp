@@ -41,7 +41,8 @@ int main(int argc, char** argv) try {
                     (near_full ? "within" : "more than") + " 5% of the full cache's bits per byte.";
   if (!beats_local)
     why +=
-        " On this byte-level model most of the signal is local (calibration.md), so every row H2O spends on a heavy "
+        " On this byte-level model most of the signal is local (docs/evaluation.md), so every row H2O spends on a "
+        "heavy "
         "hitter is a recent row it loses.";
   engine::print_verdict(beats_local && near_full, why);
   return 0;

@@ -1,7 +1,7 @@
 // L2-norm key pruning (Devoto et al., EMNLP 2024, "A Simple and Effective L2 Norm-Based Strategy for KV Cache
 // Compression"): keeping the lowest-norm keys against keeping the highest-norm keys and a random half.
 //
-// The official language-modelling protocol (algorithms.md 5.4): once a head holds prune_after rows, keep the
+// The official language-modelling protocol (docs/policies/l2_norm.md): once a head holds prune_after rows, keep the
 // ceil(keep_ratio x n) lowest-norm ones, layers 0 and 1 whole. Here keep_ratio = 0.5 and prune_after = 1024, which is
 // KVCache's budget of 512 rows with an eviction slack of 511: each head grows back to 1024 rows and is cut to 512.
 // The two baselines are policies of this file (a policy is a small type; see kvcache::Policy): the same schedule,
@@ -19,7 +19,8 @@ struct HighestNorm : kvcache::L2Norm {
   static constexpr std::string_view kName = "l2_highest_norm";
   using L2Norm::L2Norm;
   void rank(const kvcache::RankInput& in, std::span<float> priority) const noexcept {
-    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = in.key_norms[j];
+    const auto norms = in.column<KeyNorm>();
+    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = norms[j];
   }
 };
 

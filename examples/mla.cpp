@@ -1,4 +1,4 @@
-// MLA (DeepSeek-V2, algorithms.md 9.2): one latent row per token and layer, shared by every head, instead of a key
+// MLA (DeepSeek-V2, docs/architectures.md): one latent row per token and layer, shared by every head, instead of a key
 // and a value per head; attention runs absorbed (attention/mla.hpp).
 //
 // 1. KV bytes per token on the published DeepSeek-V2 config (60 layers, 128 heads, kv_lora_rank 512, RoPE key 64,

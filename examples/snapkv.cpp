@@ -3,7 +3,7 @@
 //
 // 1024-byte prompts in the training format (MODELS.md), the needle at depths 10% to 90%, 256 rows per layer and KV
 // head kept. The paper's settings (window 32, max-pool kernel 7) and a kernel of 15, which on bytes keeps a needle's
-// span whole (calibration.md); each question-aware (the question is in the window when SnapKV selects) and
+// span whole (docs/evaluation.md); each question-aware (the question is in the window when SnapKV selects) and
 // question-agnostic (the context is compressed before the question arrives).
 // Run: ./build/release/examples/snapkv [--short]
 

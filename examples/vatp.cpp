@@ -41,7 +41,7 @@ int main(int argc, char** argv) try {
   }
   engine::print_verdict(wins == total, "VATP has the lower bits per byte at " + std::to_string(wins) + " of " +
                                            std::to_string(total) +
-                                           " budgets (oracle, calibration.md: 1.1987 against "
+                                           " budgets (oracle, docs/evaluation.md: 1.1987 against "
                                            "H2O's 1.2039 at 25%).");
   return 0;
 } catch (const std::exception& e) {

@@ -1,4 +1,4 @@
-// YOCO (Sun et al. 2024, algorithms.md 9.3): the self-decoder keeps only fixed-size state (sliding-window rings
+// YOCO (Sun et al. 2024, docs/architectures.md): the self-decoder keeps only fixed-size state (sliding-window rings
 // here), and one global K/V, written once per token, is read by every cross-decoder layer.
 //
 // 1. KV bytes per token on the published YOCO-3B config (26 layers, 24 query / 8 KV heads of 128; its self-decoder

@@ -61,7 +61,7 @@ void with_policy(const std::string& name, double budget, std::int64_t base, cons
         kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 7, kvcache::SnapKV::Pooling::kMax, reduce),
         opt);
     f(c);
-  } else if (name == "snapkv_k15") {  // calibration.md: on bytes a needle spans ~4x the positions of sub-words
+  } else if (name == "snapkv_k15") {  // docs/evaluation.md: on bytes a needle spans ~4x the positions of sub-words
     kvcache::KVCache<kvcache::SnapKV> c(cfg, kvcache::SnapKV(Count::of(rows), std::min<std::int64_t>(32, rows), 15),
                                         opt);
     f(c);

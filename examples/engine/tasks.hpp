@@ -36,8 +36,8 @@ struct TaskStats {
   [[nodiscard]] double decode_tokens_per_s() const { return steps / decode_seconds; }
 };
 
-/// FastGen's token classes for a byte-level model (algorithms.md 7.4, MODELS.md): the first `special` positions of
-/// the sequence play the special tokens (the models have no BOS; these are the bytes that act as sinks), and a byte
+/// FastGen's token classes for a byte-level model (docs/policies/fastgen.md, MODELS.md): the first `special` positions
+/// of the sequence play the special tokens (the models have no BOS; these are the bytes that act as sinks), and a byte
 /// made only of whitespace or ASCII punctuation is punctuation (cold-compress's is_punc_id, on bytes).
 inline std::function<kvcache::TokenClass(kvcache::Position)> byte_token_classes(const TinyLm& model, int special = 4) {
   return [&model, special](kvcache::Position p) {

@@ -12,7 +12,7 @@
 //            first --prefix bytes are the prompt (prefill, then the policy compresses), the rest are decoded byte by
 //            byte with teacher forcing and the policy active. Reports bits per byte on the decoded bytes, its
 //            difference from Full, mean and peak KV bytes, decode tokens/s. A budget is a fraction of --length, kept
-//            as rows per layer and KV head (calibration.md's convention; its windows are --offsets 55170,53013).
+//            as rows per layer and KV head (docs/evaluation.md's convention; its windows are --offsets 55170,53013).
 //   passkey  Pass-key retrieval: --prompts prompts per depth (--depths) and context (--contexts) in the training
 //            format; five bytes decoded greedily must be the key. Question-aware (the whole prompt is prefilled, then
 //            compressed) and question-agnostic (the context is prefilled and compressed, then the question). Budgets
@@ -186,6 +186,16 @@ std::vector<std::pair<std::string, double>> policy_runs(const std::vector<std::s
 }
 
 // The budget column: a percentage, or FastGen's threshold.
+// A path as the tables print it: relative to the repository when it lies inside it, so that committed outputs do not
+// name the machine they ran on.
+std::string shown(const std::string& p) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::weakly_canonical(fs::path(KVCACHE_EXAMPLES_DIR).parent_path());
+  const fs::path full = fs::weakly_canonical(fs::path(p));
+  const auto rel = full.lexically_relative(root);
+  return !rel.empty() && *rel.begin() != ".." ? rel.string() : p;
+}
+
 std::string percent(const std::string& policy, double b) {
   if (policy == "fastgen") {
     char t[32];
@@ -224,7 +234,7 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
         if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
           for (int l = 0; l < cfg.n_layers; ++l)
             for (int h = 0; h < cfg.shape.n_kv_heads; ++h) {
-              const int c = cache.head_choice(l, h);
+              const int c = cache.policy_state().choice(l, h);
               choices[b][std::size_t(c < 0 ? kvcache::FastGen::kChoices - 1 : c)] += 1;
             }
       });
@@ -236,7 +246,7 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
   std::printf(
       "\n### Language modelling\n\n%zu windows of %lld bytes from %s (seed %u), prompt %lld bytes, %lld decoded "
       "with the policy active; f16 cache; budget = rows per layer and KV head as a fraction of the window.\n\n",
-      windows.size(), static_cast<long long>(o.length), o.text.c_str(), o.seed, static_cast<long long>(o.prefix),
+      windows.size(), static_cast<long long>(o.length), shown(o.text).c_str(), o.seed, static_cast<long long>(o.prefix),
       static_cast<long long>(o.length - o.prefix));
   std::printf("| policy | budget | bits/byte | vs full | mean KV bytes | peak KV bytes | decode tok/s |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -332,7 +342,7 @@ void run_stream(const Options& o, Model& model, const std::string& text) {
   std::printf(
       "\n### Long streams\n\n%zu stream(s) of %lld bytes from %s (seed %u), fed one byte at a time, f16 "
       "cache; budget = a fraction of the trained length %lld; mean bits per byte per 1k segment.\n\n",
-      seqs.size(), static_cast<long long>(L), o.text.c_str(), o.seed + 1, static_cast<long long>(kTrained));
+      seqs.size(), static_cast<long long>(L), shown(o.text).c_str(), o.seed + 1, static_cast<long long>(kTrained));
   std::printf("| policy | budget |");
   for (std::int64_t k = 0; k < segments; ++k) std::printf(" %lldk |", static_cast<long long>(k + 1));
   std::printf(" last 2k / first 2k | decode tok/s |\n|---|---|");
@@ -397,7 +407,7 @@ std::string model_path(const std::string& m) {
 template <class Model>
 void run(Options o, const std::string& path, const std::string& text) {
   Model model(path);
-  std::printf("kvcache-eval: %s (%s), ISA %s\n", model.name(), path.c_str(),
+  std::printf("kvcache-eval: %s (%s), ISA %s\n", model.name(), shown(path).c_str(),
               std::string(kvcache::isa_name(kvcache::active_isa())).c_str());
   if constexpr (std::is_same_v<Model, engine::TinyLmYoco>)
     std::printf(

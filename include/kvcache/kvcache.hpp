@@ -1,13 +1,11 @@
 #pragma once
 
 // kvcache: KV-cache storage, attention kernels, eviction policies and KVCache<Policy> for C++ inference engines.
-// Include this umbrella, or one family header.
+// Include this umbrella, or one family header. The test oracles are in kvcache/testing/testing.hpp.
 
 #include "kvcache/attention/decode.hpp"
 #include "kvcache/attention/mla.hpp"
-#include "kvcache/attention/mla_reference.hpp"
 #include "kvcache/attention/prefill.hpp"
-#include "kvcache/attention/reference.hpp"
 #include "kvcache/cache/kv_cache.hpp"
 #include "kvcache/core/budget.hpp"
 #include "kvcache/core/config.hpp"

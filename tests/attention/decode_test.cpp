@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "kvcache/testing/testing.hpp"
 #include "test_util.hpp"
 
 namespace {

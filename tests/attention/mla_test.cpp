@@ -1,7 +1,7 @@
 // MLA (attention/mla.hpp): the absorbed path (absorb W_UK into the query, attend over the latent rows for all heads
 // at once, apply W_UV to the latent sums) against the naive decompressed form in double precision
 // (attention/mla_reference.hpp), for every ISA this CPU has and every storage type; the worked check of
-// algorithms.md 9.2; storage of the latent layout; and clear errors.
+// docs/architectures.md; storage of the latent layout; and clear errors.
 //
 // Tolerances: per-head values W_UV c are ~N(0, 1) here, outputs are convex combinations of them computed in fp32
 // (absorption, attention, W_UV): 1e-4 max abs. Probabilities summed over n_heads: 2e-6 per head.
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcache/testing/testing.hpp"
 #include "test_util.hpp"
 
 namespace {

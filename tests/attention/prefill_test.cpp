@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kvcache/testing/testing.hpp"
 #include "test_util.hpp"
 
 namespace {

@@ -5,6 +5,8 @@
 #include <kvcache/kvcache.hpp>
 #include <vector>
 
+#include "kvcache/testing/testing.hpp"
+
 int main() {
   kvcache::AttentionShape shape{4, 2, 16, 16};
   kvcache::LayerSlots kv(shape, 8, kvcache::DType::kF16);

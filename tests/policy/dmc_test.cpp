@@ -1,8 +1,8 @@
-// DMC (algorithms.md 8): the worked example 8.11 and its neuron mapping through the real KVCache path, and the
-// properties: no merges is Full; a merged slot holds the weighted mean of its group's newest `window` pre-RoPE keys,
-// rotated at the newest position, with the neuron zeroed; prefill equals the same tokens decoded one by one; the
-// policy sees pre-RoPE keys and queries for both RoPE layouts, and every ISA stores the same bits; the query's neuron
-// never reaches a score.
+// DMC (docs/policies/dmc.md): the worked example of docs/policies/dmc.md and its neuron mapping through the real
+// KVCache path, and the properties: no merges is Full; a merged slot holds the weighted mean of its group's newest
+// `window` pre-RoPE keys, rotated at the newest position, with the neuron zeroed; prefill equals the same tokens
+// decoded one by one; the policy sees pre-RoPE keys and queries for both RoPE layouts, and every ISA stores the same
+// bits; the query's neuron never reaches a score.
 
 #include <gtest/gtest.h>
 

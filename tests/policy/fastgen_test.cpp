@@ -1,6 +1,6 @@
-// FastGen (algorithms.md 7): the worked example 7.11 through the real KVCache path on every ISA, the profiling
-// statistics against a brute-force attention map, the generation rules per chosen policy, and its properties
-// (T = 1 keeps everything; every head's length is what its chosen policy keeps).
+// FastGen (docs/policies/fastgen.md): the worked example of docs/policies/fastgen.md through the real KVCache path on
+// every ISA, the profiling statistics against a brute-force attention map, the generation rules per chosen policy, and
+// its properties (T = 1 keeps everything; every head's length is what its chosen policy keeps).
 
 #include <gtest/gtest.h>
 
@@ -69,7 +69,7 @@ TEST_P(FastGenTest, WorkedExampleChoosesAndKeepsPerThreshold) {
   for (const Case& c : cases) {
     KVCache<FastGen> cache(kvtest::one_head_config(16, 12), FastGen(c.t, example_class));
     kvtest::prefill(cache, 0, kvtest::prompt_from_attention(kvtest::kA, 16));
-    EXPECT_EQ(cache.head_choice(0, 0), choice(c.c)) << "T = " << c.t;
+    EXPECT_EQ(cache.policy_state().choice(0, 0), choice(c.c)) << "T = " << c.t;
     EXPECT_EQ(kept(cache, 0), c.keep) << "T = " << c.t;
     EXPECT_EQ(cache.length(0, 0), std::int64_t(c.keep.size()));
   }
@@ -161,14 +161,16 @@ TEST_P(FastGenTest, RankAndBudgetMatchTheirDefinitions) {
       tags[i] = std::uint8_t(rng() % 3);  // other, special, punctuation
       scores[i] = float(rng() % 1000) / 37.0f;
     }
+    kvcache::SlotColumns columns(1, n);
+    columns.add<FastGen::Tag>();
+    std::copy(tags.begin(), tags.end(), columns.data<FastGen::Tag>(0));
     kvcache::RankInput in;
     in.positions = pos;
-    in.tags = tags;
+    in.columns = &columns;
     in.scores = scores;
     in.prompt_length = 40;
     in.newest = Position(n - 1);
     for (int c = 0; c < choice(FastGen::Choice::kFull); ++c) {
-      in.head_choice = c;
       const bool punct = c >= choice(FastGen::Choice::kPunctuation), frequent = c >= choice(FastGen::Choice::kFrequent);
       const std::int64_t window = c == choice(FastGen::Choice::kLocal) ? fg.profile_window(in.prompt_length) : 0;
       std::int64_t in_window = 0, classed = 0;
@@ -183,12 +185,12 @@ TEST_P(FastGenTest, RankAndBudgetMatchTheirDefinitions) {
                   : frequent ? float(double(scores[i]) / double(in.newest - pos[i] + 1))
                              : -std::numeric_limits<float>::infinity();
       }
-      const auto b = fg.budget_now(in, {});
+      const auto b = fg.budget_for(in, c);
       std::int64_t total = in_window + classed;
       if (frequent) total += std::min(n - in_window - classed, fg.frequent_count(in.newest + 1));
       EXPECT_EQ(b.total, total) << "n " << n << " " << FastGen::choice_name(c);
       EXPECT_EQ(b.recent, window);
-      fg.rank(in, priority);
+      fg.rank_for(in, c, priority);
       EXPECT_EQ(priority, want) << "n " << n << " " << FastGen::choice_name(c);
     }
   }
@@ -288,7 +290,7 @@ TEST(FastGenPropertyTest, ThresholdOneKeepsEverything) {
   KVCache<FastGen> cache({1, {n_kv * g, n_kv, d, d}, 128, kvcache::DType::kF16}, FastGen(1.0, every_fifth));
   run_random(cache, n_kv, g, d, 60, 20, rng);
   for (int h = 0; h < n_kv; ++h) {
-    EXPECT_EQ(cache.head_choice(0, h), choice(FastGen::Choice::kFull));
+    EXPECT_EQ(cache.policy_state().choice(0, h), choice(FastGen::Choice::kFull));
     EXPECT_EQ(cache.length(0, h), 80);
   }
 }
@@ -305,7 +307,7 @@ TEST(FastGenPropertyTest, EveryHeadHoldsWhatItsPolicyKeeps) {
     const std::int64_t len = prompt + steps, window = std::int64_t(0.3 * double(prompt));
     const std::int64_t frequent = std::int64_t(std::ceil(0.3 * double(len) - 1e-9));
     for (int h = 0; h < n_kv; ++h) {
-      const int c = cache.head_choice(0, h);
+      const int c = cache.policy_state().choice(0, h);
       seen.insert(c);
       std::int64_t special = 0, punct = 0, in_window = 0, other = 0;
       for (Position p = 0; p < len; ++p) {
@@ -348,7 +350,7 @@ TEST(FastGenPropertyTest, ThreadsKeepWhatSerialKeeps) {
   run_random(serial, n_kv, g, d, 90, 25, rng_a);
   run_random(threaded, n_kv, g, d, 90, 25, rng_b);
   for (int h = 0; h < n_kv; ++h) {
-    EXPECT_EQ(threaded.head_choice(0, h), serial.head_choice(0, h));
+    EXPECT_EQ(threaded.policy_state().choice(0, h), serial.policy_state().choice(0, h));
     auto p = serial.layer(0).positions(h), q = threaded.layer(0).positions(h);
     EXPECT_EQ(std::vector<Position>(p.begin(), p.end()), std::vector<Position>(q.begin(), q.end())) << "head " << h;
   }

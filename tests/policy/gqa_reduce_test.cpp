@@ -1,4 +1,4 @@
-// GQA reduction (algorithms.md 2.7, 4.6, 6.5, 10.5): how the scores of a group's query heads become one per slot.
+// GQA reduction (docs/policies/README.md): how the scores of a group's query heads become one per slot.
 //   - A hand-checkable example where the sum and the maximum over two query heads keep different tokens (H2O, VATP).
 //   - H2O and SnapKV with GqaReduce::kMax against a double-precision oracle written here from the specification, on
 //     random prompts and decode steps, for every ISA; the same data under kSum keeps a different set, so the test
@@ -190,7 +190,7 @@ void feed_prompt(KVCache<P>& cache, const Rows& r, std::int64_t prompt) {
                 TensorView<float, 3>(out.data(), prompt, r.n_q, kD));
 }
 
-// H2O real-drop (algorithms.md 2.4) with the given reduction: kept positions of every KV head after the prompt and
+// H2O real-drop (docs/policies/h2o.md) with the given reduction: kept positions of every KV head after the prompt and
 // after each decode step.
 std::vector<std::vector<std::vector<Position>>> h2o_oracle(const Rows& r, std::int64_t prompt, std::size_t heavy,
                                                            std::size_t recent, GqaReduce how) {
@@ -275,7 +275,7 @@ TEST_P(GqaReduceIsaTest, H2OMaxFollowsTheOracleStepByStep) {
   }
 }
 
-// SnapKV (algorithms.md 6.3) with kMax: each query head's window votes pooled on their own, then the maximum.
+// SnapKV (docs/policies/snapkv.md) with kMax: each query head's window votes pooled on their own, then the maximum.
 std::vector<std::vector<Position>> snapkv_oracle(const Rows& r, std::int64_t window, int kernel, bool avg,
                                                  std::size_t capacity, GqaReduce how) {
   const int g = r.n_q / r.n_kv, half = kernel / 2;

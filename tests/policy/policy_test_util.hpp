@@ -1,6 +1,6 @@
 #pragma once
 
-// Builds prompts whose attention is exactly a given matrix, so the worked examples of algorithms.md run through the
+// Builds prompts whose attention is exactly a given matrix, so the worked examples of docs/policies/ run through the
 // real KVCache path: key j is the one-hot e_j (head_dim >= tokens), and query i holds log A[i][j] * sqrt(d) at
 // coordinate j (the cache's 1/sqrt(d) scaling then leaves logits log A[i][j], whose causal softmax is A[i] itself
 // when each row of A sums to 1). A zero entry becomes a logit of -40 (a probability below 1e-17).
@@ -20,7 +20,7 @@ struct Prompt {
   std::vector<kvcache::Position> positions;
 };
 
-// The causal attention matrix of algorithms.md 2.10 (H2O's worked example; FastGen's 7.11 profiles it too).
+// The causal attention matrix of docs/policies/h2o.md (H2O's worked example; FastGen's worked example profiles it too).
 inline const std::vector<std::vector<double>> kA = {
     {1.0},
     {0.5, 0.5},

@@ -96,9 +96,9 @@ TEST_P(SelectTest, MatchesBruteForce) {
         base[i] = pri[i] / factor[i];
       }
       const auto want = expected_removals(pos, pri, b);
-      // No priorities (RanksByAge: every row alike): the oldest unprotected rows go.
+      // No priorities (Priority::by_age(): every row alike): the oldest unprotected rows go.
       const auto want_by_age = expected_removals(pos, std::vector<float>(pri.size(), 0.0f), b);
-      // Negated (RanksByNegatedKeyNorms: the scan flips the sign): -pri given, pri's selection expected.
+      // Negated (Priority::negated: the scan flips the sign): -pri given, pri's selection expected.
       // Also negated and fused (variant 5: the product's sign flipped, -base x factor).
       std::vector<float> negated(pri.size()), neg_base(base.size());
       for (std::size_t i = 0; i < pri.size(); ++i) {
@@ -110,12 +110,16 @@ TEST_P(SelectTest, MatchesBruteForce) {
         std::vector<std::int32_t> scratch(pos.size()), removals(pos.size());
         const Position newest = give_newest ? *std::max_element(pos.begin(), pos.end()) : -1;
         const std::size_t r =
-            fused          ? kvcache::select_removals(pos, base, b, scratch, removals, GetParam(), newest, factor)
-            : by_age       ? kvcache::select_removals(pos, {}, b, scratch, removals, GetParam(), newest)
-            : variant == 4 ? kvcache::select_removals(pos, negated, b, scratch, removals, GetParam(), newest, {}, true)
+            fused ? kvcache::select_removals(pos, kvcache::Priority::product(base, factor), b, scratch, removals,
+                                             GetParam(), newest)
+            : by_age
+                ? kvcache::select_removals(pos, kvcache::Priority::by_age(), b, scratch, removals, GetParam(), newest)
+            : variant == 4 ? kvcache::select_removals(pos, kvcache::Priority::negated(negated), b, scratch, removals,
+                                                      GetParam(), newest)
             : variant == 5
-                ? kvcache::select_removals(pos, neg_base, b, scratch, removals, GetParam(), newest, factor, true)
-                : kvcache::select_removals(pos, pri, b, scratch, removals, GetParam(), newest);
+                ? kvcache::select_removals(pos, kvcache::Priority{neg_base, factor, true}, b, scratch, removals,
+                                           GetParam(), newest)
+                : kvcache::select_removals(pos, kvcache::Priority::of(pri), b, scratch, removals, GetParam(), newest);
         const std::set<std::int32_t> got(removals.begin(), removals.begin() + std::ptrdiff_t(r));
         EXPECT_EQ(got.size(), r) << "a slot listed twice";
         EXPECT_EQ(got, by_age ? want_by_age : want)
@@ -218,17 +222,16 @@ TEST_P(SelectTest, DecodeStepsKeepWhatThePositionsSelect) {
   }
 }
 
-// H2O selects straight from its scores; a policy derived from it that ranks otherwise does not inherit that.
+// H2O's priority is read in place; a policy derived from it that ranks otherwise hides that form, so its own
+// ranking is the one used.
 struct RanksOtherwise : kvcache::H2O {
   static constexpr std::string_view kName = "ranks_otherwise";
   void rank(const kvcache::RankInput& in, std::span<float> priority) const noexcept {
     for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = -in.scores[j];
   }
 };
-static_assert(kvcache::RanksByScores<kvcache::H2O>);
-static_assert(!kvcache::RanksByScores<RanksOtherwise>);
-static_assert(!kvcache::RanksByScores<kvcache::VATP>);
-static_assert(kvcache::RanksByScoresTimesValueNorms<kvcache::VATP>);
-static_assert(!kvcache::RanksByScoresTimesValueNorms<kvcache::H2O>);
+static_assert(kvcache::RanksInPlace<kvcache::H2O> && kvcache::RanksInPlace<kvcache::VATP>);
+static_assert(!kvcache::RanksInPlace<RanksOtherwise> && kvcache::RanksIntoArray<RanksOtherwise>);
+static_assert(kvcache::Policy<RanksOtherwise>);
 
 }  // namespace

@@ -1,7 +1,7 @@
-// StreamingLLM's in-cache positions (paper Sec. 3.2, algorithms.md 3.5): at each decode step the attention must equal
-// the paper's computation, where the cached pre-RoPE keys, ordered by position, are rotated at 0 .. n-1 and the query
-// at n-1. The engine gives KVCache keys and queries rotated at their original positions, as for every other policy.
-// The reference below rotates independently (its own rotate-half, in double).
+// StreamingLLM's in-cache positions (paper Sec. 3.2, docs/policies/streaming_llm.md): at each decode step the attention
+// must equal the paper's computation, where the cached pre-RoPE keys, ordered by position, are rotated at 0 .. n-1 and
+// the query at n-1. The engine gives KVCache keys and queries rotated at their original positions, as for every other
+// policy. The reference below rotates independently (its own rotate-half, in double).
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// The worked examples of algorithms.md (H2O 2.10, StreamingLLM 3.10, VATP 4.9, L2 5.8, SnapKV 6.8), each run through
+// The worked examples of docs/policies/ (H2O, StreamingLLM, VATP, L2-norm, SnapKV), each run through
 // the real KVCache<Policy> path, with their contrast cases.
 
 #include <gtest/gtest.h>
@@ -67,7 +67,7 @@ TEST_P(WorkedExampleTest, VatpProtectsTheSink) {
 }
 
 TEST_P(WorkedExampleTest, L2NormKeepsTheLowestNorms) {
-  // algorithms.md 5.8: 2-d keys with norms [1, 5, 3, 7, 2, 6, 4, 8].
+  // docs/policies/l2_norm.md: 2-d keys with norms [1, 5, 3, 7, 2, 6, 4, 8].
   const std::vector<float> k2 = {0.6f, 0.8f, 3, 4, 0, 3, 7, 0, 1.2f, 1.6f, 3.6f, 4.8f, 0, 4, 4.8f, 6.4f};
   kvtest::Prompt p;
   p.d = 2;
@@ -95,7 +95,7 @@ TEST_P(WorkedExampleTest, L2NormKeepsTheLowestNorms) {
 }
 
 TEST_P(WorkedExampleTest, SnapKVPoolsTheWindowVotes) {
-  // algorithms.md 6.8: L = 8, w = 2, C = 5, k = 3. Only the window rows q6, q7 matter.
+  // docs/policies/snapkv.md: L = 8, w = 2, C = 5, k = 3. Only the window rows q6, q7 matter.
   std::vector<std::vector<double>> a(8);
   for (int i = 0; i < 6; ++i) a[std::size_t(i)] = std::vector<double>(std::size_t(i + 1), 1.0 / (i + 1));
   a[6] = {0.30, 0.00, 0.05, 0.25, 0.10, 0.10, 0.20};
@@ -116,7 +116,7 @@ TEST_P(WorkedExampleTest, SnapKVPoolsTheWindowVotes) {
   EXPECT_EQ(kept(cache, 0).size(), 4u);
 }
 
-// algorithms.md 3.10: S = 2, R = 2, tokens fed one at a time.
+// docs/policies/streaming_llm.md: S = 2, R = 2, tokens fed one at a time.
 TEST_P(WorkedExampleTest, StreamingLLMSinksAndWindow) {
   kvcache::KVCacheOptions opt;
   opt.rope = kvcache::RopeConfig{};

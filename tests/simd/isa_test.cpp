@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "kvcache/testing/testing.hpp"
+
 namespace {
 
 TEST(IsaTest, BestIsAvailableAndScalarAlwaysIs) {

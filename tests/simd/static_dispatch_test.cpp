@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kvcache/kvcache.hpp"
+#include "kvcache/testing/testing.hpp"
 #include "test_util.hpp"
 
 #if !defined(KVCACHE_DISPATCH_STATIC)

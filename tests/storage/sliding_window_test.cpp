@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kvcache/testing/testing.hpp"
 #include "test_util.hpp"
 
 namespace {

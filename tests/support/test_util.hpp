@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvcache/kvcache.hpp"
+#include "kvcache/testing/testing.hpp"
 
 namespace kvtest {
 

@@ -150,14 +150,15 @@ void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, 
                        std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld,
                        float* tile_max, std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
                        float* acc_max) noexcept {
-  KVCACHE_DISPATCH_ISA(
+  KVCACHE_DISPATCH_ATTENTION(
       isa, decode_partial,
       (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n, float* tile_max,
                                  std::int64_t ldt, const float* m, const float* l, float* acc, std::int64_t acc_ld,
                                  float* acc_max) noexcept {
-  KVCACHE_DISPATCH_ISA(isa, accumulate_probabilities, (probs, g, ld, n, tile_max, ldt, m, l, acc, acc_ld, acc_max))
+  KVCACHE_DISPATCH_ATTENTION(isa, accumulate_probabilities,
+                             (probs, g, ld, n, tile_max, ldt, m, l, acc, acc_ld, acc_max))
 }
 
 template <class T, class Exec>

@@ -1,6 +1,6 @@
 #pragma once
 
-// Multi-head Latent Attention (DeepSeek-V2; algorithms.md 9.2) on the latent layout of LayerSlots.
+// Multi-head Latent Attention (DeepSeek-V2; docs/architectures.md) on the latent layout of LayerSlots.
 //
 // An MLA layer caches, per token, one row [c (kv_lora_rank) | k_R (qk_rope_head_dim)]: the RMS-normalised latent
 // and the RoPE key shared by every head. Head h's key is [W_UK,h c | k_R] and its value W_UV,h c, where

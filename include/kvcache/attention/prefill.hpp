@@ -69,22 +69,7 @@ namespace detail {
 
 template <class T>
 void prefill_unit(Isa isa, const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
-  switch (isa) {
-#if KVCACHE_HAVE_AMX
-    case Isa::kAmx:
-      return kernels::amx::prefill_block(a, k, v, scratch);
-#endif
-#if KVCACHE_HAVE_AVX512
-    case Isa::kAvx512:
-      return kernels::avx512::prefill_block(a, k, v, kernels::avx512::prefill_scratch(scratch, a.dk, a.dv));
-#endif
-#if KVCACHE_HAVE_AVX2
-    case Isa::kAvx2:
-      return kernels::avx2::prefill_block(a, k, v, kernels::avx2::prefill_scratch(scratch, a.dk, a.dv));
-#endif
-    default:
-      return kernels::scalar::prefill_block(a, k, v, kernels::scalar::prefill_scratch(scratch, a.dk, a.dv));
-  }
+  KVCACHE_DISPATCH_ATTENTION(isa, prefill_unit, (a, k, v, scratch))
 }
 
 template <class T, class Exec>

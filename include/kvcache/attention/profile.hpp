@@ -1,15 +1,16 @@
 #pragma once
 
 // Statistics of a prompt's full causal attention map, for policies that choose per head how to compress from how the
-// head attends to the prompt (FastGen's profiling, algorithms.md 7.3). For each KV head, with A[i][j] the attention
-// of prompt query i to key j averaged over the group's query heads:
+// head attends to the prompt (FastGen's profiling, docs/policies/fastgen.md). For each KV head, with A[i][j] the
+// attention of prompt query i to key j averaged over the group's query heads:
 //   column_sums[j] += sum_i A[i][j]                    (all prompt queries)
 //   band_sums[j]   += sum_{i : 0 <= i - j < window} A[i][j]   (the queries within `window` after j)
 // from which the attention recovered by any union of column sets and a local window follows without the L x L map.
 //
 // This recomputes the attention of the prompt (O(L^2 d) per query head, in Eigen, blocks of 256 queries, one
 // [256, L] block of logits at a time): a cost FastGen accepts at prompt time (its profiling is FlashAttention-
-// incompatible by nature, algorithms.md 7.10). Allocates its scratch; it is a configuration-time step, not a hot path.
+// incompatible by nature, docs/policies/fastgen.md). Allocates its scratch; it is a configuration-time step, not a hot
+// path.
 
 #include <Eigen/Core>
 #include <algorithm>

@@ -13,7 +13,7 @@ namespace kvcache {
 enum class Rounding : std::uint8_t { kFloor, kCeil };
 
 /// A count of tokens: `tokens` as given, or `ratio` x the prompt length rounded as stated (H2O and VATP floor,
-/// l2compress rounds up; algorithms.md 10.7). A ratio takes precedence when it is positive.
+/// l2compress rounds up; docs/policies/README.md). A ratio takes precedence when it is positive.
 struct Count {
   std::int64_t tokens = 0;
   double ratio = 0.0;

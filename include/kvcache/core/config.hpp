@@ -12,9 +12,9 @@ namespace kvcache {
 /// Head layout of one attention layer. MHA: n_q_heads == n_kv_heads; MQA: n_kv_heads == 1; GQA in between.
 /// Query head h reads KV head h / group_size() (consecutive query heads share a KV head, as in Llama and HF).
 ///
-/// values_in_keys: the latent layout of MLA (DeepSeek-V2, algorithms.md 9.2). Each cached row is one vector of width
-/// head_dim_k = [latent (head_dim_v) | RoPE key] that serves as the key of every query head, and its first head_dim_v
-/// elements are also the value; no separate value rows are stored. Queries are then the absorbed ones
+/// values_in_keys: the latent layout of MLA (DeepSeek-V2, docs/architectures.md). Each cached row is one vector of
+/// width head_dim_k = [latent (head_dim_v) | RoPE key] that serves as the key of every query head, and its first
+/// head_dim_v elements are also the value; no separate value rows are stored. Queries are then the absorbed ones
 /// [W_UK^T q_nope | RoPE(q_rope)] and outputs the latent sums (apply W_UV after): see attention/mla.hpp.
 struct AttentionShape {
   int n_q_heads = 0;

@@ -1,7 +1,8 @@
 #pragma once
 
-// FastGen, adaptive per-head KV cache compression (Ge, Zhang, Liu, Zhang, Han, Gao, ICLR 2024; algorithms.md 7). The
-// official repository has no code; this follows the paper, with cold-compress (KVCacheHybrid) for the details.
+// FastGen, adaptive per-head KV cache compression (Ge, Zhang, Liu, Zhang, Han, Gao, ICLR 2024;
+// docs/policies/fastgen.md). The official repository has no code; this follows the paper, with cold-compress
+// (KVCacheHybrid) for the details.
 //
 // Profiling (once, when the prompt is in; Eq. 1-2): for each KV head, with A the prompt's attention averaged over the
 // group's query heads, the recovery of a keep-policy C is rec(C) = (1/L) sum_i sum_j M_C[i][j] A[i][j]; the head
@@ -18,9 +19,10 @@
 // number of queries that saw the row); a local head also keeps the W newest; a full head keeps everything.
 // Lengths: W is a fraction of the prompt length L (the paper's "input sequence length"), the frequent count of the
 // current sequence length len (the paper's "current sequence length"; cold-compress uses prompt + max new tokens).
-// GQA (the paper is MHA-only): profiled on the group's mean attention, one choice per KV head (algorithms.md 7.8).
-// No global tokens (cold-compress adds 4; the paper has none). T >= 1 is the full cache for every head.
-// The prompt must arrive in one prefill call (profiling needs all of its attention map); later chunks are appended.
+// GQA (the paper is MHA-only): profiled on the group's mean attention, one choice per KV head
+// (docs/policies/fastgen.md). No global tokens (cold-compress adds 4; the paper has none). T >= 1 is the full cache for
+// every head. The prompt must arrive in one prefill call (profiling needs all of its attention map); later chunks are
+// appended.
 
 #include <algorithm>
 #include <array>
@@ -33,11 +35,31 @@
 #include <string_view>
 #include <vector>
 
-#include "kvcache/attention/dispatch.hpp"
+#include "kvcache/attention/profile.hpp"
 #include "kvcache/core/error.hpp"
+#include "kvcache/core/macros.hpp"
 #include "kvcache/policy/policy.hpp"
+#include "kvcache/simd/dispatch.hpp"
+
+#define KVCACHE_FOREACH_ISA_FILE "kvcache/policy/detail/fastgen_scan.ipp"
+#define KVCACHE_FOREACH_ISA_NAMESPACE kvcache::fastgen_kernels
+#include "kvcache/simd/foreach_isa.inc"
 
 namespace kvcache {
+
+/// What FastGen's profile sees of one (layer, KV head) once the prompt is in. With A[i][j] the prompt's causal
+/// attention averaged over the group's query heads (attention/profile.hpp): column_sums[j] = sum_i A[i][j];
+/// band_sums[j] = the same over the queries i with 0 <= i - j < window.
+struct ProfileInput {
+  int layer = 0;
+  int kv_head = 0;
+  std::span<const Position> positions;
+  std::span<const float> column_sums;
+  std::span<const float> band_sums;
+  std::span<const std::uint8_t> tags;
+  std::int64_t prompt_length = 0;  ///< L, the number of prompt queries
+  std::int64_t window = 0;         ///< the band's width, from profile_window(L)
+};
 
 /// The token classes FastGen's policies are built from; the engine says which token is which.
 enum class TokenClass : std::uint8_t { kOther = 0, kSpecial = 1, kPunctuation = 2 };
@@ -76,8 +98,6 @@ struct FastGen {
 
   [[nodiscard]] PolicyNeeds needs() const noexcept {
     PolicyNeeds n;
-    n.prefill_profile = true;
-    n.slot_tags = true;
     n.prefill_scores = true;
     n.decode_scores = true;
     return n;
@@ -86,6 +106,72 @@ struct FastGen {
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t) const { return {}; }
   [[nodiscard]] std::uint8_t tag(Position p) const { return static_cast<std::uint8_t>(token_class(p)); }
 
+  /// Each row's TokenClass, asked once when the row is appended.
+  struct Tag {
+    using type = std::uint8_t;
+  };
+  /// Each (layer, KV head)'s choice (a Choice, or -1 before profiling), and whether the layer's prompt is being
+  /// profiled.
+  struct State {
+    int n_kv = 0;
+    std::vector<int> choices;           // [layers, n_kv]
+    std::vector<std::uint8_t> pending;  // [layers]
+    [[nodiscard]] int choice(int layer, int kv_head) const noexcept {
+      return choices[std::size_t(layer) * std::size_t(n_kv) + std::size_t(kv_head)];
+    }
+    [[nodiscard]] std::size_t bytes() const noexcept { return choices.size() * sizeof(int) + pending.size(); }
+    void reset() noexcept {
+      std::fill(choices.begin(), choices.end(), -1);
+      std::fill(pending.begin(), pending.end(), std::uint8_t{0});
+    }
+  };
+  using Ctx = PolicyContext<State>;
+
+  [[nodiscard]] State make_state(const CacheSettings& s) const {
+    State st;
+    st.n_kv = s.config.shape.n_kv_heads;
+    st.choices.assign(std::size_t(s.config.n_layers) * std::size_t(st.n_kv), -1);
+    st.pending.assign(std::size_t(s.config.n_layers), 0);
+    return st;
+  }
+  void add_columns(SlotColumns& c) const { c.add<Tag>(); }
+  void on_append(Ctx& c, const AppendedRows& r) const {
+    std::uint8_t* tags = c.columns.data<Tag>(r.kv_head) + r.first;
+    for (std::int64_t i = 0; i < r.count; ++i) tags[i] = tag(r.positions[std::size_t(i)]);
+  }
+  /// The layer's first prompt is profiled, so it must come whole.
+  void before_prefill(Ctx& c, std::int64_t, bool last_chunk) const {
+    const bool profile = c.state.choice(c.layer, 0) < 0 && c.kv.length(0) == 0;
+    KVCACHE_REQUIRE(!profile || last_chunk,
+                    "prefill: policy 'fastgen' profiles the whole prompt's attention, so the "
+                    "prompt must come in one prefill call (last_chunk = true); later chunks "
+                    "are appended");
+    c.state.pending[std::size_t(c.layer)] = profile ? 1 : 0;
+  }
+  /// Profiling (Eq. 1 - 2): the prompt's attention statistics per head, then each head's choice. The statistics'
+  /// scratch is allocated here, once per prompt and layer (a prompt-time step).
+  void after_prefill_attention(Ctx& c, ConstTensorView<float, 3> q, bool) const {
+    if (!c.state.pending[std::size_t(c.layer)]) return;
+    c.state.pending[std::size_t(c.layer)] = 0;
+    const LayerSlots& kv = c.kv;
+    const std::int64_t m = kv.length(0), window = profile_window(m), cap = kv.capacity();
+    std::vector<float> cols(std::size_t(kv.n_kv_heads() * cap), 0.0f), band(cols.size(), 0.0f);
+    attention_profile(kv, q, window, cols.data(), band.data(), cap, c.settings.softmax_scale);
+    for (int h = 0; h < kv.n_kv_heads(); ++h) {
+      const std::size_t base = std::size_t(h) * std::size_t(cap);
+      ProfileInput in;
+      in.layer = c.layer;
+      in.kv_head = h;
+      in.positions = kv.positions(h);
+      in.column_sums = {cols.data() + base, std::size_t(m)};
+      in.band_sums = {band.data() + base, std::size_t(m)};
+      in.tags = c.columns.slots<Tag>(h, m);
+      in.prompt_length = m;
+      in.window = window;
+      c.state.choices[std::size_t(c.layer) * std::size_t(c.state.n_kv) + std::size_t(h)] = profile(in);
+    }
+  }
+
   [[nodiscard]] std::int64_t profile_window(std::int64_t prompt_length) const noexcept {
     return std::max<std::int64_t>(1, std::int64_t(local_ratio * double(prompt_length)));
   }
@@ -93,7 +179,7 @@ struct FastGen {
     return std::int64_t(std::ceil(frequent_ratio * double(length) - 1e-9));
   }
 
-  /// rec(C) of the five policies for one head, in the order of Choice (algorithms.md 7.3 - 7.4).
+  /// rec(C) of the five policies for one head, in the order of Choice (docs/policies/fastgen.md).
   [[nodiscard]] std::array<double, kChoices> recoveries(const ProfileInput& in) const {
     const std::size_t n = in.positions.size();
     const auto L = double(in.prompt_length);
@@ -150,8 +236,10 @@ struct FastGen {
 
   /// How many rows the head keeps now: its class rows, plus (frequent) the best ceil(r_f x len) others, plus (local)
   /// the W newest.
-  [[nodiscard]] ResolvedBudget budget_now(const RankInput& in, ResolvedBudget) const noexcept {
-    const int c = in.head_choice;
+  [[nodiscard]] ResolvedBudget budget_now(const RankInput& in, const State& st, ResolvedBudget) const noexcept {
+    return budget_for(in, st.choice(in.layer, in.kv_head));
+  }
+  [[nodiscard]] ResolvedBudget budget_for(const RankInput& in, int c) const noexcept {
     if (c < 0 || c >= int(Choice::kFull)) return {};
     const std::size_t n = in.positions.size();
     if (n == 0) return {};
@@ -164,9 +252,9 @@ struct FastGen {
     std::int32_t in_window = 0, classed = 0;
     const Isa isa = active_isa();
     [&]() noexcept {
-      KVCACHE_DISPATCH_ISA(isa, fastgen_count,
-                           (in.tags.data(), in.positions.data(), static_cast<std::int32_t>(n), from,
-                            std::uint8_t(TokenClass::kSpecial), punct, &in_window, &classed))
+      KVCACHE_DISPATCH(isa, kvcache::fastgen_kernels, fastgen_count,
+                       (in.column<Tag>().data(), in.positions.data(), static_cast<std::int32_t>(n), from,
+                        std::uint8_t(TokenClass::kSpecial), punct, &in_window, &classed))
     }();
     const std::int64_t others = std::int64_t(n) - in_window - classed;
     ResolvedBudget b;
@@ -178,17 +266,19 @@ struct FastGen {
 
   /// Rows of a kept class rank +inf; the others by the mean attention of their column (+ frequent), or -inf for the
   /// choices without + frequent (they keep no other row).
-  void rank(const RankInput& in, std::span<float> priority) const noexcept {
-    const int c = in.head_choice;
+  void rank(const RankInput& in, const State& st, std::span<float> priority) const noexcept {
+    rank_for(in, st.choice(in.layer, in.kv_head), priority);
+  }
+  void rank_for(const RankInput& in, int c, std::span<float> priority) const noexcept {
     const Position newest = in.positions.empty() ? 0 : newest_of(in);
     const std::uint8_t punct = c >= int(Choice::kPunctuation) ? std::uint8_t(TokenClass::kPunctuation) : 0xff;
     const bool frequent = c >= int(Choice::kFrequent) && !in.scores.empty();
     const Isa isa = active_isa();
     [&]() noexcept {
-      KVCACHE_DISPATCH_ISA(isa, fastgen_rank,
-                           (in.tags.data(), in.positions.data(), frequent ? in.scores.data() : nullptr,
-                            static_cast<std::int64_t>(priority.size()), newest, std::uint8_t(TokenClass::kSpecial),
-                            punct, priority.data()))
+      KVCACHE_DISPATCH(isa, kvcache::fastgen_kernels, fastgen_rank,
+                       (in.column<Tag>().data(), in.positions.data(), frequent ? in.scores.data() : nullptr,
+                        static_cast<std::int64_t>(priority.size()), newest, std::uint8_t(TokenClass::kSpecial), punct,
+                        priority.data()))
     }();
   }
 

@@ -18,7 +18,7 @@ struct Full {
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t) const noexcept { return {}; }
-  void rank(const RankInput&, std::span<float>) const noexcept {}
+  [[nodiscard]] Priority rank(const RankInput&) const noexcept { return Priority::by_age(); }  // never asked
 };
 
 }  // namespace kvcache

@@ -1,13 +1,13 @@
 #pragma once
 
-// H2O, Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023; algorithms.md 2), the official "real-drop" semantics
+// H2O, Heavy-Hitter Oracle (Zhang et al., NeurIPS 2023; docs/policies/h2o.md), the official "real-drop" semantics
 // (h2o_hf/utils_real_drop/modify_llama.py, H2OKVCache_LayerWise):
 //   score[j] = unnormalised sum of the attention every query so far gave token j (prefill: column sums of the
 //              causal matrix, so early tokens are favoured, as intended; decode: one row added per step);
 //   keep the `recent` newest tokens plus the `heavy` best-scored others; the prompt is cut to heavy + recent at once,
 //   then each decode step evicts one token (with KVCacheOptions::eviction_slack > 0, in batches).
 // GQA (the official code is MHA-only): scores are summed over the group's query heads before a per-KV-head choice
-// (algorithms.md 2.7; kMean ranks the same); gqa_reduce = kMax ranks a token by its most attentive query head
+// (docs/policies/h2o.md; kMean ranks the same); gqa_reduce = kMax ranks a token by its most attentive query head
 // instead (the scores are then kept per query head: g floats per slot). Ties: the newer token is kept.
 // Budgets: absolute (the official hh_size / recent_size; run_summarization.py uses 1024 / 1024) or ratios of the
 // prompt, floored (the masking simulation's heavy_ratio = recent_ratio = 0.1, a 20% budget).
@@ -22,7 +22,6 @@ namespace kvcache {
 
 struct H2O {
   static constexpr std::string_view kName = "h2o";
-  using ScoresArePriority = H2O;  // rank() is the identity on the scores: KVCache skips it (policy.hpp)
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
   GqaReduce gqa_reduce = GqaReduce::kSum;
@@ -42,9 +41,8 @@ struct H2O {
     const std::int64_t h = heavy.resolve(prompt_length), r = recent.resolve(prompt_length);
     return ResolvedBudget{h + r, r, 0};
   }
-  void rank(const RankInput& in, std::span<float> priority) const noexcept {
-    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = in.scores[j];
-  }
+  /// The accumulated scores themselves, read in place by the selection.
+  [[nodiscard]] Priority rank(const RankInput& in) const noexcept { return Priority::of(in.scores); }
 };
 
 }  // namespace kvcache

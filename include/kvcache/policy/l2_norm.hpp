@@ -1,7 +1,7 @@
 #pragma once
 
-// L2-norm key pruning, "K-norm" (Devoto, Zhao, Scardapane, Minervini, EMNLP 2024; algorithms.md 5): keys with a low
-// L2 norm tend to receive high attention, so keep the lowest-norm keys (with their values) and evict the highest.
+// L2-norm key pruning, "K-norm" (Devoto, Zhao, Scardapane, Minervini, EMNLP 2024; docs/policies/l2_norm.md): keys with
+// a low L2 norm tend to receive high attention, so keep the lowest-norm keys (with their values) and evict the highest.
 // No attention scores are needed (FlashAttention-compatible). RoPE is a rotation, so the norm of the cached (rotated)
 // key is the norm of the raw key.
 //
@@ -13,6 +13,8 @@
 // skip_layers default {0, 1} (the README example; the eval scripts' CLI default is {0}).
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -40,7 +42,6 @@ struct L2Norm {
 
   [[nodiscard]] PolicyNeeds needs() const noexcept {
     PolicyNeeds n;
-    n.key_norms = true;
     n.evict_during_decode = mode == Mode::kEveryStep;
     return n;
   }
@@ -48,10 +49,23 @@ struct L2Norm {
     if (std::find(skip_layers.begin(), skip_layers.end(), layer) != skip_layers.end()) return {};
     return ResolvedBudget{keep.resolve(prompt_length), recent, sinks};
   }
-  using NegatedKeyNormsArePriority = L2Norm;  // rank() below is what KVCache's selection computes in place
-  void rank(const RankInput& in, std::span<float> priority) const noexcept {
-    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = -in.key_norms[j];
+
+  /// ||k||_2 of each row, taken in f32 from the keys as the engine gave them (rotation keeps the norm).
+  struct KeyNorm {
+    using type = float;
+  };
+  void add_columns(SlotColumns& c) const { c.add<KeyNorm>(); }
+  void on_append(PolicyContext<NoPolicyState>& c, const AppendedRows& r) const noexcept {
+    float* norms = c.columns.data<KeyNorm>(r.kv_head) + r.first;
+    for (std::int64_t i = 0; i < r.count; ++i) {
+      const float* k = r.keys + i * r.head_dim_k;
+      double s = 0;
+      for (int e = 0; e < r.head_dim_k; ++e) s += double(k[e]) * double(k[e]);
+      norms[i] = static_cast<float>(std::sqrt(s));
+    }
   }
+  /// Minus the key norm (the highest norms go first), negated by the selection as it reads the norms.
+  [[nodiscard]] Priority rank(const RankInput& in) const noexcept { return Priority::negated(in.column<KeyNorm>()); }
 };
 
 }  // namespace kvcache

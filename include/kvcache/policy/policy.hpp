@@ -1,52 +1,76 @@
 #pragma once
 
-// The Policy concept: what a policy declares it needs, and how it ranks the rows of one (layer, KV head).
+// The Policy concept: what a policy declares, how it ranks the rows of one (layer, KV head), and the hooks through
+// which it keeps its own state and does its paper's own work.
 //
-// A policy is a small value type. It never owns or moves memory; KVCache (cache/kv_cache.hpp) wires the inputs the
-// policy declares in needs(), asks it for the budget of each (layer, KV head), and when a head holds more rows than
-// its budget (plus the eviction slack during decode) asks it to rank the rows, keeps the protected ones (the first
-// `sinks` positions and the `recent` newest) and the best-ranked others, and compacts storage. Stages: observe
-// (KVCache accumulates scores from the kernels) -> rank (the policy) -> select (select.hpp) -> apply (storage).
+// A policy is a small value type. KVCache (cache/kv_cache.hpp) runs the step
+//   append -> [hooks] -> attend (exporting the scores the policy asked for) -> [hooks] -> rank -> select -> compact
+// and asks the policy for the budget of each (layer, KV head); when a head holds more rows than its budget (plus the
+// eviction slack during decode) it asks for the rows' priorities, keeps the protected ones (the first `sinks`
+// positions and the `recent` newest) and the best-ranked others (policy/select.hpp), and compacts storage.
 //
-// Requirements on P:
-//   PolicyNeeds needs() const;                                   what KVCache must compute and when P evicts
-//   ResolvedBudget budget(int layer, int kv_head, std::int64_t prompt_length) const;
-//   void rank(RankInput const& in, std::span<float> priority) const;   higher priority = keep; NaN ranks lowest
+// Required of P:
 //   static constexpr std::string_view kName;
-// With a multi-threaded executor, KVCache ranks different KV heads of a layer at once (each head is evicted in the
-// decode task that finished its attention), so rank() and budget_now() must be safe to call concurrently: const and
-// without shared mutable state, as every policy here is.
+//   PolicyNeeds needs() const;                              the scores KVCache must export, and when P evicts
+//   ResolvedBudget budget(int layer, int kv_head, std::int64_t prompt_length) const;
+//   one of the rank forms:
+//     Priority rank(RankInput const&) const;                a priority the selection reads in place (select.hpp)
+//     void rank(RankInput const&, std::span<float> out) const;       writes one priority per row; NaN ranks lowest
+//   (each may take `State const&` after the RankInput). A class derived from a policy that declares its own rank()
+//   hides the base's forms, so the selection never uses a base's in-place priority for a derived ranking.
+//
+// Optional, found by their signatures (State is P's own state type, below; Ctx is PolicyContext<State>):
+//   void add_columns(SlotColumns&) const;   declares P's per-slot state (policy/slot_columns.hpp): columns that
+//                                           move with the rows, zeroed for new rows, reset and counted by KVCache
+//   State make_state(CacheSettings const&) const;   P's own state for the whole cache, made once by KVCache's
+//                                           constructor (validate the settings here); State has
+//                                           `std::size_t bytes() const` and `void reset()`
+//   void on_append(Ctx&, AppendedRows const&) const;        after one head's new rows are stored
+//   void before_prefill(Ctx&, std::int64_t tokens, bool last_chunk) const;   before anything changes: throw here
+//   void after_prefill_attention(Ctx&, ConstTensorView<float, 3> q, bool last_chunk) const;   the chunk's queries
+//   void before_decode_attention(Ctx&, Position query_position) const;   after the step's rows are stored
+//   void on_move(Ctx&, int kv_head, std::int64_t from, std::int64_t to) const;   compaction moved a row
+//   ResolvedBudget budget_now(RankInput const&, [State const&,] ResolvedBudget static_budget) const;
+//   const float* append_token(Ctx&, const float* k, const float* v, Position, const float* q) const;
+//                                           P stores the token's rows itself (DMC merges them) and returns the
+//                                           queries attention reads; k, v: [n_kv, d], q: [n_q, dk]. A prompt then
+//                                           reaches P one token at a time.
+//
+// Concurrency. With a multi-threaded executor KVCache evicts different KV heads of a layer at once (each head in the
+// decode task that finished its attention), so rank(), budget_now() and on_move() must touch only that head's state.
 
 #include <concepts>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
 #include "kvcache/core/budget.hpp"
+#include "kvcache/core/config.hpp"
+#include "kvcache/core/rope.hpp"
 #include "kvcache/core/tensor.hpp"
+#include "kvcache/policy/select.hpp"
+#include "kvcache/policy/slot_columns.hpp"
+#include "kvcache/simd/isa.hpp"
+#include "kvcache/storage/slot_storage.hpp"
 
 namespace kvcache {
 
-/// How the scores of a group's query heads become one score per slot of their KV head (algorithms.md 2.7, 6.5, 10.5).
-/// kSum and kMean rank identically (the mean is the sum / g), so both keep one accumulated row per KV head, the sum.
-/// kMax keeps a row per query head (g floats per slot, accumulated by the kernels as they export) and ranks a slot
-/// by its most attentive query head. The paper codes are MHA-only (H2O, VATP) or expand to query heads (SnapKV);
-/// kvpress averages. "Expand" (a cache per query head) is not offered: it gives up what GQA saves.
+/// How the scores of a group's query heads become one score per slot of their KV head. kSum and kMean rank
+/// identically (the mean is the sum / g), so both keep one accumulated row per KV head, the sum. kMax keeps a row per
+/// query head (g floats per slot, accumulated by the kernels as they export) and ranks a slot by its most attentive
+/// query head. The paper codes are MHA-only (H2O, VATP) or expand to query heads (SnapKV); kvpress averages.
+/// "Expand" (a cache per query head) is not offered: it gives up what GQA saves.
 enum class GqaReduce : std::uint8_t { kSum, kMean, kMax };
 
-/// What a policy needs from KVCache. Everything defaults to "nothing", so a score-free policy pays nothing.
+/// The attention statistics a policy needs exported by the kernels, and when it evicts. Everything defaults to
+/// "nothing", so a score-free policy pays nothing.
 struct PolicyNeeds {
-  bool prefill_scores = false;         ///< column sums of the probabilities of every prompt query (H2O, VATP)
-  std::int64_t prefill_window = 0;     ///< column sums of the last W prompt queries only (SnapKV); 0: none
-  bool decode_scores = false;          ///< each decode step's probabilities added to the scores (H2O, VATP)
-  bool value_norms = false;            ///< L1 norm of each value row, taken when it is appended (VATP)
-  bool key_norms = false;              ///< L2 norm of each key row, taken when it is appended (L2-norm)
-  bool in_cache_positions = false;     ///< StreamingLLM's positions inside the cache (needs RoPE re-rotation)
-  bool prefill_profile = false;        ///< per-head statistics of the prompt's attention map, then profile() (FastGen)
-  bool slot_tags = false;              ///< a tag per row from tag(position), taken when it is appended (FastGen)
-  bool merge_on_append = false;        ///< each head may merge a new token into its newest slot (DMC; MergingPolicy)
-  bool compress_after_prefill = true;  ///< select once the (last chunk of the) prompt is in
-  bool evict_during_decode = true;     ///< select after decode steps that leave a head over budget + slack
+  bool prefill_scores = false;             ///< column sums of the probabilities of every prompt query (H2O, VATP)
+  std::int64_t prefill_window = 0;         ///< column sums of the last W prompt queries only (SnapKV); 0: none
+  bool decode_scores = false;              ///< each decode step's probabilities added to the scores (H2O, VATP)
+  bool compress_after_prefill = true;      ///< select once the (last chunk of the) prompt is in
+  bool evict_during_decode = true;         ///< select after decode steps that leave a head over budget + slack
   GqaReduce gqa_reduce = GqaReduce::kSum;  ///< how the scores above are reduced over a group's query heads
 };
 
@@ -61,111 +85,163 @@ struct RankInput {
   /// i * query_head_stride (empty otherwise).
   std::span<const float> query_head_scores;
   std::int64_t query_head_stride = 0;
-  std::span<const float> value_norms;  ///< L1
-  std::span<const float> key_norms;    ///< L2
-  std::span<const std::uint8_t> tags;  ///< the policy's tag(position) of each row (PolicyNeeds::slot_tags)
   std::int64_t prompt_length = 0;
-  Position newest = -1;        ///< the newest position the layer has seen (the step's query); -1 if not known
-  bool after_prefill = false;  ///< ranking right after the prompt (else after a decode step)
-  int head_choice = -1;        ///< what profile() chose for this (layer, KV head); -1: not profiled
+  Position newest = -1;                  ///< the newest position the layer has seen (the step's query); -1 if not known
+  bool after_prefill = false;            ///< ranking right after the prompt (else after a decode step)
+  const SlotColumns* columns = nullptr;  ///< the layer's per-slot columns
+
+  /// This head's values of the policy's column Tag, one per row (empty if the column does not exist).
+  template <class Tag>
+  [[nodiscard]] std::span<const typename Tag::type> column() const noexcept {
+    return columns == nullptr ? std::span<const typename Tag::type>{}
+                              : columns->slots<Tag>(kv_head, std::int64_t(positions.size()));
+  }
 };
 
-/// What a profiling policy (PolicyNeeds::prefill_profile) sees of one (layer, KV head) once the prompt is in. With
-/// A[i][j] the prompt's causal attention averaged over the group's query heads (attention/profile.hpp):
-/// column_sums[j] = sum_i A[i][j]; band_sums[j] = the same over the queries i with 0 <= i - j < window.
-struct ProfileInput {
+/// What KVCache was built with, as a policy's make_state() sees it.
+struct CacheSettings {
+  CacheConfig config;
+  std::optional<RopeConfig> rope;  ///< the model's RoPE, if the engine gave it (KVCacheOptions::rope)
+  float softmax_scale = 0.0f;      ///< 0: 1 / sqrt(head_dim_k)
+  int readers = 1;                 ///< attention reads per step of each cache layer (YOCO)
+};
+
+/// One layer of the cache, as a policy's hooks see it.
+template <class State>
+struct PolicyContext {
   int layer = 0;
+  LayerSlots& kv;
+  SlotColumns& columns;
+  State& state;
+  const CacheSettings& settings;
+  Isa isa = Isa::kScalar;
+};
+
+/// One head's new rows as the engine gave them (f32, before rounding to the storage type), stored at slots
+/// [first, first + count).
+struct AppendedRows {
   int kv_head = 0;
-  std::span<const Position> positions;
-  std::span<const float> column_sums;
-  std::span<const float> band_sums;
-  std::span<const std::uint8_t> tags;
-  std::int64_t prompt_length = 0;  ///< L, the number of prompt queries
-  std::int64_t window = 0;         ///< the band's width, from profile_window(L)
+  std::int64_t first = 0;
+  std::int64_t count = 0;
+  const float* keys = nullptr;  ///< [count, head_dim_k]
+  int head_dim_k = 0;
+  const float* values = nullptr;  ///< count rows of head_dim_v, value_stride apart (the latent layout: in the keys)
+  std::int64_t value_stride = 0;
+  int head_dim_v = 0;
+  std::span<const Position> positions;  ///< [count]
 };
 
-/// The optional members of a policy that chooses per head from the prompt (FastGen):
-///   std::int64_t profile_window(std::int64_t prompt_length) const;   the band width to measure
-///   int profile(ProfileInput const& in) const;                        the head's choice, kept by KVCache
-/// and of a policy whose budget depends on what the head holds (its choice, its rows' tags):
-///   ResolvedBudget budget_now(RankInput const& in, ResolvedBudget static_budget) const;
-/// and of a policy that tags rows when they are appended (PolicyNeeds::slot_tags):
-///   std::uint8_t tag(Position position) const;
-template <class P>
-concept ProfilingPolicy = requires(P const& p, const ProfileInput& in) {
-  { p.profile_window(std::int64_t{0}) } -> std::convertible_to<std::int64_t>;
-  { p.profile(in) } -> std::convertible_to<int>;
-};
-template <class P>
-concept DynamicBudgetPolicy = requires(P const& p, const RankInput& in, ResolvedBudget b) {
-  { p.budget_now(in, b) } -> std::same_as<ResolvedBudget>;
-};
-/// What a merging policy (DMC) decides from, for one (layer, KV head) at one step; keys and queries are pre-RoPE.
-struct MergeStep {
-  int layer = 0;
-  int kv_head = 0;
-  Position position = 0;
-  std::span<const float> key;      ///< [head_dim]
-  std::span<const float> queries;  ///< [group, head_dim], the group's query heads
-  int head_dim = 0;
+/// The state of a policy that keeps none.
+struct NoPolicyState {
+  [[nodiscard]] std::size_t bytes() const noexcept { return 0; }
+  void reset() noexcept {}
 };
 
-/// A policy that merges instead of evicting (PolicyNeeds::merge_on_append): KVCache asks it, per head and step,
-/// whether the new token joins the newest slot and with what weight; the slot holds the weighted mean of its group's
-/// newest `window` tokens (0: all), keys averaged before RoPE and rotated at the newest position.
+namespace detail {
 template <class P>
-concept MergingPolicy = requires(P const& p, const MergeStep& s, int d) {
-  { p.merges(s) } -> std::convertible_to<bool>;
-  { p.importance(s) } -> std::convertible_to<float>;
-  { p.neuron_index(d) } -> std::convertible_to<int>;
-  p.validate(d);
-  { p.window } -> std::convertible_to<int>;
-  { p.zero_neurons } -> std::convertible_to<bool>;
+struct PolicyStateOf {
+  using type = NoPolicyState;
 };
+template <class P>
+requires requires(P const& p, const CacheSettings& s) { p.make_state(s); }
+struct PolicyStateOf<P> {
+  using type = decltype(std::declval<const P&>().make_state(std::declval<const CacheSettings&>()));
+};
+}  // namespace detail
 
-/// A policy whose priority is the accumulated score itself (H2O) may say so with `using ScoresArePriority = Self;`,
-/// naming its own type, and one whose priority is the score times the value norm (VATP) with `using
-/// ScoresTimesValueNormsArePriority = Self;`: KVCache then selects straight from those arrays and skips rank() and
-/// its copy. A policy derived from one that overrides rank() inherits an alias naming the base, so it is not mistaken
-/// for one.
+/// P's own state type (NoPolicyState when P keeps none).
 template <class P>
-concept RanksByScores = requires {
-  typename P::ScoresArePriority;
-  requires std::same_as<typename P::ScoresArePriority, P>;
-};
+using PolicyState = typename detail::PolicyStateOf<P>::type;
+
+/// P ranks by a priority the selection reads in place (the rank form that returns Priority).
 template <class P>
-concept RanksByScoresTimesValueNorms = requires {
-  typename P::ScoresTimesValueNormsArePriority;
-  requires std::same_as<typename P::ScoresTimesValueNormsArePriority, P>;
+concept RanksInPlace = requires(P const& p, const RankInput& in) {
+  { p.rank(in) } -> std::same_as<Priority>;
+}
+|| requires(P const& p, const RankInput& in, const PolicyState<P>& s) {
+  { p.rank(in, s) } -> std::same_as<Priority>;
 };
-/// A policy whose priority is minus the key norm (L2Norm: the highest norms go) may say so with `using
-/// NegatedKeyNormsArePriority = Self;`: the selection then reads the key norms with the sign flipped in its scan,
-/// instead of rank() writing a negated copy each step.
+/// P writes one priority per row.
 template <class P>
-concept RanksByNegatedKeyNorms = requires {
-  typename P::NegatedKeyNormsArePriority;
-  requires std::same_as<typename P::NegatedKeyNormsArePriority, P>;
-};
-/// A policy whose rows all rank alike, so that only age decides (the oldest unprotected row goes first; StreamingLLM),
-/// may say so with `using AgeIsPriority = Self;`: KVCache then skips rank() and its array of equal priorities, and
-/// the single-removal scan reads the positions alone.
-template <class P>
-concept RanksByAge = requires {
-  typename P::AgeIsPriority;
-  requires std::same_as<typename P::AgeIsPriority, P>;
-};
+concept RanksIntoArray = requires(P const& p, const RankInput& in, std::span<float> out) {
+  p.rank(in, out);
+}
+|| requires(P const& p, const RankInput& in, const PolicyState<P>& s, std::span<float> out) { p.rank(in, s, out); };
 
 template <class P>
-concept TaggingPolicy = requires(P const& p, Position pos) {
-  { p.tag(pos) } -> std::convertible_to<std::uint8_t>;
-};
-
-template <class P>
-concept Policy = std::copy_constructible<P> && requires(P const& p, const RankInput& in, std::span<float> out) {
+concept Policy = std::copy_constructible<P> && requires(P const& p) {
   { P::kName } -> std::convertible_to<std::string_view>;
   { p.needs() } -> std::same_as<PolicyNeeds>;
   { p.budget(0, 0, std::int64_t{0}) } -> std::same_as<ResolvedBudget>;
-  p.rank(in, out);
+} &&(RanksInPlace<P> || RanksIntoArray<P>);
+
+/// P stores each token's rows itself (append_token; DMC).
+template <class P>
+concept AppendsTokens = requires(P const& p, PolicyContext<PolicyState<P>>& c, const float* x, Position pos) {
+  { p.append_token(c, x, x, pos, x) } -> std::same_as<const float*>;
 };
+
+namespace policy_hooks {
+// Each calls P's hook when P has it, and does nothing (or the default) otherwise.
+template <class P>
+PolicyState<P> make_state(const P& p, const CacheSettings& s) {
+  if constexpr (requires { p.make_state(s); })
+    return p.make_state(s);
+  else
+    return {};
+}
+template <class P>
+void add_columns(const P& p, SlotColumns& c) {
+  if constexpr (requires { p.add_columns(c); }) p.add_columns(c);
+}
+template <class P>
+inline constexpr bool kHasOnAppend = requires(P const& p, PolicyContext<PolicyState<P>>& c, const AppendedRows& r) {
+  p.on_append(c, r);
+};
+template <class P>
+void on_append(const P& p, PolicyContext<PolicyState<P>>& c, const AppendedRows& r) {
+  if constexpr (kHasOnAppend<P>) p.on_append(c, r);
+}
+template <class P>
+void before_prefill(const P& p, PolicyContext<PolicyState<P>>& c, std::int64_t tokens, bool last_chunk) {
+  if constexpr (requires { p.before_prefill(c, tokens, last_chunk); }) p.before_prefill(c, tokens, last_chunk);
+}
+template <class P>
+void after_prefill_attention(const P& p, PolicyContext<PolicyState<P>>& c, ConstTensorView<float, 3> q,
+                             bool last_chunk) {
+  if constexpr (requires { p.after_prefill_attention(c, q, last_chunk); }) p.after_prefill_attention(c, q, last_chunk);
+}
+template <class P>
+void before_decode_attention(const P& p, PolicyContext<PolicyState<P>>& c, Position position) {
+  if constexpr (requires { p.before_decode_attention(c, position); }) p.before_decode_attention(c, position);
+}
+template <class P>
+inline constexpr bool kHasOnMove = requires(P const& p, PolicyContext<PolicyState<P>>& c) {
+  p.on_move(c, 0, std::int64_t{0}, std::int64_t{0});
+};
+template <class P>
+ResolvedBudget budget_now(const P& p, const RankInput& in, const PolicyState<P>& s, ResolvedBudget b) {
+  if constexpr (requires { p.budget_now(in, s, b); })
+    return p.budget_now(in, s, b);
+  else if constexpr (requires { p.budget_now(in, b); })
+    return p.budget_now(in, b);
+  else
+    return b;
+}
+template <class P>
+Priority rank(const P& p, const RankInput& in, const PolicyState<P>& s) {
+  if constexpr (requires { p.rank(in, s); })
+    return p.rank(in, s);
+  else
+    return p.rank(in);
+}
+template <class P>
+void rank(const P& p, const RankInput& in, const PolicyState<P>& s, std::span<float> out) {
+  if constexpr (requires { p.rank(in, s, out); })
+    p.rank(in, s, out);
+  else
+    p.rank(in, out);
+}
+}  // namespace policy_hooks
 
 }  // namespace kvcache

@@ -1,17 +1,19 @@
 #pragma once
 
-// VATP, value-aware token pruning (Guo, Kamigaito, Watanabe, EMNLP 2024; algorithms.md 4), the H2O variant of the
+// VATP, value-aware token pruning (Guo, Kamigaito, Watanabe, EMNLP 2024; docs/policies/vatp.md), the H2O variant of the
 // official code (utils_hh/modify_llama.py with --h2o --apval):
 //   score[j] = (accumulated attention of token j, as H2O) x ||v_j||_1, the L1 norm of its value row (per KV head,
 //              taken once in fp32 when the row is appended, from the values as given, before any f16/bf16 rounding);
 //   the first `sinks` tokens (F) are never scored or evicted: sinks have tiny value norms and would be lost.
 // Unlike the official code, which gives sinks the dtype maximum inside the heavy budget, here the sinks are protected
-// rows counted inside the total budget (heavy + recent); the kept set is the same (algorithms.md 4.9).
+// rows counted inside the total budget (heavy + recent); the kept set is the same (docs/policies/vatp.md).
 // GQA (the code is MHA-only): the attention term is reduced over the group's query heads as in H2O (sum by default,
-// or gqa_reduce = kMax), then multiplied by the KV head's value norm (algorithms.md 4.6).
+// or gqa_reduce = kMax), then multiplied by the KV head's value norm (docs/policies/vatp.md).
 // Defaults: heavy = recent = 0.1 of the prompt (pred.py sets recent_ratio = heavy_ratio); sinks = 20 is the README's
 // example; use 1 or a few for short prompts.
 
+#include <cmath>
+#include <cstdint>
 #include <span>
 #include <string_view>
 
@@ -22,7 +24,6 @@ namespace kvcache {
 
 struct VATP {
   static constexpr std::string_view kName = "vatp";
-  using ScoresTimesValueNormsArePriority = VATP;  // rank() is scores x value norms: KVCache fuses it (policy.hpp)
   Count heavy = Count::fraction(0.1);
   Count recent = Count::fraction(0.1);
   std::int64_t sinks = 20;
@@ -38,7 +39,6 @@ struct VATP {
     PolicyNeeds n;
     n.prefill_scores = true;
     n.decode_scores = true;
-    n.value_norms = true;
     n.gqa_reduce = gqa_reduce;
     return n;
   }
@@ -46,8 +46,24 @@ struct VATP {
     const std::int64_t h = heavy.resolve(prompt_length), r = recent.resolve(prompt_length);
     return ResolvedBudget{h + r, r, sinks};
   }
-  void rank(const RankInput& in, std::span<float> priority) const noexcept {
-    for (std::size_t j = 0; j < priority.size(); ++j) priority[j] = in.scores[j] * in.value_norms[j];
+
+  /// ||v||_1 of each row, taken in f32 from the values as the engine gave them.
+  struct ValueNorm {
+    using type = float;
+  };
+  void add_columns(SlotColumns& c) const { c.add<ValueNorm>(); }
+  void on_append(PolicyContext<NoPolicyState>& c, const AppendedRows& r) const noexcept {
+    float* norms = c.columns.data<ValueNorm>(r.kv_head) + r.first;
+    for (std::int64_t i = 0; i < r.count; ++i) {
+      const float* v = r.values + i * r.value_stride;
+      double s = 0;
+      for (int e = 0; e < r.head_dim_v; ++e) s += std::abs(double(v[e]));
+      norms[i] = static_cast<float>(s);
+    }
+  }
+  /// score x ||v||_1, multiplied by the selection as it reads them (no ranking copy).
+  [[nodiscard]] Priority rank(const RankInput& in) const noexcept {
+    return Priority::product(in.scores, in.column<ValueNorm>());
   }
 };
 

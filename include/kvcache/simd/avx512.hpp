@@ -84,9 +84,9 @@ KVCACHE_INLINE float reduce_add(Vec v) noexcept {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-// Horizontal sums of several vectors: the folds within 128-bit lanes come first (vshufps, which on Zen 5 issues beside
-// the FMAs) and the folds across lanes last, on the fewest vectors (there vshuff32x4 takes an FMA slot, vpermt2ps
-// about two, and the decode kernel calls these between its FMAs). docs/performance.md has the measurements.
+// Horizontal sums of several vectors: the folds within 128-bit lanes come first (vshufps, which on some cores issues
+// beside the FMAs) and the folds across lanes last, on the fewest vectors (cross-lane shuffles can take FMA slots,
+// and the decode kernel calls these between its FMAs).
 // 128-bit lane j of the result = [a | b | c | d], each summed over lane j (shuffles within lanes only).
 KVCACHE_INLINE Vec fold_in_lanes_4(Vec a, Vec b, Vec c, Vec d) noexcept {
   const __m512 ab = _mm512_add_ps(_mm512_shuffle_ps(a, b, 0x44), _mm512_shuffle_ps(a, b, 0xee));

@@ -12,9 +12,10 @@
 //                 the kernel for the tile state once (arch_prctl ARCH_REQ_XCOMP_PERM), and the ISA counts as
 //                 unsupported if that is refused.
 //
-// The CPU is probed once (cached). The choice is, in order: the test hook set_isa_for_testing(); the environment
-// variable KVCACHE_ISA=scalar|avx2|avx512|amx (read once); the best ISA the CPU has. Forcing an ISA that the CPU or the
-// build lacks throws Error. Public kernels call active_isa() once per call and stay on that ISA for the whole call.
+// The CPU is probed once (cached). The choice is, in order: the override of testing/isa.hpp (set_isa_for_testing());
+// the environment variable KVCACHE_ISA=scalar|avx2|avx512|amx (read once); the best ISA the CPU has. Forcing an ISA
+// that the CPU or the build lacks throws Error. Public kernels call active_isa() once per call and stay on that ISA for
+// the whole call.
 
 #include <array>
 #include <atomic>
@@ -155,13 +156,6 @@ inline Isa env_or_best_isa() {
   return choice.isa;
 }
 }  // namespace detail
-
-/// Test hook: forces isa for every later call in the process (std::nullopt returns to the normal choice). Throws
-/// Error when isa is not available here.
-inline void set_isa_for_testing(std::optional<Isa> isa) {
-  if (isa) detail::require_available(*isa, "set_isa_for_testing");
-  detail::isa_override().store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
-}
 
 /// The ISA the next kernel call will use.
 inline Isa active_isa() {

@@ -23,7 +23,7 @@
 #include "kvcache/core/macros.hpp"
 
 namespace kvcache::simd::scalar {
-inline namespace KVCACHE_BASELINE_NS {  // see attention/kernels/scalar.hpp
+inline namespace KVCACHE_BASELINE_NS {  // see simd/foreach_isa.inc
 
 using Vec = float;
 inline constexpr int kLanes = 1;

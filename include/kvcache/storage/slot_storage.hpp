@@ -1,6 +1,6 @@
 #pragma once
 
-// Dense slot storage (design.md 3.1).
+// Dense slot storage.
 //
 // One LayerSlots holds every KV head of one layer. KV head h owns rows [0, length(h)) of
 //   K: [n_kv_heads, capacity, head_dim_k]   V: [n_kv_heads, capacity, head_dim_v]   positions: [n_kv_heads, capacity]
@@ -247,6 +247,27 @@ class LayerSlots {
         break;
     }
     pos_rows(h)[slot] = position;
+  }
+
+  /// Replaces the key row of slot `slot` of head h (f32, rounded to the storage type); values and position stay. In
+  /// the latent layout this rewrites the whole row, the value part included.
+  void overwrite_key(int h, std::int64_t slot, const float* k) {
+    check_head(h, "overwrite_key");
+    KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite_key: slot ", slot, " does not exist in head ", h,
+                    ", which holds ", length(h), " rows");
+    const std::size_t ok = std::size_t(slot) * std::size_t(dk_);
+    const Isa isa = active_isa();
+    switch (dtype_) {
+      case DType::kF32:
+        convert(static_cast<float*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        break;
+      case DType::kF16:
+        convert(static_cast<f16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        break;
+      case DType::kBF16:
+        convert(static_cast<bf16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
+        break;
+    }
   }
 
   /// Drops every row of head h (or of every head). Memory stays allocated.

@@ -1,8 +1,9 @@
 // Decode attention for one KV head, written once against the op set `ops` of the enclosing ISA namespace.
-// Included inside kernels::<isa> and its target region; no include guard, no includes.
+// Compiled per ISA by attention/detail/kernels.hpp (simd/foreach_isa.inc) and by the AMX leaf; no include guard, no
+// includes.
 //
 // The g query heads of a group are processed together, so each K and V row is read from memory once per KV head
-// (design.md 3.8). Rows are visited in tiles of kDecodeTile: scores for the tile, one online-softmax rescale per
+//. Rows are visited in tiles of kDecodeTile: scores for the tile, one online-softmax rescale per
 // tile and head, then P.V with the tile's V rows hot in L1. Accumulation is fp32 whatever the storage type.
 
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
@@ -27,7 +28,7 @@ KVCACHE_INLINE void tile_pv(const float*, int, int, int, int, T const*, std::int
 inline constexpr std::int64_t kPrefetchRows = 8;
 
 // `lines` cache lines from p, prefetched evenly over `steps` row steps: line i goes out at the step where
-// i * steps / lines is passed (a Bresenham walk; bursts made decode slower).
+// i * steps / lines is passed (a Bresenham walk: bursts of prefetches would queue behind each other).
 struct SpreadPrefetch {
   const char* p;
   std::size_t lines, steps, acc = 0, next = 0;
@@ -51,11 +52,9 @@ KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::in
 
 // Rows the score pass takes at once for a block of hb heads that is not a multiple of 4 (those have their own
 // two-row path), on AVX-512 (32 registers: R x hb accumulators, R keys and a query): enough rows that R x hb
-// independent FMA chains cover the FMA latency. With one row, blocks of 3, 5, 6 and 7 heads waited on it, and before
-// they had kernels of their own, a group of 7 ran as blocks of 4, 2 and 1 at 1.35x group 8's time (Zen 5). Blocks of
-// 1 and 2 heads stay at one row: their groups are bound by DRAM, and scoring 2 to 8 rows at once made them slower
-// there (group 1 from 0.98 to 0.74 - 0.80 of the read bandwidth; the tile's V prefetches, issued row by row, then go
-// out in a shorter burst). AVX2 (16 registers) keeps one row.
+// independent FMA chains cover the FMA latency (with one row, blocks of 3, 5, 6 and 7 heads wait on it). Blocks of 1
+// and 2 heads stay at one row: their groups are bound by DRAM, and scoring several rows at once would send the
+// tile's V prefetches, issued row by row, out in a shorter burst. AVX2 (16 registers) keeps one row.
 constexpr int score_rows(int hb) noexcept {
   if constexpr (ops::kLanes >= 16) return hb == 3 ? 3 : hb >= 5 ? 2 : 1;
   return 1;
@@ -81,11 +80,11 @@ KVCACHE_INLINE void store_sums(const ops::Vec (&a)[R][HB], float* KVCACHE_RESTRI
 
 // Scores of HB query heads (rows of q, stride ldq, already scaled) against rows [r0, r1) of k:
 // s[h * kDecodeTile + (r - r0)].
-// Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone left decode at ~60% of the
-// read bandwidth), each line one phase ahead of its use: while the scores of a tile are computed, the tile's own V
-// rows are prefetched (v not null; and in a head's first tile, K rows kPrefetchRows ahead); while its P.V runs, all of
-// the next tile's K (decode_pv's k_next). pf_lines cache lines from pf (decode_two_pass's next K tile, which has no
-// P.V phase in between) are spread evenly over the rows here.
+// Prefetching keeps memory busy in both phases of a tile (the hardware prefetcher alone does not: it stops at page
+// boundaries and cannot see the next tile), each line one phase ahead of its use: while the scores of a tile are
+// computed, the tile's own V rows are prefetched (v not null; and in a head's first tile, K rows kPrefetchRows ahead);
+// while its P.V runs, all of the next tile's K (decode_pv's k_next). pf_lines cache lines from pf (decode_two_pass's
+// next K tile, which has no P.V phase in between) are spread evenly over the rows here.
 template <int HB, class T>
 KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int dk, T const* KVCACHE_RESTRICT k,
                                   std::int64_t r0, std::int64_t r1, float* KVCACHE_RESTRICT s, T const* v, int dv,
@@ -95,8 +94,8 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
   SpreadPrefetch spread{pf, pf_lines, std::max<std::size_t>(std::size_t(r1 - r0), 1)};
   // Blocks of 8 heads on 16 lanes, 16-bit storage: a row pair's 16 sums come out of one reduction tree as one vector,
   // [row][head], staged here and transposed into s after the rows (one tree, one store and 1.5 permutes per pair
-  // instead of four 4-way reductions and 16 scalar copies). Group 8 from DRAM on Zen 5: f16 / bf16 6 - 9% faster at
-  // d 128, 13 - 16% at d 64; f32 (bound by the stream there, not by these instructions) 5 - 14% slower, so not f32.
+  // instead of four 4-way reductions and 16 scalar copies). Not for f32, whose twice-as-wide rows make the stream,
+  // not these instructions, the bound.
   constexpr int R = score_rows(HB);
   constexpr bool kStaged = ops::kLanes >= 16 && HB == 8 && sizeof(T) == 2;
   [[maybe_unused]] alignas(64) float st[kStaged ? kDecodeTile * 8 : 1];
@@ -242,10 +241,8 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
 // Each head keeps NA = 8 / HB accumulators that take alternate rows, so about 8 independent FMA chains are in flight
 // whatever the group size (one chain per head made small groups wait on FMA latency, at half the FMA throughput).
 // k_next (if not null): rows of width dk (contiguous) to prefetch while this runs, exactly the lines of the first
-// min(n_next, r1 - r0), spread evenly over all the call's row steps (bursts were slower: decode_two_pass's V issued a
-// row per step of the first column sweep made its step 1.6x slower from L3). All of the tile, not part: what P.V
-// leaves out waits on the score pass's prefetch a few rows ahead, too close to hide DRAM (covering half the tile,
-// decode ran 15 - 20% slower on Zen 5; docs/performance.md).
+// min(n_next, r1 - r0), spread evenly over all the call's row steps (a burst would queue behind itself). All of the
+// tile, not part: what P.V leaves out waits on the score pass's prefetch a few rows ahead, too close to hide DRAM.
 template <int HB, class T>
 KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, T const* v, std::int64_t r0,
                               std::int64_t r1, float* KVCACHE_RESTRICT o, T const* k_next, std::int64_t n_next,
@@ -325,8 +322,8 @@ KVCACHE_INLINE void decode_pv(const float* KVCACHE_RESTRICT p, int dv, int ldv, 
 }
 
 // The kernels of a block of hb heads, 1 <= hb <= 8, each compiled for its block size. Blocks of 3, 5, 6 and 7 are
-// called, not inlined: inlined as well, they made decode_partial 1.7x as large and groups 1, 4 and 8 3 - 7% slower
-// although their code had not changed (three code layouts each, Zen 5); called, those stay within 3% of before.
+// called, not inlined: inlined as well, they would make decode_partial much larger, and the hot loops of the common
+// groups (1, 4, 8) are sensitive to code layout (docs/kernels.md).
 template <int HB, class T>
 KVCACHE_NOINLINE void decode_scores_apart(const float* q, int ldq, int dk, T const* k, std::int64_t r0, std::int64_t r1,
                                           float* s, T const* v, int dv, std::int64_t r_end, const char* pf,

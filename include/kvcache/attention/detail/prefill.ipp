@@ -1,5 +1,6 @@
 // Causal prefill (flash) attention for one KV head and one block of query tokens, written once against the op set
-// `ops` of the enclosing ISA namespace. Included inside kernels::<isa> and its target region; no include guard.
+// `ops` of the enclosing ISA namespace. Compiled per ISA by attention/detail/kernels.hpp (simd/foreach_isa.inc); no
+// include guard.
 //
 // A block holds the g query heads of the group for up to kPrefillTokens(g) consecutive new tokens: M = tokens * g
 // rows (row i is token i / g, head i % g), so each K/V tile serves the whole group. For every KV tile of
@@ -112,8 +113,8 @@ inline void pv_block(const float* p, int m, int nk, const float* vp, int vs, int
 }
 
 // Packs keys [j0, j0 + nk) transposed into kt: [kd][kPrefillKvTile] f32, zero beyond nk and dk. Square blocks of
-// kLanes rows x kLanes columns go through registers (ops::transpose): scattered element by element, packing took 16%
-// of the f32 prefill's time (4k tokens, d 128, AVX-512); this way 7%.
+// kLanes rows x kLanes columns go through registers (ops::transpose), which costs a fraction of scattering element
+// by element.
 template <class T>
 inline void pack_kt(T const* k, int dk, int kd, std::int64_t j0, int nk, float* kt) noexcept {
   constexpr int B = kPrefillKvTile, L = ops::kLanes;
@@ -149,7 +150,7 @@ inline void pack_v(T const* v, int dv, int vs, int ldv, std::int64_t j0, int nk,
 }
 
 // Values [j0, j0 + nk) as f32 rows of at least ldv readable floats, at stride vs (set here): f32 values whose width
-// is whole vectors in place (their copy cost 8% of the f32 prefill's time), others packed into vp.
+// is whole vectors in place (a copy would add a pass over them), others packed into vp.
 template <class T>
 inline const float* tile_values(T const* v, int dv, int v_stride, int ldv, std::int64_t j0, int nk, float* vp,
                                 int& vs) noexcept {
@@ -332,4 +333,10 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
     qk_block(sc.q, kd, sc.kt, cs.r0, cs.r1, sc.s);
     colsum_tile(a, sc, cs.r0, cs.r1, j0, nk);
   }
+}
+
+/// One block of prefill with this ISA's scratch carved from `scratch` (the dispatch entry point of prefill.hpp).
+template <class T>
+inline void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+  prefill_block(a, k, v, prefill_scratch(scratch, a.dk, a.dv));
 }

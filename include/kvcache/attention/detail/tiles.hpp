@@ -17,8 +17,7 @@ constexpr std::size_t pad_to(std::size_t n, std::size_t a) noexcept { return (n 
 
 /// Whether decode may take the AMX path (Isa::kAmx, bf16 keys and values) for this shape: at least 16 query heads
 /// per KV head (MLA: all of them), and key and value columns in whole halves of a tile (dk, dv multiples of 16). The
-/// path works on blocks of 8 heads; with a group of only 8, decode from DRAM was no faster than with FMAs
-/// (docs/performance.md), so it starts at 16.
+/// path works on blocks of 8 heads; a group of 8 is bound by memory, not by its FMAs, so the path starts at 16.
 inline constexpr int kTileMinGroup = 16;
 constexpr bool decode_tiles_fit(int g, int dk, int dv) noexcept {
   return g >= kTileMinGroup && dk % 16 == 0 && dv % 16 == 0;

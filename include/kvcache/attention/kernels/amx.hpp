@@ -6,7 +6,7 @@
 //  * scores: 16 key rows at a time, loaded from the cache as they are, against the queries laid out once per call;
 //  * P.V: 32 rows at a time, the tile's V rows laid out once per tile in row pairs, against the probabilities.
 // The vector ports keep the online softmax, the layouts and the rows past the last whole 16- or 32-row block. It
-// matters where decode is compute-bound: MLA (128 heads on one latent row of 576: over 2x faster) and large groups.
+// matters where decode is compute-bound: MLA (128 heads on one latent row of 576) and large groups.
 // Prefill over bf16 caches runs both products on tiles for every shape (prefill_block_tiles, below).
 //
 // Precision. A tile product multiplies bf16 pairs exactly and accumulates in f32. bf16 keys and values enter as they
@@ -24,7 +24,7 @@
 #include <type_traits>
 
 #include "kvcache/attention/detail/kernel_deps.hpp"
-#include "kvcache/attention/kernels/avx512.hpp"
+#include "kvcache/attention/detail/kernels.hpp"
 #include "kvcache/simd/avx512.hpp"
 #include "kvcache/simd/target.hpp"
 
@@ -566,15 +566,11 @@ inline void prefill_block(const PrefillArgs& a, T const* k, T const* v, float* s
     avx512::prefill_block(a, k, v, avx512::prefill_scratch(scratch, a.dk, a.dv));
 }
 
-// Everything else is the avx512 code.
-using ::kvcache::kernels::avx512::fastgen_count;
-using ::kvcache::kernels::avx512::fastgen_rank;
-using ::kvcache::kernels::avx512::merge_add;
-using ::kvcache::kernels::avx512::merge_mean;
-using ::kvcache::kernels::avx512::newest_position;
-using ::kvcache::kernels::avx512::rope_rows;
-using ::kvcache::kernels::avx512::select_oldest;
-using ::kvcache::kernels::avx512::select_one;
+/// The dispatch entry point of prefill.hpp: amx's prefill_block takes the raw scratch.
+template <class T>
+inline void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+  prefill_block(a, k, v, scratch);
+}
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END
 #endif

@@ -1,7 +1,6 @@
-// FastGen's per-step loops (policy/fastgen.hpp: budget_now and rank), compiled per ISA inside kernels::<isa> (and its
-// target region) so that they vectorise at that width whatever the engine's flags: they run for every head at every
-// step over every row (at -O2 with no -m flags they were scalar: 0.08 of the attention at 3.8k rows a head, in a perf
-// profile; SSE2 at -O3: 0.022; now 0.013).
+// FastGen's per-step loops (policy/fastgen.hpp: budget_now and rank), compiled per ISA by simd/foreach_isa.inc so
+// that they vectorise at that width whatever the engine's flags: they run for every head at every step over every
+// row.
 // Branch-free over 32-bit lanes: bit masks, not ?:, which GCC leaves scalar.
 
 /// Over rows [0, n): in_window = rows with pos >= from; classed = rows outside the window whose tag is special or

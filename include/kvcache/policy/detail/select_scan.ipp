@@ -1,4 +1,4 @@
-// The single-eviction scan of select_removals(), compiled per ISA inside kernels::<isa> (and its target region) so
+// The single-eviction scan of select_removals(), compiled per ISA by simd/foreach_isa.inc so
 // that the compiler vectorises it at that width. Plain loops over 32-bit lanes: priorities become order-preserving
 // unsigned keys (NaN lowest), so the reductions are integer min/max, which vectorise without fast-math.
 
@@ -31,9 +31,8 @@ KVCACHE_VECTORIZE inline std::int64_t select_one_scan(const std::int32_t* KVCACH
   // One minimum over 64-bit (key, position) pairs: the lowest priority and, among equal ones, the oldest position
   // (positions are distinct, so the pair names one row). Protected rows get the all-ones key; positions are biased
   // by 2^31 so that they order as unsigned numbers (a negative sink count leaves negative positions unprotected).
-  // One pass over the priorities instead of two 32-bit scans (lowest key, then oldest position at that key): the
-  // second pass read them back from L2, ~0.01 of the attention at 8k rows. At 8k rows the scan waits on the cold
-  // positions, not on arithmetic: a 32-bit scan in L1-sized chunks (half the instructions) measured the same.
+  // One pass over the priorities instead of two 32-bit scans (lowest key, then oldest position at that key), which
+  // would read them back from L2. The scan waits on the cold positions, not on arithmetic.
   constexpr std::uint64_t kNone = ~std::uint64_t{0};
   std::uint64_t lowest = kNone;
   for (std::int64_t s = 0; s < n; ++s) {

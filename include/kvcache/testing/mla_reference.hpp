@@ -9,8 +9,8 @@
 #include <cstdint>
 
 #include "kvcache/attention/mla.hpp"
-#include "kvcache/attention/reference.hpp"
 #include "kvcache/storage/slot_storage.hpp"
+#include "kvcache/testing/reference.hpp"
 
 namespace kvcache::reference {
 

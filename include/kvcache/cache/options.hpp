@@ -1,0 +1,40 @@
+#pragma once
+
+// What an engine sets when it builds a KVCache, and the names of the score columns KVCache keeps for a policy.
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+#include "kvcache/core/budget.hpp"
+#include "kvcache/core/rope.hpp"
+
+namespace kvcache {
+
+struct KVCacheOptions {
+  /// Batched eviction: during decode a head may grow to budget + slack before it is cut back to the budget. 0 evicts
+  /// every step, as the papers do.
+  std::int64_t eviction_slack = 0;
+  /// The model's RoPE, for policies that re-rotate stored keys (StreamingLLM's in-cache positions, DMC).
+  std::optional<RopeConfig> rope;
+  /// Optional per-(layer, KV head) override of the policy's budget, e.g. to give some layers more.
+  std::function<ResolvedBudget(int layer, int kv_head, ResolvedBudget policy_budget)> budget_override;
+  /// Threads the kernels may use (the executor's concurrency is capped by this when sizing workspaces).
+  int max_threads = 1;
+  /// Softmax scale of attention; 0 means 1 / sqrt(head_dim_k). MLA needs 1 / sqrt(qk_nope + qk_rope), which differs
+  /// from the latent row's width (MlaShape::softmax_scale()).
+  float softmax_scale = 0.0f;
+  /// Attention calls per step on each cache layer: 1, or more for a cache that several model layers read (YOCO).
+  int readers = 1;
+};
+
+/// The accumulated attention scores KVCache exports for a policy: [n_kv, rows, capacity], a row per query head under
+/// GqaReduce::kMax (with their maximum in ScoreMax), else one.
+struct Scores {
+  using type = float;
+};
+struct ScoreMax {
+  using type = float;
+};
+
+}  // namespace kvcache
