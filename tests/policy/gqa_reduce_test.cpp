@@ -103,6 +103,49 @@ TEST(GqaReduceTest, ScoreAccessorsSayWhichToRead) {
 
 // state_bytes() counts what the policy keeps per slot: one score row per KV head under kSum, g rows plus their maximum
 // under kMax, none for Full; all of it fixed at construction.
+// SnapKV's pool_each_query_head (kvpress's order): each query head's window scores pooled, then their mean. With
+// avg-pooling that ranks as pooling the group's sum (pooling is linear); with max-pooling it can differ.
+TEST(GqaReduceTest, SnapKVPoolEachQueryHeadTakesTheMeanOfPooledRows) {
+  // Two query heads, 6 slots in position order, window 1 (the last slot), kernel 3.
+  const std::vector<Position> pos = {0, 1, 2, 3, 4, 5};
+  const std::int64_t stride = 8;
+  std::vector<float> rows(2 * stride, 0.0f);
+  const float a[] = {4, 0, 0, 0, 1, 0}, b[] = {0, 0, 3, 0, 0, 0};
+  for (int j = 0; j < 6; ++j) rows[std::size_t(j)] = a[j], rows[std::size_t(stride + j)] = b[j];
+  std::vector<float> sum(6);
+  for (int j = 0; j < 6; ++j) sum[std::size_t(j)] = a[j] + b[j];
+  kvcache::RankInput per_head;
+  per_head.positions = pos;
+  per_head.group_size = 2;
+  per_head.query_head_scores = {rows.data(), std::size_t(stride + 6)};
+  per_head.query_head_stride = stride;
+  kvcache::RankInput summed;
+  summed.positions = pos;
+  summed.scores = sum;
+  for (auto pooling : {kvcache::SnapKV::Pooling::kAvg, kvcache::SnapKV::Pooling::kMax}) {
+    kvcache::SnapKV each(Count::of(4), 1, 3, pooling);
+    each.pool_each_query_head = true;
+    EXPECT_EQ(each.needs().gqa_reduce, GqaReduce::kMax);  // the scores are kept per query head
+    const kvcache::SnapKV plain(Count::of(4), 1, 3, pooling);
+    std::vector<float> got(6), base(6);
+    each.rank(per_head, got);
+    plain.rank(summed, base);
+    // Prefix slots 0 - 4 (slot 5 is the window). Max-pool, head a: 4 4 0 1 1; head b: 0 3 3 3 0.
+    const float want_max[] = {2.0f, 3.5f, 1.5f, 2.0f, 0.5f};
+    for (int j = 0; j < 5; ++j) {
+      if (pooling == kvcache::SnapKV::Pooling::kAvg)
+        EXPECT_FLOAT_EQ(got[std::size_t(j)], base[std::size_t(j)] / 2.0f) << j;  // the mean of pooled = pooled mean
+      else
+        EXPECT_FLOAT_EQ(got[std::size_t(j)], want_max[j]) << j;
+    }
+  }
+  // Max-pooling the sum ranks slot 0 (4) above slot 2 (3); the mean of the pooled heads puts slot 1 first.
+  kvcache::SnapKV plain_max(Count::of(4), 1, 3, kvcache::SnapKV::Pooling::kMax);
+  std::vector<float> base(6);
+  plain_max.rank(summed, base);
+  EXPECT_GT(base[0], base[2]);
+}
+
 TEST(GqaReduceTest, StateBytesShowThePerQueryHeadRows) {
   constexpr int d = 16, layers = 2, n_kv = 1, g = 2;  // the shape two_head_prompt() fits
   constexpr std::int64_t cap = 64;
