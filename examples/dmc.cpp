@@ -8,7 +8,7 @@
 // word's slot, and odd KV heads also merge the space after a word; layers 0 and 1 keep every byte. It prints the
 // compression achieved per head and what the rule costs in bits per byte on a model that was never trained for it, next
 // to how often the official neuron rule (key[-1] - 5 > 0) would fire on this model's keys. Run:
-// ./build/release/examples/dmc [--short]
+// ./build/release/examples/dmc [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cctype>
 #include <cstdio>
@@ -17,7 +17,9 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "DMC (Nawrot et al., 2024): merging tokens into the newest slot per head, with an engine-supplied rule", argc,
+      argv);
   engine::print_claim("Dynamic Memory Compression: Retrofitting LLMs for Accelerated Inference (Nawrot et al., 2024)",
                       "a model retrofitted to merge tokens into the newest slot of each head keeps its quality at up "
                       "to 4x compression of the KV cache, and heads learn different ratios.");

@@ -5,7 +5,7 @@
 // Language modelling on the bundled tinylm-gqa: windows of 2048 bytes, the first 512 prefilled (and profiled), the
 // rest decoded byte by byte with each head's policy active. Token classes for a byte-level model: the first 4 bytes
 // are the special tokens, whitespace and ASCII punctuation bytes are punctuation (engine/tasks.hpp). r_l = r_f = 0.3.
-// Run: ./build/release/examples/fastgen [--short]
+// Run: ./build/release/examples/fastgen [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <array>
 #include <cstdio>
@@ -14,7 +14,8 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "FastGen (Ge et al., 2024): a policy per head chosen from the prompt, at T = 0.90, 0.95, 0.98", argc, argv);
   engine::print_claim("Model Tells You What to Discard: Adaptive KV Cache Compression for LLMs (Ge et al., 2024)",
                       "profiling each head's attention to the prompt and giving it the cheapest policy that recovers "
                       "T of it cuts the KV cache with little loss in quality (about 20% on 7B models, 40% on 65B, at "

@@ -10,11 +10,13 @@
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
+#include "engine/cli.hpp"
 #include "engine/tinylm_gqa.hpp"
 
 int main(int argc, char** argv) try {
   engine::QualityOptions q;
-  q.short_mode = engine::short_flag(argc, argv);
+  q.short_mode = engine::short_flag_only(
+      "GQA: KV bytes per token of MHA, GQA and MQA, and tinylm-gqa under the policies", argc, argv);
   engine::TinyLmGqa model(KVCACHE_EXAMPLES_DIR "/models/tinylm-gqa.safetensors");
   const int L = model.n_layers(), hq = model.n_heads(), hkv = model.n_kv_heads(), d = model.head_dim();
   std::printf(

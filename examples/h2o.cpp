@@ -3,7 +3,7 @@
 // Language modelling on the bundled tinylm-gqa: windows of 2048 bytes, the first 512 prefilled, the rest decoded
 // byte by byte with the policy active. H2O keeps 10% heavy hitters (the largest accumulated attention) and 10%
 // recent rows per layer and KV head; the baseline of the paper's Table "Local" keeps the 20% most recent rows only.
-// Run: ./build/release/examples/h2o [--short]
+// Run: ./build/release/examples/h2o [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cstdio>
 
@@ -11,7 +11,9 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "H2O (Zhang et al., 2023): heavy hitters + recent tokens against recent tokens only, at a 20% budget", argc,
+      argv);
   engine::print_claim("H2O: Heavy-Hitter Oracle for Efficient Generative Inference of LLMs (Zhang et al., 2023)",
                       "a KV cache of 20% heavy hitters + recent tokens keeps the full cache's quality and beats "
                       "keeping the same number of recent tokens only.");

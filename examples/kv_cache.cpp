@@ -2,12 +2,15 @@
 // the 32 newest tokens of every KV head; swap the policy type to change method. Random projections stand in for a
 // model. The README shows this file; CI builds and runs it.
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <kvcache/kvcache.hpp>
 #include <random>
 #include <vector>
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"KVCache<H2O> as an engine's attention layer calls it, on random projections (no options)"};
+  CLI11_PARSE(app, argc, argv);
   using namespace kvcache;
   const int layers = 2, nq = 8, nkv = 2, d = 64;
   const std::int64_t prompt = 200, steps = 50;

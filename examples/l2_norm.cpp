@@ -6,7 +6,7 @@
 // KVCache's budget of 512 rows with an eviction slack of 511: each head grows back to 1024 rows and is cut to 512.
 // The two baselines are policies of this file (a policy is a small type; see kvcache::Policy): the same schedule,
 // ranked by the highest norm (the paper's ablation) and at random.
-// Run: ./build/release/examples/l2_norm [--short]
+// Run: ./build/release/examples/l2_norm [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cstdio>
 
@@ -43,7 +43,8 @@ struct RandomKeep : kvcache::L2Norm {
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "L2-norm key pruning (Devoto et al., 2024): lowest key norms against highest and random", argc, argv);
   engine::print_claim("A Simple and Effective L2 Norm-Based Strategy for KV Cache Compression (Devoto et al., 2024)",
                       "keys with a low L2 norm draw the most attention, so keeping the lowest-norm half of the cache "
                       "costs little quality, and less than keeping the highest-norm or a random half.");

@@ -14,6 +14,7 @@
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
+#include "engine/cli.hpp"
 #include "engine/tinylm_mla.hpp"
 
 namespace {
@@ -35,7 +36,8 @@ std::vector<engine::Layout> mla_rows(const std::string& name, int layers, const 
 
 int main(int argc, char** argv) try {
   engine::QualityOptions q;
-  q.short_mode = engine::short_flag(argc, argv);
+  q.short_mode = engine::short_flag_only(
+      "MLA: KV bytes per token of the latent layout, and tinylm-mla under the policies", argc, argv);
   engine::TinyLmMla model(KVCACHE_EXAMPLES_DIR "/models/tinylm-mla.safetensors");
   std::printf("## MLA: KV bytes per token\n\n");
   auto rows = mla_rows("DeepSeek-V2", 60, kvcache::MlaShape{128, 512, 64, 128, 128});

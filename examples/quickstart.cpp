@@ -7,6 +7,7 @@
 //
 // The README shows this file; CI builds and runs it. Random numbers stand in for a model's projections.
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <kvcache/kvcache.hpp>
@@ -14,7 +15,9 @@
 #include <random>
 #include <vector>
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"kvcache quick start: one GQA layer of a decode loop on the library's storage and kernels (no options)"};
+  CLI11_PARSE(app, argc, argv);
   using namespace kvcache;
   const AttentionShape shape{/*n_q_heads=*/8, /*n_kv_heads=*/2, /*head_dim_k=*/64, /*head_dim_v=*/64};
   const std::int64_t capacity = 256, prompt = 100, steps = 20;

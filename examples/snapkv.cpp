@@ -5,7 +5,7 @@
 // head kept. The paper's settings (window 32, max-pool kernel 7) and a kernel of 15, which on bytes keeps a needle's
 // span whole (docs/evaluation.md); each question-aware (the question is in the window when SnapKV selects) and
 // question-agnostic (the context is compressed before the question arrives).
-// Run: ./build/release/examples/snapkv [--short]
+// Run: ./build/release/examples/snapkv [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cstdio>
 
@@ -13,7 +13,8 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "SnapKV (Li et al., 2024): pass-key retrieval at 25% with the observation window's votes", argc, argv);
   engine::print_claim("SnapKV: LLM Knows What You are Looking for Before Generation (Li et al., 2024)",
                       "the attention of a window at the end of the prompt finds the positions generation will need, so "
                       "the prompt's cache can be cut to a small budget and the model still retrieves what was asked.");

@@ -6,7 +6,7 @@
 // Caches: Full (original positions, grows to 8192 rows); StreamingLLM with 4 sinks + 1020 recent rows and in-cache
 // positions (the paper's method); a 1024-row window with in-cache positions and no sinks (the paper's "window
 // attention" baseline). Bits per byte per 2k bytes; the claim is about the last 2k against the first 2k.
-// Run: ./build/release/examples/streaming_llm [--short]
+// Run: ./build/release/examples/streaming_llm [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cstdio>
 
@@ -14,7 +14,9 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "StreamingLLM (Xiao et al., 2024): attention sinks + a rolling window on streams 4x the trained length", argc,
+      argv);
   engine::print_claim("Efficient Streaming Language Models with Attention Sinks (Xiao et al., 2024)",
                       "with a few initial tokens kept as attention sinks and positions given inside the cache, a model "
                       "streams text far past its trained length at a steady perplexity, while the dense cache fails "

@@ -4,7 +4,7 @@
 //
 // Language modelling on the bundled tinylm-gqa: windows of 2048 bytes, the first 512 prefilled, the rest decoded byte
 // by byte with the policy active; budgets of 10% and 25% per layer and KV head, half of it recent rows for both.
-// Run: ./build/release/examples/vatp [--short]
+// Run: ./build/release/examples/vatp [--short] [--model FILE] [--text FILE] (--help lists them)
 
 #include <cstdio>
 
@@ -12,7 +12,8 @@
 
 int main(int argc, char** argv) try {
   using namespace kvcache;
-  auto ex = engine::PaperExample::from_args(argc, argv);
+  auto ex = engine::PaperExample::from_args(
+      "VATP (Guo et al., 2024): value-aware token pruning against H2O at 10% and 25%", argc, argv);
   engine::print_claim(
       "VATP: Attention Score is not All You Need for Token Importance Indicator in KV Cache Reduction: "
       "Value Also Matters (Guo et al., 2024)",

@@ -13,11 +13,13 @@
 #include <cstdio>
 
 #include "engine/architecture_example.hpp"
+#include "engine/cli.hpp"
 #include "engine/tinylm_yoco.hpp"
 
 int main(int argc, char** argv) try {
   engine::QualityOptions q;
-  q.short_mode = engine::short_flag(argc, argv);
+  q.short_mode = engine::short_flag_only(
+      "YOCO: KV bytes per token of one shared global cache, and tinylm-yoco under the policies", argc, argv);
   engine::TinyLmYoco model(KVCACHE_EXAMPLES_DIR "/models/tinylm-yoco.safetensors");
   const auto shape = model.cache_config(1, kvcache::DType::kF16).shape;
   const int hkv = shape.n_kv_heads, d = shape.head_dim_k, self = model.n_self_layers();

@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -100,12 +99,6 @@ void print_quality(Model& model, const QualityOptions& o) {
       std::fflush(stdout);
     }
   }
-}
-
-inline bool short_flag(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::strcmp(argv[i], "--short") == 0) return true;
-  return false;
 }
 
 }  // namespace engine

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cli.hpp"
 #include "engine/tasks.hpp"
 #include "engine/tinylm_gqa.hpp"
 #include "kvcache/kvcache.hpp"
@@ -18,19 +19,17 @@ struct PaperExample {
   TinyLmGqa model;
   std::string text;
 
-  static PaperExample from_args(int argc, char** argv) {
+  /// The command line every paper example takes (--short, --model FILE, --text FILE; --help lists them), and the
+  /// model and text it names. `description` is the example's one-line summary, printed by --help.
+  static PaperExample from_args(const char* description, int argc, char** argv) {
     bool short_mode = false;
     std::string model = KVCACHE_EXAMPLES_DIR "/models/tinylm-gqa.safetensors";
     std::string text = KVCACHE_EXAMPLES_DIR "/data/val-dev.txt";
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--short")
-        short_mode = true;
-      else if ((a == "--model" || a == "--text") && i + 1 < argc)
-        (a == "--model" ? model : text) = argv[++i];
-      else
-        kvcache::detail::throw_error("unknown option '", a, "'; expected --short, --model FILE or --text FILE");
-    }
+    CLI::App app{description};
+    add_short_flag(app, short_mode);
+    app.add_option("--model", model, "a tinylm-gqa model file")->check(CLI::ExistingFile)->capture_default_str();
+    app.add_option("--text", text, "the evaluation text")->check(CLI::ExistingFile)->capture_default_str();
+    parse_command_line(app, argc, argv);
     return PaperExample{short_mode, TinyLmGqa(model), read_text(text)};
   }
 

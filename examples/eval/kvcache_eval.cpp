@@ -24,15 +24,9 @@
 //            sliding window with re-computation: each 1k segment scored after a fresh prefill of the 1k before it,
 //            the per-segment baseline that separates what the cache does from how hard each segment's text is.
 // Output: markdown tables on stdout; with --out DIR, CSV files (lm.csv, passkey.csv, passkey_depths.csv, stream.csv,
-// stream_segments.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and exit status 1.
+// stream_segments.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and a non-zero exit status.
 //
-//   kvcache-eval [--task all|lm|passkey|stream] [--model gqa|mla|yoco|F] [--text F] [--seed N] [--out DIR]
-//                [--policies full,streaming_llm,streaming_llm_original,h2o,vatp,l2_norm,snapkv,snapkv_k15]
-//                           (also h2o_max, vatp_max, snapkv_max: GqaReduce::kMax)
-//                [--budgets 0.1,0.25,0.5] [--thresholds 0.9,0.95,0.98]   (FastGen runs at each threshold T)
-//                [--sequences N] [--length L] [--prefix P] [--offsets A,B,...]        (lm)
-//                [--contexts 1024,2048] [--depths 0.1,0.3,0.5,0.7,0.9] [--prompts N]  (passkey)
-//                [--streams N] [--stream-length L] [--stream-policies ...]            (stream)
+//   kvcache-eval --help   lists every option with its default
 
 #include <array>
 #include <cmath>
@@ -40,11 +34,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "engine/cli.hpp"
 #include "engine/policy_by_name.hpp"
 #include "engine/tasks.hpp"
 #include "engine/tinylm_gqa.hpp"
@@ -79,94 +73,62 @@ struct Options {
   std::vector<double> stream_budgets = {0.5};
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-// A number from the command line; anything else is an Error naming the option and the text.
-template <class T>
-T number(const std::string& option, const std::string& text) {
-  std::istringstream in(text);
-  T v{};
-  in >> v;
-  KVCACHE_REQUIRE(!in.fail() && in.eof(), "option ", option, " expects a number, got '", text, "'");
-  return v;
-}
-
-template <class T>
-std::vector<T> numbers(const std::string& option, const std::string& text) {
-  std::vector<T> out;
-  for (auto& x : split(text)) out.push_back(number<T>(option, x));
-  KVCACHE_REQUIRE(!out.empty(), "option ", option, " expects a comma-separated list, got '", text, "'");
-  return out;
-}
-
+// The command line (CLI11: `kvcache-eval --help` lists every option with its default). Lists are comma-separated.
 Options parse(int argc, char** argv) {
   Options o;
-  bool stream_budgets_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      KVCACHE_REQUIRE(i + 1 < argc, "option ", a, " needs a value");
-      return argv[++i];
-    };
-    if (a == "--task")
-      o.task = value();
-    else if (a == "--model")
-      o.model = value();
-    else if (a == "--text")
-      o.text = value();
-    else if (a == "--out")
-      o.out = value();
-    else if (a == "--seed")
-      o.seed = number<unsigned>(a, value());
-    else if (a == "--policies")
-      o.policies = split(value());
-    else if (a == "--budgets")
-      o.budgets = numbers<double>(a, value());
-    else if (a == "--thresholds")
-      o.thresholds = numbers<double>(a, value());
-    else if (a == "--sequences")
-      o.sequences = number<int>(a, value());
-    else if (a == "--length")
-      o.length = number<std::int64_t>(a, value());
-    else if (a == "--prefix")
-      o.prefix = number<std::int64_t>(a, value());
-    else if (a == "--offsets")
-      o.offsets = numbers<std::size_t>(a, value());
-    else if (a == "--contexts")
-      o.contexts = numbers<std::int64_t>(a, value());
-    else if (a == "--depths")
-      o.depths = numbers<double>(a, value());
-    else if (a == "--prompts")
-      o.prompts = number<int>(a, value());
-    else if (a == "--streams")
-      o.streams = number<int>(a, value());
-    else if (a == "--stream-length")
-      o.stream_length = number<std::int64_t>(a, value());
-    else if (a == "--stream-policies")
-      o.stream_policies = split(value());
-    else if (a == "--stream-budgets") {
-      o.stream_budgets = numbers<double>(a, value());
-      stream_budgets_set = true;
-    } else
-      kvcache::detail::throw_error("unknown option '", a, "' (see the top of examples/eval/kvcache_eval.cpp)");
-  }
-  KVCACHE_REQUIRE(o.task == "all" || o.task == "lm" || o.task == "passkey" || o.task == "stream", "unknown task '",
-                  o.task, "'; expected all, lm, passkey or stream");
-  KVCACHE_REQUIRE(o.sequences >= 1, "--sequences must be >= 1, got ", o.sequences);
-  KVCACHE_REQUIRE(o.prompts >= 1, "--prompts must be >= 1, got ", o.prompts);
-  KVCACHE_REQUIRE(o.streams >= 1, "--streams must be >= 1, got ", o.streams);
-  KVCACHE_REQUIRE(o.length >= 2, "--length must be >= 2, got ", o.length);
+  CLI::App app{
+      "kvcache-eval: what each KV-cache policy does to a bundled model (bits per byte, pass-key retrieval, "
+      "long streams)"};
+  app.add_option("--task", o.task, "the task to run")
+      ->check(CLI::IsMember({"all", "lm", "passkey", "stream"}))
+      ->capture_default_str();
+  app.add_option("--model", o.model, "a bundled model (gqa, mla, yoco) or a model file's path")->capture_default_str();
+  app.add_option("--text", o.text, "the evaluation text")->check(CLI::ExistingFile);
+  app.add_option("--out", o.out, "a directory for the CSV files (none when not given)");
+  app.add_option("--seed", o.seed, "the seed that draws the windows")->capture_default_str();
+  app.add_option("--policies", o.policies,
+                 "policies for lm and passkey: full, streaming_llm, streaming_llm_original, h2o, vatp, l2_norm, "
+                 "snapkv, snapkv_k15, fastgen; h2o_max, vatp_max, snapkv_max reduce GQA groups by max")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--budgets", o.budgets, "budgets as fractions in (0, 1]")->delimiter(',')->capture_default_str();
+  app.add_option("--thresholds", o.thresholds, "FastGen's recovery thresholds T (it runs at each)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--sequences", o.sequences, "lm: windows drawn from the text")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--length", o.length, "lm: bytes per window")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--prefix", o.prefix, "lm: bytes of each window prefilled as the prompt")->capture_default_str();
+  app.add_option("--offsets", o.offsets, "lm and stream: byte offsets of the windows instead of drawn ones")
+      ->delimiter(',');
+  app.add_option("--contexts", o.contexts, "passkey: context lengths in bytes")->delimiter(',')->capture_default_str();
+  app.add_option("--depths", o.depths, "passkey: depths of the key as fractions of the context")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--prompts", o.prompts, "passkey: prompts per depth and context")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--streams", o.streams, "stream: streams drawn from the text")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--stream-length", o.stream_length, "stream: bytes per stream")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--stream-policies", o.stream_policies, "stream: policies (also recompute)")
+      ->delimiter(',')
+      ->capture_default_str();
+  auto* stream_budgets = app.add_option("--stream-budgets", o.stream_budgets,
+                                        "stream: budgets as fractions of the trained length (default: --budgets "
+                                        "with --task stream, else 0.5)")
+                             ->delimiter(',');
+  engine::parse_command_line(app, argc, argv);
   KVCACHE_REQUIRE(o.prefix >= 1 && o.prefix < o.length, "--prefix must be in [1, length = ", o.length, "), got ",
                   o.prefix);
-  KVCACHE_REQUIRE(o.stream_length >= 2, "--stream-length must be >= 2, got ", o.stream_length);
   for (double b : o.budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
-  if (!stream_budgets_set && o.task == "stream") o.stream_budgets = o.budgets;
+  if (stream_budgets->count() == 0 && o.task == "stream") o.stream_budgets = o.budgets;
   for (double b : o.stream_budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
   return o;
 }

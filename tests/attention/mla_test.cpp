@@ -24,7 +24,7 @@ using kvcache::LayerSlots;
 using kvcache::MlaShape;
 using kvcache::TensorView;
 
-TEST(MlaTest, WorkedCheckOfAlgorithms92) {
+TEST(MlaTest, AbsorbedScoreEqualsTheContentScore) {
   // d_c = d_h = 2, W_UK = [[1, 0], [0, 2]], c = (1, 1): k = (1, 2); q = (3, 1): q.k = 5 = (W_UK^T q).c = (3, 2).c.
   const MlaShape s{1, 2, 0, 2, 1};
   const std::vector<float> kv_b = {1, 0, 0, 2, /*W_UV:*/ 1, 1};

@@ -45,8 +45,9 @@ class DmcTest : public testing::TestWithParam<kvcache::Isa> {
   kvtest::ScopedIsa isa_{GetParam()};
 };
 
-// 8.11: one KV head, scalar k and v (d = 1 plus the decision neuron, the last). Decisions come from the neuron
-// (7 -> merge, 4.9 -> append: the official offset of 5); the table's weights are given directly.
+// docs/policies/dmc.md's worked example: one KV head, scalar k and v (d = 1 plus the decision neuron, the last).
+// Decisions come from the neuron (7 -> merge, 4.9 -> append: the official offset of 5); the table's weights are given
+// directly.
 TEST_P(DmcTest, WorkedExample) {
   struct Row {
     float k, v, neuron, w;

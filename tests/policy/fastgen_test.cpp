@@ -22,7 +22,8 @@ using kvcache::Position;
 using kvcache::TokenClass;
 using kvtest::kept;
 
-// 7.11: special = {0} (BOS), punctuation = {3, 6}; later positions: 9 and 12 are punctuation.
+// docs/policies/fastgen.md's worked example: special = {0} (BOS), punctuation = {3, 6}; later positions: 9 and 12 are
+// punctuation.
 TokenClass example_class(Position p) {
   if (p == 0) return TokenClass::kSpecial;
   return p == 3 || p == 6 || p == 9 || p == 12 ? TokenClass::kPunctuation : TokenClass::kOther;

@@ -13,7 +13,6 @@
 // skip_layers default {0, 1} (the README example; the eval scripts' CLI default is {0}).
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -56,13 +55,7 @@ struct L2Norm {
   };
   void add_columns(SlotColumns& c) const { c.add<KeyNorm>(); }
   void on_append(PolicyContext<NoPolicyState>& c, const AppendedRows& r) const noexcept {
-    float* norms = c.columns.data<KeyNorm>(r.kv_head) + r.first;
-    for (std::int64_t i = 0; i < r.count; ++i) {
-      const float* k = r.keys + i * r.head_dim_k;
-      double s = 0;
-      for (int e = 0; e < r.head_dim_k; ++e) s += double(k[e]) * double(k[e]);
-      norms[i] = static_cast<float>(std::sqrt(s));
-    }
+    row_norms(RowNorm::kL2, r.keys, r.head_dim_k, r.count, r.head_dim_k, c.columns.data<KeyNorm>(r.kv_head) + r.first);
   }
   /// Minus the key norm (the highest norms go first), negated by the selection as it reads the norms.
   [[nodiscard]] Priority rank(const RankInput& in) const noexcept { return Priority::negated(in.column<KeyNorm>()); }

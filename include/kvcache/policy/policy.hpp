@@ -39,6 +39,7 @@
 // Concurrency. With a multi-threaded executor KVCache evicts different KV heads of a layer at once (each head in the
 // decode task that finished its attention), so rank(), budget_now() and on_move() must touch only that head's state.
 
+#include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <optional>
@@ -130,6 +131,24 @@ struct AppendedRows {
   int head_dim_v = 0;
   std::span<const Position> positions;  ///< [count]
 };
+
+/// Which norm row_norms takes: ||x||_1 (VATP's value norms) or ||x||_2 (L2Norm's key norms).
+enum class RowNorm : std::uint8_t { kL1, kL2 };
+
+/// out[i] = the norm of row i of `rows` (count rows of `width` elements, `stride` apart), summed in double. For the
+/// per-slot norm columns that policies fill in on_append.
+inline void row_norms(RowNorm norm, const float* rows, std::int64_t stride, std::int64_t count, int width,
+                      float* out) noexcept {
+  for (std::int64_t i = 0; i < count; ++i) {
+    const float* x = rows + i * stride;
+    double s = 0;
+    if (norm == RowNorm::kL1)
+      for (int e = 0; e < width; ++e) s += std::abs(double(x[e]));
+    else
+      for (int e = 0; e < width; ++e) s += double(x[e]) * double(x[e]);
+    out[i] = static_cast<float>(norm == RowNorm::kL1 ? s : std::sqrt(s));
+  }
+}
 
 /// The state of a policy that keeps none.
 struct NoPolicyState {

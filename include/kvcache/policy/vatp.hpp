@@ -12,7 +12,6 @@
 // Defaults: heavy = recent = 0.1 of the prompt (pred.py sets recent_ratio = heavy_ratio); sinks = 20 is the README's
 // example; use 1 or a few for short prompts.
 
-#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -53,13 +52,8 @@ struct VATP {
   };
   void add_columns(SlotColumns& c) const { c.add<ValueNorm>(); }
   void on_append(PolicyContext<NoPolicyState>& c, const AppendedRows& r) const noexcept {
-    float* norms = c.columns.data<ValueNorm>(r.kv_head) + r.first;
-    for (std::int64_t i = 0; i < r.count; ++i) {
-      const float* v = r.values + i * r.value_stride;
-      double s = 0;
-      for (int e = 0; e < r.head_dim_v; ++e) s += std::abs(double(v[e]));
-      norms[i] = static_cast<float>(s);
-    }
+    row_norms(RowNorm::kL1, r.values, r.value_stride, r.count, r.head_dim_v,
+              c.columns.data<ValueNorm>(r.kv_head) + r.first);
   }
   /// score x ||v||_1, multiplied by the selection as it reads them (no ranking copy).
   [[nodiscard]] Priority rank(const RankInput& in) const noexcept {

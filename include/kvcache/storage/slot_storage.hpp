@@ -231,21 +231,8 @@ class LayerSlots {
                     ", which holds ", length(h), " rows");
     const std::size_t ok = std::size_t(slot) * std::size_t(dk_), ov = std::size_t(slot) * std::size_t(dv_);
     const Isa isa = active_isa();
-    const std::size_t nv = values_in_keys_ ? 0 : std::size_t(dv_);
-    switch (dtype_) {
-      case DType::kF32:
-        convert(static_cast<float*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<float*>(v_data(h)) + ov, v, nv, isa);
-        break;
-      case DType::kF16:
-        convert(static_cast<f16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<f16*>(v_data(h)) + ov, v, nv, isa);
-        break;
-      case DType::kBF16:
-        convert(static_cast<bf16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        convert(static_cast<bf16*>(v_data(h)) + ov, v, nv, isa);
-        break;
-    }
+    store(k_data(h), ok, k, std::size_t(dk_), isa);
+    store(v_data(h), ov, v, values_in_keys_ ? 0 : std::size_t(dv_), isa);
     pos_rows(h)[slot] = position;
   }
 
@@ -255,19 +242,7 @@ class LayerSlots {
     check_head(h, "overwrite_key");
     KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite_key: slot ", slot, " does not exist in head ", h,
                     ", which holds ", length(h), " rows");
-    const std::size_t ok = std::size_t(slot) * std::size_t(dk_);
-    const Isa isa = active_isa();
-    switch (dtype_) {
-      case DType::kF32:
-        convert(static_cast<float*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        break;
-      case DType::kF16:
-        convert(static_cast<f16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        break;
-      case DType::kBF16:
-        convert(static_cast<bf16*>(k_data(h)) + ok, k, std::size_t(dk_), isa);
-        break;
-    }
+    store(k_data(h), std::size_t(slot) * std::size_t(dk_), k, std::size_t(dk_), active_isa());
   }
 
   /// Drops every row of head h (or of every head). Memory stays allocated.
@@ -300,26 +275,30 @@ class LayerSlots {
     return pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h);
   }
 
+  /// Writes n elements of src (any element type) at element `at` of a key or value buffer, rounded to dtype().
+  template <class S>
+  void store(void* base, std::size_t at, const S* src, std::size_t n, Isa isa) const {
+    switch (dtype_) {
+      case DType::kF32:
+        convert(static_cast<float*>(base) + at, src, n, isa);
+        break;
+      case DType::kF16:
+        convert(static_cast<f16*>(base) + at, src, n, isa);
+        break;
+      case DType::kBF16:
+        convert(static_cast<bf16*>(base) + at, src, n, isa);
+        break;
+    }
+  }
+
   template <class S>
   void append_rows(int h, S const* k, S const* v, const Position* pos, std::int64_t m) {
     const std::size_t len = static_cast<std::size_t>(length(h));
     const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
     const std::size_t nv = values_in_keys_ ? 0 : static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
     const Isa isa = active_isa();
-    switch (dtype_) {
-      case DType::kF32:
-        convert(static_cast<float*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
-        convert(static_cast<float*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
-        break;
-      case DType::kF16:
-        convert(static_cast<f16*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
-        convert(static_cast<f16*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
-        break;
-      case DType::kBF16:
-        convert(static_cast<bf16*>(k_data(h)) + len * std::size_t(dk_), k, nk, isa);
-        convert(static_cast<bf16*>(v_data(h)) + len * std::size_t(dv_), v, nv, isa);
-        break;
-    }
+    store(k_data(h), len * std::size_t(dk_), k, nk, isa);
+    store(v_data(h), len * std::size_t(dv_), v, nv, isa);
     std::memcpy(pos_rows(h) + len, pos, static_cast<std::size_t>(m) * sizeof(Position));
     length_[static_cast<std::size_t>(h)] += m;
   }
