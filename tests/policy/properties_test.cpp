@@ -306,7 +306,7 @@ TEST(PolicyConfigTest, BadConfigurationsAreClearErrors) {
   // SnapKV window longer than the prompt.
   expect_error_mentioning(
       [&] {
-        KVCache<kvcache::SnapKV> cache(config(80), kvcache::SnapKV(Count::of(40), 64, 7));
+        KVCache<kvcache::SnapKV> cache(config(80), kvcache::SnapKV(Count::of(70), 64, 7));
         run(cache, seq, 1, [](std::int64_t) {});
       },
       "observes the last 64 prompt queries, but the last chunk has 30 tokens");

@@ -16,7 +16,10 @@
 // queries and out the latent sums; set KVCacheOptions::softmax_scale. YOCO: one cache layer read by several model
 // layers (KVCacheOptions::readers, read_prefill, read_decode; cache/shared_reads.hpp).
 // Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk) and, during
-// decode, budget + slack + 1 rows. Errors in shapes or budgets throw kvcache::Error before anything changes.
+// decode, budget + slack + 1 rows for the policy to evict before it is full (a budget above that is allowed: a cache
+// sized for short sequences never reaches it; the decode step that finds a head full is an error).
+// Positions are >= 0 and increase strictly within a sequence (reset() starts a new one). Every entry point checks
+// layer and head indices, shapes, positions and budgets first: a kvcache::Error leaves the cache as it was.
 
 #include <algorithm>
 #include <cmath>
@@ -65,10 +68,13 @@ class KVCache {
         storage_(config),
         reads_(config.n_layers, options_.readers),
         // Eviction scratch: one region, or one per KV head when an executor may evict heads at once.
-        ws_(config, options_.max_threads, exec_.concurrency() > 1 ? std::size_t(config.shape.n_kv_heads) : 1,
-            !RanksInPlace<P>, needs_.decode_scores, AppendsTokens<P>),
+        ws_(config, options_.max_threads > 0 ? options_.max_threads : exec_.concurrency(),
+            exec_.concurrency() > 1 ? std::size_t(config.shape.n_kv_heads) : 1, !RanksInPlace<P>, needs_.decode_scores,
+            AppendsTokens<P>),
         first_(std::size_t(config.shape.n_kv_heads), 0) {
     KVCACHE_REQUIRE(options_.eviction_slack >= 0, "eviction_slack must be >= 0, got ", options_.eviction_slack);
+    KVCACHE_REQUIRE(options_.max_threads >= 0, "max_threads must be >= 0 (0 = the executor's concurrency), got ",
+                    options_.max_threads);
     KVCACHE_REQUIRE(std::isfinite(options_.softmax_scale) && options_.softmax_scale >= 0.0f,
                     "softmax_scale must be finite and >= 0 (0 = 1 / sqrt(head_dim_k)), got ", options_.softmax_scale);
     const bool scores = needs_.prefill_scores || needs_.prefill_window > 0 || needs_.decode_scores;
@@ -145,12 +151,21 @@ class KVCache {
     KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
                     window, " prompt queries, but the last chunk has ", m, " tokens");
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
+    storage_.layer(l).check_append(k, v, positions);
+    detail::check_positions(positions, st.newest);
+    if (options_.check_finite) {
+      detail::check_finite(k.data(), std::size_t(k.size()), "prefill: the keys");
+      detail::check_finite(v.data(), std::size_t(v.size()), "prefill: the values");
+      detail::check_finite(q.data(), std::size_t(q.size()), "prefill: the queries");
+    }
+    if (last_chunk) detail::check_budgets(policy_, options_, l, config_.shape.n_kv_heads, st.prompt_length + m);
     Ctx c = context(l);
     if constexpr (AppendsTokens<P>) {
       prefill_tokens(c, k, v, positions, q, out);
     } else {
       policy_hooks::before_prefill(policy_, c, m, last_chunk);
       append_rows(l, k, v, positions);
+      if (last_chunk && window > 0 && !needs_.prefill_scores) clear_scores(l, m);
       prefill_attention(c.kv, q, out, ws_.prefill, prefill_options(l, m, last_chunk), exec_);
       st.prompt_length += m;
       policy_hooks::after_prefill_attention(policy_, c, q, last_chunk);
@@ -165,6 +180,7 @@ class KVCache {
     check_layer(l);
     const std::int64_t m = reads_.pending_prefill(l);
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
+    if (options_.check_finite) detail::check_finite(q.data(), std::size_t(q.size()), "read_prefill: the queries");
     prefill_attention(storage_.layer(l), q, out, ws_.prefill, prefill_options(l, m, reads_.last_chunk(l)), exec_);
     if (reads_.read(l)) finish_prefill(l);
   }
@@ -178,12 +194,27 @@ class KVCache {
                     "decode: keys and values need one row per KV head (", n_kv, ")");
     reads_.require_done(l, "decode");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
+    const Position pos[1] = {position};
+    if constexpr (!AppendsTokens<P>) {
+      KVCACHE_REQUIRE(storage_.layer(l).max_length() < config_.capacity, "decode: layer ", l,
+                      " is full: 1 more row would exceed the capacity of ", config_.capacity,
+                      "; a policy evicts only past its budget + eviction_slack, so the capacity must hold those + 1 "
+                      "rows (policy '",
+                      P::kName, "')");
+      storage_.layer(l).check_append(ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
+                                     ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
+    }
+    detail::check_positions(pos, st.newest);
+    if (options_.check_finite) {
+      detail::check_finite(k.data(), std::size_t(k.size()), "decode: the keys");
+      detail::check_finite(v.data(), std::size_t(v.size()), "decode: the values");
+      detail::check_finite(q.data(), std::size_t(q.size()), "decode: the queries");
+    }
     if (!st.resolved) resolve_budgets(l);
     Ctx c = context(l);
     if constexpr (AppendsTokens<P>) {
       decode_token(c, k.data(), v.data(), position, q.data(), out.data());
     } else {
-      const Position pos[1] = {position};
       append_rows(l, ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
                   ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
       policy_hooks::before_decode_attention(policy_, c, position);
@@ -198,6 +229,7 @@ class KVCache {
     check_layer(l);
     reads_.require_pending_decode(l);
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
+    if (options_.check_finite) detail::check_finite(q.data(), std::size_t(q.size()), "read_decode: the queries");
     attend(l, q, out, /*last_read=*/reads_.next_is_last(l));
     reads_.read(l);
   }
@@ -248,6 +280,17 @@ class KVCache {
     Layer& st = layers_[std::size_t(l)];
     detail::resolve_budgets(policy_, options_, l, st.prompt_length, st.budgets);
     st.resolved = true;
+  }
+  // A window-only policy (SnapKV) scores each prompt afresh: the last chunk's window sums start from zero for the
+  // rows an earlier prompt left, as they do for the new ones.
+  void clear_scores(int l, std::int64_t m) {
+    SlotColumns& cols = layers_[std::size_t(l)].columns;
+    const int rows = cols.template rows<Scores>();
+    for (int h = 0; h < config_.shape.n_kv_heads; ++h) {
+      const std::int64_t old = storage_.layer(l).length(h) - m;
+      for (int r = 0; r < rows; ++r) std::fill_n(cols.template data<Scores>(h, r), old, 0.0f);
+      if (float* mx = cols.template data<ScoreMax>(h); mx != nullptr) std::fill_n(mx, old, 0.0f);
+    }
   }
 
   // A policy that stores its own rows (append_token) sees the prompt one token at a time, as its decode.

@@ -19,11 +19,17 @@ struct KVCacheOptions {
   std::optional<RopeConfig> rope;
   /// Optional per-(layer, KV head) override of the policy's budget, e.g. to give some layers more.
   std::function<ResolvedBudget(int layer, int kv_head, ResolvedBudget policy_budget)> budget_override;
-  /// Threads the kernels may use (the executor's concurrency is capped by this when sizing workspaces).
-  int max_threads = 1;
+  /// Threads the kernels' workspaces are sized for: 0 (the default) takes the executor's concurrency when the cache
+  /// is built; a positive value caps it. An executor whose concurrency grows later (OpenMP's thread count can) runs
+  /// prefill with at most this many workers.
+  int max_threads = 0;
   /// Softmax scale of attention; 0 means 1 / sqrt(head_dim_k). MLA needs 1 / sqrt(qk_nope + qk_rope), which differs
   /// from the latent row's width (MlaShape::softmax_scale()).
   float softmax_scale = 0.0f;
+  /// Every key, value and query row an entry point takes is checked to be finite first: a NaN or infinity is a
+  /// kvcache::Error naming where it is, and nothing changes (one pass over the step's new rows, not over the cache).
+  /// Off, non-finite inputs give unspecified results, which may differ between ISAs.
+  bool check_finite = true;
   /// Attention calls per step on each cache layer: 1, or more for a cache that several model layers read (YOCO).
   int readers = 1;
 };

@@ -49,6 +49,8 @@ struct SnapKV {
       : capacity(capacity_), window(window_), kernel(kernel_), pooling(pooling_), gqa_reduce(gqa_reduce_) {
     KVCACHE_REQUIRE(window >= 1, "SnapKV: window must be >= 1, got ", window);
     KVCACHE_REQUIRE(kernel >= 1 && kernel % 2 == 1, "SnapKV: the pooling kernel must be odd and >= 1, got ", kernel);
+    KVCACHE_REQUIRE(capacity.ratio > 0.0 || capacity.tokens >= window, "SnapKV: a capacity of ", capacity.tokens,
+                    " rows cannot hold the observation window of ", window, " (the capacity includes the window)");
   }
 
   [[nodiscard]] PolicyNeeds needs() const noexcept {

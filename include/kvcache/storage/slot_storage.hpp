@@ -171,6 +171,15 @@ class LayerSlots {
   /// v: [n_kv_heads, m, head_dim_v], positions: [m].
   template <class S>
   void append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) {
+    check_append(k, v, positions);
+    const Eigen::Index m = k.dimension(1);
+    for (int h = 0; h < n_kv_heads_; ++h)
+      append_rows(h, k.data() + h * m * dk_, values_in_keys_ ? nullptr : v.data() + h * m * dv_, positions.data(), m);
+  }
+
+  /// Throws what append(k, v, positions) would throw (shapes, capacity), without appending.
+  template <class S>
+  void check_append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) const {
     KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && (v.dimension(0) == n_kv_heads_ || v.size() == 0),
                     "append: keys have ", k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ",
                     n_kv_heads_);
@@ -182,8 +191,6 @@ class LayerSlots {
     for (int h = 0; h < n_kv_heads_; ++h)
       KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
                       " more exceed the capacity of ", capacity_);
-    for (int h = 0; h < n_kv_heads_; ++h)
-      append_rows(h, k.data() + h * m * dk_, values_in_keys_ ? nullptr : v.data() + h * m * dv_, positions.data(), m);
   }
 
   /// Removes the given slots of head h: distinct, each in [0, length(h)), in any order. The last surviving rows move

@@ -4,7 +4,9 @@
 // score-export options, appending rows (with the policy's on_append), and resolving budgets.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -24,6 +26,33 @@ inline void check_step(const AttentionShape& sh, std::int64_t q_tokens, std::int
                   ", ", q_heads, ", ", q_dim, "], expected [", tokens, ", ", sh.n_q_heads, ", ", sh.head_dim_k, "]");
   KVCACHE_REQUIRE(o_tokens == tokens && o_heads == sh.n_q_heads && o_dim == sh.dim_v(), "the output is [", o_tokens,
                   ", ", o_heads, ", ", o_dim, "], expected [", tokens, ", ", sh.n_q_heads, ", ", sh.dim_v(), "]");
+}
+
+// A step's positions: non-negative and strictly increasing within the sequence, so each comes after `newest`, the
+// newest position the layer holds (-1 when it holds none). Checked before anything is appended: recency, sinks and
+// the in-cache rotation all read a row's age from its position.
+inline void check_positions(std::span<const Position> positions, Position newest) {
+  Position prev = newest;
+  for (Position p : positions) {
+    KVCACHE_REQUIRE(p >= 0, "positions must be >= 0, got ", p);
+    KVCACHE_REQUIRE(p > prev, "positions must increase strictly within a sequence: ", p, " comes after ", prev);
+    prev = p;
+  }
+}
+
+// KVCacheOptions::check_finite: n floats, every one finite, or an Error naming the first that is not.
+inline void check_finite(const float* x, std::size_t n, const char* what) {
+  std::uint32_t any = 0;  // an all-ones exponent is a NaN or an infinity; integer ORs vectorise
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    any |= std::uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  if (any == 0) return;
+  std::size_t i = 0;
+  while (i < n && std::isfinite(x[i])) ++i;
+  KVCACHE_REQUIRE(false, what, " hold a non-finite value (", x[i], ") at element ", i,
+                  " (KVCacheOptions::check_finite)");
 }
 
 // Prefill exports column sums into the Scores column: of every query (prefill_scores), or of the last chunk's last
@@ -86,22 +115,36 @@ void append_rows(const P& policy, PolicyContext<PolicyState<P>>& c, ConstTensorV
   }
 }
 
-// The budget of every KV head of layer l after a prompt of prompt_length tokens (the engine's override applied).
+// The budget of KV head h of layer l after a prompt of prompt_length tokens (the engine's override applied), checked:
+// at least one row, and room for its protected rows. A budget above the capacity is not an error (a cache sized for
+// short sequences never reaches it); the append that would pass the capacity is.
+template <class P>
+ResolvedBudget checked_budget(const P& policy, const KVCacheOptions& options, int l, int h,
+                              std::int64_t prompt_length) {
+  ResolvedBudget b = policy.budget(l, h, prompt_length);
+  if (options.budget_override) b = options.budget_override(l, h, b);
+  if (b.unlimited()) return b;
+  KVCACHE_REQUIRE(b.total >= 1, "policy '", P::kName, "': layer ", l, " head ", h, " has a budget of ", b.total,
+                  " rows (prompt of ", prompt_length, " tokens)");
+  KVCACHE_REQUIRE(b.sinks >= 0 && b.recent >= 0 && b.sinks + b.recent <= b.total, "policy '", P::kName, "': layer ", l,
+                  " head ", h, " has a budget of ", b.total, " rows, smaller than its ", b.sinks, " sinks + ", b.recent,
+                  " recent rows");
+  return b;
+}
+
+// Checks every KV head's budget of layer l for a prompt of prompt_length tokens; throws for the first invalid one.
+template <class P>
+void check_budgets(const P& policy, const KVCacheOptions& options, int l, int n_kv, std::int64_t prompt_length) {
+  for (int h = 0; h < n_kv; ++h) checked_budget(policy, options, l, h, prompt_length);
+}
+
+// Every KV head's budget of layer l after a prompt of prompt_length tokens; nothing is stored unless all are valid.
 template <class P>
 void resolve_budgets(const P& policy, const KVCacheOptions& options, int l, std::int64_t prompt_length,
                      std::vector<ResolvedBudget>& budgets) {
-  for (int h = 0; h < int(budgets.size()); ++h) {
-    ResolvedBudget b = policy.budget(l, h, prompt_length);
-    if (options.budget_override) b = options.budget_override(l, h, b);
-    if (!b.unlimited()) {
-      KVCACHE_REQUIRE(b.total >= 1, "policy '", P::kName, "': layer ", l, " head ", h, " has a budget of ", b.total,
-                      " rows (prompt of ", prompt_length, " tokens)");
-      KVCACHE_REQUIRE(b.sinks + b.recent <= b.total, "policy '", P::kName, "': layer ", l, " head ", h,
-                      " has a budget of ", b.total, " rows, smaller than its ", b.sinks, " sinks + ", b.recent,
-                      " recent rows");
-    }
-    budgets[std::size_t(h)] = b;
-  }
+  const int n_kv = int(budgets.size());
+  check_budgets(policy, options, l, n_kv, prompt_length);
+  for (int h = 0; h < n_kv; ++h) budgets[std::size_t(h)] = checked_budget(policy, options, l, h, prompt_length);
 }
 
 }  // namespace kvcache::detail
