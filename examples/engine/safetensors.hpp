@@ -7,12 +7,14 @@
 // Format: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]},
 // "__metadata__": {string: string}}, then the data; offsets are relative to the end of the header.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvcache/core/dtype.hpp"
@@ -24,11 +26,7 @@ struct TensorInfo {
   std::string dtype;  ///< "F16", "BF16", "F32" or "I32"
   std::vector<std::int64_t> shape;
   std::size_t begin = 0, end = 0;  ///< byte range inside the data section
-  [[nodiscard]] std::int64_t elements() const {
-    std::int64_t n = 1;
-    for (auto d : shape) n *= d;
-    return n;
-  }
+  std::size_t elements = 0;        ///< product of shape; checked against the byte range, so it cannot have overflowed
 };
 
 class SafeTensors {
@@ -44,7 +42,13 @@ class SafeTensors {
     parse();
   }
 
+  /// A file already in memory; `name` stands for the path in error messages.
+  SafeTensors(std::vector<unsigned char> bytes, std::string name) : path_(std::move(name)), bytes_(std::move(bytes)) {
+    parse();
+  }
+
   [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+  [[nodiscard]] const std::map<std::string, TensorInfo>& tensors() const noexcept { return tensors_; }
   [[nodiscard]] bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   [[nodiscard]] const TensorInfo& info(const std::string& name) const {
     auto it = tensors_.find(name);
@@ -57,7 +61,7 @@ class SafeTensors {
     const TensorInfo& t = info(name);
     KVCACHE_REQUIRE(t.shape == shape, "'", path_, "': tensor '", name, "' has shape ", shape_text(t.shape),
                     ", expected ", shape_text(shape));
-    std::vector<float> out(static_cast<std::size_t>(t.elements()));
+    std::vector<float> out(t.elements);
     const unsigned char* p = data() + t.begin;
     for (std::size_t i = 0; i < out.size(); ++i) {
       if (t.dtype == "F32") {
@@ -75,7 +79,7 @@ class SafeTensors {
   [[nodiscard]] std::vector<std::int32_t> i32(const std::string& name) const {
     const TensorInfo& t = info(name);
     KVCACHE_REQUIRE(t.dtype == "I32", "'", path_, "': tensor '", name, "' is ", t.dtype, ", expected I32");
-    std::vector<std::int32_t> out(static_cast<std::size_t>(t.elements()));
+    std::vector<std::int32_t> out(t.elements);
     std::memcpy(out.data(), data() + t.begin, out.size() * 4);
     return out;
   }
@@ -91,6 +95,8 @@ class SafeTensors {
     if (dtype == "F16" || dtype == "BF16") return 2;
     return 0;
   }
+  static constexpr std::uint64_t kMaxDim = std::uint64_t(1) << 62;
+
   [[nodiscard]] const unsigned char* data() const noexcept { return bytes_.data() + 8 + header_size_; }
 
   void parse() {
@@ -111,33 +117,58 @@ class SafeTensors {
     KVCACHE_REQUIRE(header.is_object(), "'", path_, "': the header is not a JSON object");
     for (auto it = header.begin(); it != header.end(); ++it) {
       if (it.key() == "__metadata__") {
+        KVCACHE_REQUIRE(it->is_object(), "'", path_, "': __metadata__ is not a JSON object");
         for (auto m = it->begin(); m != it->end(); ++m)
           if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
         continue;
       }
-      const auto& j = it.value();
-      KVCACHE_REQUIRE(j.is_object() && j.contains("dtype") && j.contains("shape") && j.contains("data_offsets"), "'",
-                      path_, "': tensor '", it.key(), "' lacks dtype, shape or data_offsets");
-      TensorInfo t;
-      try {
-        t.dtype = j.at("dtype").get<std::string>();
-        t.shape = j.at("shape").get<std::vector<std::int64_t>>();
-        const auto off = j.at("data_offsets").get<std::vector<std::uint64_t>>();
-        KVCACHE_REQUIRE(off.size() == 2, "'", path_, "': tensor '", it.key(), "' needs two data offsets");
-        t.begin = static_cast<std::size_t>(off[0]);
-        t.end = static_cast<std::size_t>(off[1]);
-      } catch (const nlohmann::json::exception& e) {
-        kvcache::detail::throw_error("'", path_, "': tensor '", it.key(), "' has a malformed entry: ", e.what());
-      }
-      const std::size_t es = elem_size(t.dtype);
-      KVCACHE_REQUIRE(es != 0, "'", path_, "': tensor '", it.key(), "' has unsupported dtype ", t.dtype);
-      for (auto d : t.shape) KVCACHE_REQUIRE(d >= 0, "'", path_, "': tensor '", it.key(), "' has a negative dimension");
-      KVCACHE_REQUIRE(t.begin <= t.end && t.end <= data_size, "'", path_, "': tensor '", it.key(), "' spans bytes [",
-                      t.begin, ", ", t.end, ") but the data section has ", data_size, " bytes (truncated?)");
-      KVCACHE_REQUIRE(t.end - t.begin == std::size_t(t.elements()) * es, "'", path_, "': tensor '", it.key(), "' has ",
-                      t.end - t.begin, " bytes for shape ", shape_text(t.shape), " of ", t.dtype);
-      tensors_[it.key()] = t;
+      tensors_[it.key()] = tensor_info(it.key(), it.value(), data_size);
     }
+  }
+
+  // One header entry, every field checked by type before it is read: nlohmann's numeric conversions are plain casts,
+  // so a float or negative number must not reach them.
+  [[nodiscard]] TensorInfo tensor_info(const std::string& name, const nlohmann::json& j, std::size_t data_size) const {
+    KVCACHE_REQUIRE(j.is_object() && j.contains("dtype") && j.contains("shape") && j.contains("data_offsets"), "'",
+                    path_, "': tensor '", name, "' lacks dtype, shape or data_offsets");
+    const auto& dtype = j["dtype"];
+    const auto& shape = j["shape"];
+    const auto& off = j["data_offsets"];
+    KVCACHE_REQUIRE(dtype.is_string(), "'", path_, "': tensor '", name, "' has a dtype that is not a string");
+    KVCACHE_REQUIRE(shape.is_array(), "'", path_, "': tensor '", name, "' has a shape that is not an array");
+    KVCACHE_REQUIRE(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+                    "'", path_, "': tensor '", name, "' needs two non-negative integer data offsets");
+    TensorInfo t;
+    t.dtype = dtype.get<std::string>();
+    const std::size_t es = elem_size(t.dtype);
+    KVCACHE_REQUIRE(es != 0, "'", path_, "': tensor '", name, "' has unsupported dtype ", t.dtype);
+    const std::uint64_t begin = off[0].get<std::uint64_t>(), end = off[1].get<std::uint64_t>();
+    KVCACHE_REQUIRE(begin <= end && end <= data_size, "'", path_, "': tensor '", name, "' spans bytes [", begin, ", ",
+                    end, ") but the data section has ", data_size, " bytes (truncated?)");
+    t.begin = static_cast<std::size_t>(begin);
+    t.end = static_cast<std::size_t>(end);
+    std::vector<std::uint64_t> dims;
+    for (const auto& d : shape) {
+      KVCACHE_REQUIRE(d.is_number_unsigned() && d.get<std::uint64_t>() <= kMaxDim, "'", path_, "': tensor '", name,
+                      "' has a dimension ", d.dump(), " that is not an integer in [0, 2^62]");
+      dims.push_back(d.get<std::uint64_t>());
+      t.shape.push_back(static_cast<std::int64_t>(dims.back()));
+    }
+    // The element count is bounded by the bytes it must fill, dimension by dimension, so the product never wraps: a
+    // shape of [2^62] over 8 bytes is an error, not 2^62 * 2 bytes modulo 2^64.
+    const std::size_t max_elements = (t.end - t.begin) / es;
+    std::size_t n = 1;
+    const bool empty = std::find(dims.begin(), dims.end(), 0) != dims.end();
+    for (std::size_t i = 0; !empty && i < dims.size(); ++i) {
+      KVCACHE_REQUIRE(dims[i] <= max_elements / n, "'", path_, "': tensor '", name, "' has shape ", shape_text(t.shape),
+                      ", more elements than its ", t.end - t.begin, " bytes hold");
+      n *= static_cast<std::size_t>(dims[i]);
+    }
+    if (empty) n = 0;
+    KVCACHE_REQUIRE(n * es == t.end - t.begin, "'", path_, "': tensor '", name, "' has ", t.end - t.begin,
+                    " bytes for shape ", shape_text(t.shape), " of ", t.dtype);
+    t.elements = n;
+    return t;
   }
 
   std::string path_;

@@ -102,6 +102,8 @@ TEST(HardeningTest, IndicesOutOfRangeAreErrors) {
   expect_error_mentioning([&] { (void)cache.length(7, 0); }, "layer 7 does not exist");
   expect_error_mentioning([&] { (void)cache.layer(2); }, "layer 2 does not exist");
   expect_error_mentioning([&] { (void)cache.query_head_scores(0, 4); }, "query head 4 does not exist");
+  // Found by the API-sequence fuzzer: a policy that sums its scores answered for any layer.
+  expect_error_mentioning([&] { (void)cache.query_head_scores(5, 0); }, "layer 5 does not exist");
   expect_error_mentioning([&] { prompt.prefill(cache, 7); }, "layer 7 does not exist");
   expect_error_mentioning([&] { prompt.decode(cache, -1, 30); }, "layer -1 does not exist");
   std::vector<float> q(4 * 16), out(4 * 16);
@@ -110,6 +112,18 @@ TEST(HardeningTest, IndicesOutOfRangeAreErrors) {
         cache.read_decode(7, ConstTensorView<float, 2>(q.data(), 4, 16), TensorView<float, 2>(out.data(), 4, 16));
       },
       "layer 7 does not exist");
+  EXPECT_EQ(snapshot(cache), before);
+}
+
+// Found by the API-sequence fuzzer: an empty chunk's tensors have null data (std::vector's), which reached memcpy.
+TEST(HardeningTest, EmptyChunkChangesNothing) {
+  KVCache<kvcache::H2O> cache(kConfig, kvcache::H2O(Count::of(8), Count::of(8)));
+  Rows prompt(2, 4, 16, iota_positions(20), 1);
+  prompt.prefill(cache, 0, /*last_chunk=*/false);
+  const Snapshot before = snapshot(cache);
+  Rows empty(2, 4, 16, {}, 2);
+  ASSERT_EQ(empty.k.data(), nullptr);
+  empty.prefill(cache, 0, /*last_chunk=*/false);
   EXPECT_EQ(snapshot(cache), before);
 }
 

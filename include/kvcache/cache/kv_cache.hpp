@@ -120,6 +120,7 @@ class KVCache {
   /// Accumulated scores of one query head of layer l, per slot of its KV head, for a policy with GqaReduce::kMax
   /// (empty otherwise).
   [[nodiscard]] std::span<const float> query_head_scores(int l, int q_head) const {
+    check_layer(l);
     KVCACHE_REQUIRE(q_head >= 0 && q_head < config_.shape.n_q_heads, "query head ", q_head, " does not exist (",
                     config_.shape.n_q_heads, " query heads)");
     if (score_rows() == 1) return {};

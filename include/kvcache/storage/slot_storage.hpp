@@ -300,6 +300,7 @@ class LayerSlots {
 
   template <class S>
   void append_rows(int h, S const* k, S const* v, const Position* pos, std::int64_t m) {
+    if (m == 0) return;  // the rows of an empty chunk may be null, and memcpy must not see a null pointer
     const std::size_t len = static_cast<std::size_t>(length(h));
     const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
     const std::size_t nv = values_in_keys_ ? 0 : static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
