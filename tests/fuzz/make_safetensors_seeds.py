@@ -30,6 +30,14 @@ seeds = {
     "scalar": file_of({"s": ("F32", [], struct.pack("<f", 1.5))}),
     "no_tensors": file_of({}, {"k": "v"}),
 }
+# Inputs the reader once mishandled: an element count that wraps (2^62 x 2 bytes), a float dimension, metadata that
+# is not an object.
+bad = json.dumps({"t": {"dtype": "F16", "shape": [2**62], "data_offsets": [0, 8]}}).encode()
+seeds["overflow_shape"] = struct.pack("<Q", len(bad)) + bad + bytes(8)
+bad = json.dumps({"t": {"dtype": "F32", "shape": [1e300], "data_offsets": [0, 4]}}).encode()
+seeds["float_dim"] = struct.pack("<Q", len(bad)) + bad + bytes(4)
+bad = json.dumps({"__metadata__": [1, 2]}).encode()
+seeds["metadata_array"] = struct.pack("<Q", len(bad)) + bad
 for path in sorted((root / "examples/models").glob("*.safetensors")):
     seeds["head_" + path.stem.replace(".", "_")] = path.read_bytes()[:4096]
 for name, data in seeds.items():

@@ -127,6 +127,23 @@ TEST(HardeningTest, EmptyChunkChangesNothing) {
   EXPECT_EQ(snapshot(cache), before);
 }
 
+// Found by the API-sequence fuzzer: DMC's decode step (which may merge instead of appending) read keys of the
+// wrong width past their end.
+TEST(HardeningTest, DmcDecodeChecksShapes) {
+  KVCache<kvcache::DMC> cache(kConfig, kvcache::DMC{});
+  Rows prompt(2, 4, 16, iota_positions(4), 1);
+  prompt.prefill(cache, 0);
+  const Snapshot before = snapshot(cache);
+  std::vector<float> k(2 * 8), v(2 * 16), q(4 * 16), out(4 * 16);
+  expect_error_mentioning(
+      [&] {
+        cache.decode(0, ConstTensorView<float, 2>(k.data(), 2, 8), ConstTensorView<float, 2>(v.data(), 2, 16), 9,
+                     ConstTensorView<float, 2>(q.data(), 4, 16), TensorView<float, 2>(out.data(), 4, 16));
+      },
+      "keys have width 8");
+  EXPECT_EQ(snapshot(cache), before);
+}
+
 TEST(HardeningTest, PositionsMustBeNonNegativeAndIncreasing) {
   KVCache<kvcache::H2O> cache(kConfig, kvcache::H2O(Count::of(8), Count::of(8)));
   const Snapshot empty = snapshot(cache);

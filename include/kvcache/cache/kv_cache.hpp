@@ -196,7 +196,11 @@ class KVCache {
     reads_.require_done(l, "decode");
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
     const Position pos[1] = {position};
-    if constexpr (!AppendsTokens<P>) {
+    if constexpr (AppendsTokens<P>) {
+      // The policy decides whether the token takes a new row (its own capacity check); the shapes are checked here.
+      storage_.layer(l).check_shapes(ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
+                                     ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
+    } else {
       KVCACHE_REQUIRE(storage_.layer(l).max_length() < config_.capacity, "decode: layer ", l,
                       " is full: 1 more row would exceed the capacity of ", config_.capacity,
                       "; a policy evicts only past its budget + eviction_slack, so the capacity must hold those + 1 "

@@ -180,6 +180,17 @@ class LayerSlots {
   /// Throws what append(k, v, positions) would throw (shapes, capacity), without appending.
   template <class S>
   void check_append(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) const {
+    check_shapes(k, v, positions);
+    const Eigen::Index m = k.dimension(1);
+    for (int h = 0; h < n_kv_heads_; ++h)
+      KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
+                      " more exceed the capacity of ", capacity_);
+  }
+
+  /// Throws unless k, v and positions are rows this layer can take: k [n_kv_heads, m, head_dim_k], v
+  /// [n_kv_heads, m, head_dim_v] (empty in the latent layout), m positions. Capacity is not checked.
+  template <class S>
+  void check_shapes(ConstTensorView<S, 3> k, ConstTensorView<S, 3> v, std::span<const Position> positions) const {
     KVCACHE_REQUIRE(k.dimension(0) == n_kv_heads_ && (v.dimension(0) == n_kv_heads_ || v.size() == 0),
                     "append: keys have ", k.dimension(0), " heads and values ", v.dimension(0), ", the layer has ",
                     n_kv_heads_);
@@ -188,9 +199,6 @@ class LayerSlots {
     check_values(v.size(), v.dimension(2), v.dimension(1), m);
     KVCACHE_REQUIRE(static_cast<Eigen::Index>(positions.size()) == m, "append: ", m, " rows but ", positions.size(),
                     " positions");
-    for (int h = 0; h < n_kv_heads_; ++h)
-      KVCACHE_REQUIRE(length(h) + m <= capacity_, "append: head ", h, " holds ", length(h), " rows; ", m,
-                      " more exceed the capacity of ", capacity_);
   }
 
   /// Removes the given slots of head h: distinct, each in [0, length(h)), in any order. The last surviving rows move
