@@ -412,10 +412,10 @@ class Program {
 
   void check_protected(int l, int h, const ResolvedBudget& b, std::span<const Position> pos) const {
     const auto has = [&](Position p) { return std::find(pos.begin(), pos.end(), p) != pos.end(); };
-    const auto& f = first_[std::size_t(l)];
-    for (std::int64_t i = 0; i < b.sinks && i < std::int64_t(f.size()); ++i)
-      FUZZ_CHECK(has(f[std::size_t(i)]), long(f[std::size_t(i)]), h);
+    // The sinks are the positions below budget.sinks (policy/select.hpp), those of a sequence's first tokens.
     const auto& shadow = shadow_[std::size_t(l)];
+    for (auto it = shadow.begin(); it != shadow.end() && it->first < b.sinks; ++it)
+      FUZZ_CHECK(has(it->first), long(it->first), h);
     std::int64_t seen = 0;
     for (auto it = shadow.rbegin(); it != shadow.rend() && seen < b.recent; ++it, ++seen)
       FUZZ_CHECK(has(it->first), long(it->first), h);
