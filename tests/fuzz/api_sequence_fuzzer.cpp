@@ -152,9 +152,7 @@ class Program {
         full_(kind == Kind::kFull),
         cache_(cfg, std::move(policy), opt),
         values_(in.u32()),
-        shadow_(std::size_t(cfg.n_layers)),
-        first_(std::size_t(cfg.n_layers)),
-        newest_(std::size_t(cfg.n_layers), -1) {}
+        shadow_(std::size_t(cfg.n_layers)) {}
 
   void run() {
     for (int step = 0; step < 48 && !in_.empty(); ++step) {
@@ -183,13 +181,11 @@ class Program {
             if (in_.chance(4)) {
               cache_.reset();
               for (auto& m : shadow_) m.clear();
-              std::fill(newest_.begin(), newest_.end(), -1);
-              for (auto& f : first_) f.clear();
               decoded_.clear();
             }
             break;
           default:
-            must_throw = lookups();
+            lookups();
             break;
         }
       } catch (const Error&) {
@@ -215,6 +211,10 @@ class Program {
   int n_q() const { return cfg_.shape.n_q_heads; }
   int pick_layer() { return in_.chance(16) ? in_.in(-1, cfg_.n_layers) : in_.in(0, cfg_.n_layers - 1); }
   bool layer_ok(int l) const { return l >= 0 && l < cfg_.n_layers; }
+  // The newest position appended to layer l since the last reset (-1: none, or no such layer).
+  Position newest(int l) const {
+    return layer_ok(l) && !shadow_[std::size_t(l)].empty() ? shadow_[std::size_t(l)].rbegin()->first : -1;
+  }
   // A dimension that is usually right.
   int dim(int right) { return in_.chance(24) ? std::max(0, right + in_.in(-1, 1)) : right; }
 
@@ -230,13 +230,13 @@ class Program {
 
   std::vector<Position> positions(int l, std::int64_t m, bool& bad) {
     std::vector<Position> p(static_cast<std::size_t>(m));
-    Position next = layer_ok(l) ? newest_[std::size_t(l)] + 1 : 0;
+    const Position before = newest(l);
+    Position next = before + 1;
     for (auto& e : p) {
       next += in_.chance(4) ? in_.in(0, 3) : 0;
       e = next++;
     }
     if (m > 0 && in_.chance(16)) p[in_.u16() % std::size_t(m)] = in_.in(-3, 8);
-    const Position before = layer_ok(l) ? newest_[std::size_t(l)] : -1;
     for (std::size_t i = 0; i < p.size(); ++i)
       if (p[i] < 0 || p[i] <= (i == 0 ? before : p[i - 1])) bad = true;
     return p;
@@ -314,7 +314,7 @@ class Program {
   }
 
   // Every lookup answers for valid indices and throws for invalid ones.
-  bool lookups() {
+  void lookups() {
     const int l = in_.in(-1, cfg_.n_layers), h = in_.in(-1, n_kv()), qh = in_.in(-1, n_q());
     const bool ok = layer_ok(l) && h >= 0 && h < n_kv();
     int thrown = 0, which = 0, bit = 1;
@@ -341,15 +341,9 @@ class Program {
     thrown = 0;
     probe([&] { (void)cache_.query_head_scores(layer_ok(l) ? l : 0, qh); });
     FUZZ_CHECK(thrown == (qh >= 0 && qh < n_q() ? 0 : 1), thrown, qh);
-    return false;
   }
 
-  void appended(int l, Position p, Row r) {
-    shadow_[std::size_t(l)][p] = std::move(r);
-    newest_[std::size_t(l)] = p;
-    auto& f = first_[std::size_t(l)];
-    if (f.size() < 64) f.push_back(p);
-  }
+  void appended(int l, Position p, Row r) { shadow_[std::size_t(l)][p] = std::move(r); }
 
   void check_finite_out(const std::vector<float>& out) const {
     for (float x : out) FUZZ_CHECK(std::isfinite(x));
@@ -429,9 +423,7 @@ class Program {
   KVCache<P> cache_;
   Values values_;
   std::vector<std::map<Position, Row>> shadow_;  // per layer: every row appended since the last reset
-  std::vector<std::vector<Position>> first_;     // per layer: the first positions appended (the sinks)
-  std::vector<Position> newest_;
-  std::map<int, bool> decoded_;  // per layer: the last call that appended was a decode step
+  std::map<int, bool> decoded_;                  // per layer: the last call that appended was a decode step
 };
 
 template <class P>
