@@ -119,3 +119,18 @@
 #define KVCACHE_VECTORIZE_EXACT
 #define KVCACHE_FP_CONTRACT_OFF
 #endif
+
+// Compiled kernels. By default every translation unit that calls a kernel compiles it for every ISA (header-only).
+// A build may compile the attention kernels once instead: exactly one translation unit defines
+// KVCACHE_INSTANTIATE_KERNELS before including kvcache, and every other one defines KVCACHE_EXTERN_KERNELS, which turns
+// the kernels' instantiations into extern declarations (about four fifths of a translation unit's compile time with
+// GCC at -O3). All of them must be built with the same -m flags and KVCACHE_DISPATCH_STATIC setting: the scalar copy's
+// namespace (KVCACHE_BASELINE_NS) and the set of ISA copies depend on both, so a mismatch fails to link rather than
+// running the wrong copy. KVCACHE_KERNEL_INSTANCE is what the kernel families put before their instantiations.
+#if defined(KVCACHE_INSTANTIATE_KERNELS) && defined(KVCACHE_EXTERN_KERNELS)
+#error "kvcache: define KVCACHE_INSTANTIATE_KERNELS or KVCACHE_EXTERN_KERNELS, not both"
+#elif defined(KVCACHE_INSTANTIATE_KERNELS)
+#define KVCACHE_KERNEL_INSTANCE template
+#elif defined(KVCACHE_EXTERN_KERNELS)
+#define KVCACHE_KERNEL_INSTANCE extern template
+#endif

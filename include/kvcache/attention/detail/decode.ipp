@@ -636,3 +636,14 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   if (tiles) tiles_end();
   if (acc != nullptr && r1 > r0) accumulate_probabilities(probs, g, ld, r1, tile_max, ldt, m, l, acc, acc_ld, acc_max);
 }
+
+#ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
+#define KVCACHE_DECODE_INSTANCE_(T)                                                                                  \
+  KVCACHE_KERNEL_INSTANCE void decode_partial<T>(                                                                    \
+      const float*, int, int, int, int, int, T const*, T const*, std::int64_t, std::int64_t, float*, float*, float*, \
+      float*, std::int64_t, float*, std::int64_t, float*, float*, std::int64_t, float*) noexcept;
+KVCACHE_DECODE_INSTANCE_(float)
+KVCACHE_DECODE_INSTANCE_(f16)
+KVCACHE_DECODE_INSTANCE_(bf16)
+#undef KVCACHE_DECODE_INSTANCE_
+#endif

@@ -335,8 +335,15 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
   }
 }
 
-/// One block of prefill with this ISA's scratch carved from `scratch` (the dispatch entry point of prefill.hpp).
+/// One block of prefill with this ISA's scratch carved from `scratch` (the dispatch entry point of prefill.hpp; not
+/// inlined, so that compiled kernels can make it an extern instantiation).
 template <class T>
-inline void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
   prefill_block(a, k, v, prefill_scratch(scratch, a.dk, a.dv));
 }
+
+#ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
+KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const float*, const float*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const f16*, const f16*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const bf16*, const bf16*, float*) noexcept;
+#endif

@@ -568,9 +568,15 @@ inline void prefill_block(const PrefillArgs& a, T const* k, T const* v, float* s
 
 /// The dispatch entry point of prefill.hpp: amx's prefill_block takes the raw scratch.
 template <class T>
-inline void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
   prefill_block(a, k, v, scratch);
 }
+
+#ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
+KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const float*, const float*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const f16*, const f16*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const bf16*, const bf16*, float*) noexcept;
+#endif
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END
 #endif
