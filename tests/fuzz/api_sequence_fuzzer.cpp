@@ -410,8 +410,11 @@ class Program {
     const auto& shadow = shadow_[std::size_t(l)];
     for (auto it = shadow.begin(); it != shadow.end() && it->first < b.sinks; ++it)
       FUZZ_CHECK(has(it->first), long(it->first), h);
-    std::int64_t seen = 0;
-    for (auto it = shadow.rbegin(); it != shadow.rend() && seen < b.recent; ++it, ++seen)
+    // The recent window is measured in positions: those within `recent` of the newest (fewer than `recent` rows when
+    // the sequence skips positions).
+    if (b.recent <= 0 || shadow.empty()) return;
+    const std::int64_t from = std::int64_t{shadow.rbegin()->first} - b.recent + 1;
+    for (auto it = shadow.rbegin(); it != shadow.rend() && it->first >= from; ++it)
       FUZZ_CHECK(has(it->first), long(it->first), h);
   }
 

@@ -32,8 +32,10 @@ struct Count {
   }
 };
 
-/// What one (layer, KV head) keeps after a selection: `total` rows, of which the first `sinks` positions and the
-/// `recent` newest rows are protected. kUnlimited means "never evict".
+/// What one (layer, KV head) keeps after a selection: `total` rows, of which the positions below `sinks` and those
+/// within `recent` of the newest position are protected. Both count positions, not rows: in a sequence whose
+/// positions are contiguous they are the first `sinks` and the `recent` newest tokens; where a sequence skips
+/// positions, fewer rows are protected. kUnlimited means "never evict".
 struct ResolvedBudget {
   static constexpr std::int64_t kUnlimited = std::numeric_limits<std::int64_t>::max();
   std::int64_t total = kUnlimited;
