@@ -20,6 +20,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "byte_reader.hpp"
@@ -152,7 +153,8 @@ class Program {
         full_(kind == Kind::kFull),
         cache_(cfg, std::move(policy), opt),
         values_(in.u32()),
-        shadow_(std::size_t(cfg.n_layers)) {}
+        shadow_(std::size_t(cfg.n_layers)),
+        gone_(std::size_t(cfg.n_layers) * std::size_t(cfg.shape.n_kv_heads)) {}
 
   void run() {
     for (int step = 0; step < 48 && !in_.empty(); ++step) {
@@ -181,6 +183,7 @@ class Program {
             if (in_.chance(4)) {
               cache_.reset();
               for (auto& m : shadow_) m.clear();
+              for (auto& g : gone_) g.clear();
               decoded_.clear();
             }
             break;
@@ -381,7 +384,11 @@ class Program {
         for (float s : all_scores(cache_, l, h)) FUZZ_CHECK(std::isfinite(s) && s >= 0.0f);
         if (t_.rows_exact) check_rows(slots, shadow, h, pos);
         const ResolvedBudget b = cache_.budget(l, h);
-        if (t_.protects && !b.unlimited() && b.total >= b.sinks + b.recent) check_protected(l, h, b, pos);
+        auto& gone = gone_[std::size_t(l * n_kv() + h)];
+        if (t_.protects && !b.unlimited() && b.total >= b.sinks + b.recent) check_protected(l, b, pos, gone);
+        // What this call evicted joins what earlier calls did.
+        for (const auto& [p, row] : shadow)
+          if (std::find(pos.begin(), pos.end(), p) == pos.end()) gone.insert(p);
         if (t_.decode_bounded && decoded_[l] && !b.unlimited() && opt_.readers == 1)
           FUZZ_CHECK(n <= b.total + opt_.eviction_slack, long(n), long(b.total));
       }
@@ -404,19 +411,23 @@ class Program {
     }
   }
 
-  void check_protected(int l, int h, const ResolvedBudget& b, std::span<const Position> pos) const {
-    const auto has = [&](Position p) { return std::find(pos.begin(), pos.end(), p) != pos.end(); };
+  // The rows the budget protects now are still there, unless an earlier call evicted them: a budget that grew (a
+  // later prompt of a multi-turn sequence re-resolves a budget given as a fraction) protects positions already gone.
+  void check_protected(int l, const ResolvedBudget& b, std::span<const Position> pos,
+                       const std::set<Position>& gone) const {
+    const auto has = [&](Position p) { return gone.count(p) || std::find(pos.begin(), pos.end(), p) != pos.end(); };
     // The sinks are the positions below budget.sinks (policy/select.hpp), those of a sequence's first tokens.
     const auto& shadow = shadow_[std::size_t(l)];
     for (auto it = shadow.begin(); it != shadow.end() && it->first < b.sinks; ++it)
-      FUZZ_CHECK(has(it->first), long(it->first), h);
+      FUZZ_CHECK(has(it->first), long(it->first), l);
     // The recent window is measured in positions: those within `recent` of the newest (fewer than `recent` rows when
     // the sequence skips positions).
     if (b.recent <= 0 || shadow.empty()) return;
     const std::int64_t from = std::int64_t{shadow.rbegin()->first} - b.recent + 1;
     for (auto it = shadow.rbegin(); it != shadow.rend() && it->first >= from; ++it)
-      FUZZ_CHECK(has(it->first), long(it->first), h);
+      FUZZ_CHECK(has(it->first), long(it->first), l);
   }
+
 
   ByteReader& in_;
   CacheConfig cfg_;
@@ -426,6 +437,7 @@ class Program {
   KVCache<P> cache_;
   Values values_;
   std::vector<std::map<Position, Row>> shadow_;  // per layer: every row appended since the last reset
+  std::vector<std::set<Position>> gone_;         // per (layer, KV head): the positions evicted since the last reset
   std::map<int, bool> decoded_;                  // per layer: the last call that appended was a decode step
 };
 
