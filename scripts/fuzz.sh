@@ -5,7 +5,7 @@
 # New inputs go to build/fuzz/work/<target>, findings (crash-*, leak-*, timeout-*, oom-*) to
 # build/fuzz/findings/<target>; any finding fails the script.
 #   scripts/fuzz.sh                    60 s per target
-#   scripts/fuzz.sh 60 safetensors     one target (CI: the API-sequence target's build alone takes ~10 CPU-minutes)
+#   scripts/fuzz.sh 60 safetensors     one target (what CI runs: the API-sequence target's build takes 3 - 7 minutes)
 #   scripts/fuzz.sh 1800               half an hour per target
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh
 set -euo pipefail

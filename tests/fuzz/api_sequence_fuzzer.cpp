@@ -7,8 +7,9 @@
 //     prompt lengths, kv_bytes), and a call whose input breaks the contract does throw;
 //   - after a call that succeeds: length <= capacity; each head's positions are distinct; K and V rows are the
 //     rows appended at those positions (a shadow model of plain maps, rounded to the storage dtype), so rows and
-//     positions moved together; the budget's sinks and recent window are still there; a decode-evicting policy is
-//     within budget + slack; scores are finite and >= 0; outputs are finite;
+//     positions moved together; the budget's sinks and recent window (positions) are still there, but for rows an
+//     earlier call evicted; a decode-evicting policy is within budget + slack; scores are finite and >= 0; outputs are
+//     finite;
 //   - KVCache<Full>'s outputs equal the Eigen reference (kvcache/testing/reference.hpp) on the rows it holds.
 // A failed check traps, so libFuzzer records the input.
 
@@ -427,7 +428,6 @@ class Program {
     for (auto it = shadow.rbegin(); it != shadow.rend() && it->first >= from; ++it)
       FUZZ_CHECK(has(it->first), long(it->first), l);
   }
-
 
   ByteReader& in_;
   CacheConfig cfg_;
