@@ -386,7 +386,7 @@ class Program {
         if (t_.rows_exact) check_rows(slots, shadow, h, pos);
         const ResolvedBudget b = cache_.budget(l, h);
         auto& gone = gone_[std::size_t(l * n_kv() + h)];
-        if (t_.protects && !b.unlimited() && b.total >= b.sinks + b.recent) check_protected(l, b, pos, gone);
+        if (t_.protects && !b.unlimited() && b.total >= b.sinks + b.recent) check_protected(l, h, b, pos, gone);
         // What this call evicted joins what earlier calls did.
         for (const auto& [p, row] : shadow)
           if (std::find(pos.begin(), pos.end(), p) == pos.end()) gone.insert(p);
@@ -414,19 +414,19 @@ class Program {
 
   // The rows the budget protects now are still there, unless an earlier call evicted them: a budget that grew (a
   // later prompt of a multi-turn sequence re-resolves a budget given as a fraction) protects positions already gone.
-  void check_protected(int l, const ResolvedBudget& b, std::span<const Position> pos,
+  void check_protected(int l, int h, const ResolvedBudget& b, std::span<const Position> pos,
                        const std::set<Position>& gone) const {
     const auto has = [&](Position p) { return gone.count(p) || std::find(pos.begin(), pos.end(), p) != pos.end(); };
     // The sinks are the positions below budget.sinks (policy/select.hpp), those of a sequence's first tokens.
     const auto& shadow = shadow_[std::size_t(l)];
     for (auto it = shadow.begin(); it != shadow.end() && it->first < b.sinks; ++it)
-      FUZZ_CHECK(has(it->first), long(it->first), l);
+      FUZZ_CHECK(has(it->first), long(it->first), l * 100 + h);
     // The recent window is measured in positions: those within `recent` of the newest (fewer than `recent` rows when
     // the sequence skips positions).
     if (b.recent <= 0 || shadow.empty()) return;
     const std::int64_t from = std::int64_t{shadow.rbegin()->first} - b.recent + 1;
     for (auto it = shadow.rbegin(); it != shadow.rend() && it->first >= from; ++it)
-      FUZZ_CHECK(has(it->first), long(it->first), l);
+      FUZZ_CHECK(has(it->first), long(it->first), l * 100 + h);
   }
 
   ByteReader& in_;
