@@ -1,8 +1,8 @@
 // Decode attention speed against this machine's measured read bandwidth and FMA peak.
 //
 // A case is one layer step of decode_attention: 8 KV heads, group g (8 g query heads), context N, head dim d,
-// storage f32/f16/bf16, a forced ISA and 1 or 2 threads. Counters:
-//   GBps         K+V bytes read per step / step time (1e9 bytes)
+// storage f32/f16/bf16/i8, a forced ISA and 1 or 2 threads. Counters:
+//   GBps         K+V bytes read per step / step time (1e9 bytes; i8 rows count their bytes and their scales)
 //   bw_fraction  GBps / the read bandwidth measured in this run with the same number of threads
 //   GFLOPs       the step's 4 x d x context x query-head FLOPs (Q.K and P.V) / step time
 //   roofline_fraction  the time the step cannot beat on this machine, max(bytes / read bandwidth, FLOPs / fp32 FMA
@@ -10,6 +10,8 @@
 //                limit it hits first (group 8 at d 128 does 8 FLOPs per f16 byte, so on a core whose FMA peak is
 //                under 8 x its read bandwidth, it is the FMA peak)
 //   fma_peak_GFLOPs  that peak, measured at the first case of each ISA and thread count
+//   speed_vs_f16 (i8 cases) the median step time of the same case over f16, measured earlier in this run, over this
+//                step time: the speed-up of the int8 cache
 // The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough
 // distinct layers to span the working set (>= 1 GiB; see machine.hpp): every step streams from DRAM, as in a
 // real decode over many layers.
@@ -37,6 +39,8 @@ using kvcache::Isa;
 constexpr int kKvHeads = 8;
 
 std::map<int, double> g_read_bw;  // threads -> GB/s
+// f16 step times by case (all but the dtype), for the i8 cases' speed_vs_f16: f16 cases run first.
+std::map<std::string, std::vector<double>> g_f16_steps;
 
 // Layers filled with random rows, kept while consecutive cases share (context, dim, dtype).
 struct LayerSet {
@@ -50,7 +54,8 @@ LayerSet g_layers;
 const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t ctx, int d, DType dt) {
   if (g_layers.ctx == ctx && g_layers.dim == d && g_layers.dtype == dt) return g_layers.layers;
   g_layers.layers.clear();
-  const std::size_t per_layer = std::size_t(kKvHeads) * std::size_t(ctx) * std::size_t(2 * d) * kvcache::dtype_size(dt);
+  const std::size_t per_layer = std::size_t(kKvHeads) * std::size_t(ctx) *
+                                (std::size_t(2 * d) * kvcache::dtype_size(dt) + 2 * kvcache::row_scale_bytes(dt));
   const std::size_t n_layers = std::max<std::size_t>(2, (kvbench::working_set_bytes() + per_layer - 1) / per_layer);
   const std::int64_t chunk = std::min<std::int64_t>(ctx, 1024);
   std::vector<float> k(std::size_t(kKvHeads * chunk * d)), v(k.size());
@@ -75,7 +80,8 @@ const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t
 }
 
 template <class Exec>
-void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, Isa isa, const Exec& ex) {
+void run_decode(benchmark::State& st, const std::string& key, std::int64_t ctx, int d, int g, DType dt, Isa isa,
+                const Exec& ex) {
   const auto& layers = layers_for(ctx, d, dt);
   const double peak = kvbench::fma_peak_once(isa, ex);
   kvcache::set_isa_for_testing(isa);
@@ -105,6 +111,12 @@ void run_decode(benchmark::State& st, std::int64_t ctx, int d, int g, DType dt, 
   st.counters["GFLOPs"] = gflop / step;
   st.counters["roofline_fraction"] = std::max(gb / bw, gflop / peak) / step;
   st.counters["fma_peak_GFLOPs"] = peak;
+  if (dt == DType::kF16) g_f16_steps[key].push_back(step);
+  if (dt == DType::kI8 && g_f16_steps.count(key) != 0) {
+    std::vector<double> f = g_f16_steps[key];
+    std::nth_element(f.begin(), f.begin() + std::ptrdiff_t(f.size() / 2), f.end());
+    st.counters["speed_vs_f16"] = f[f.size() / 2] / step;
+  }
 }
 
 }  // namespace
@@ -113,7 +125,7 @@ int main(int argc, char** argv) {
   const kvbench::Options opt = kvbench::parse_options(argc, argv);
   g_read_bw = kvbench::measure_read_bandwidths(opt.threads);
 
-  for (DType dt : {DType::kF16, DType::kBF16, DType::kF32})
+  for (DType dt : {DType::kF16, DType::kI8, DType::kBF16, DType::kF32})
     for (int d : {128, 64})
       for (std::int64_t ctx : {32768, 4096, 1024})
         for (Isa isa : kvcache::available_isas())
@@ -127,14 +139,15 @@ int main(int argc, char** argv) {
               if ((g == 16 && (!tiles || isa == Isa::kScalar)) || (isa == Isa::kAmx && !tiles)) continue;
               if (g % 4 != 0 && g != 1 && (isa != Isa::kAvx512 || d != 128 || ctx != 32768 || dt == DType::kF32))
                 continue;
-              const std::string name = "Decode/" + std::string(kvcache::dtype_name(dt)) + "/d" + std::to_string(d) +
-                                       "/ctx" + std::to_string(ctx) + "/g" + std::to_string(g) + "/" +
-                                       std::string(kvcache::isa_name(isa)) + "/threads" + std::to_string(t);
+              const std::string key = "/d" + std::to_string(d) + "/ctx" + std::to_string(ctx) + "/g" +
+                                      std::to_string(g) + "/" + std::string(kvcache::isa_name(isa)) + "/threads" +
+                                      std::to_string(t);
+              const std::string name = "Decode/" + std::string(kvcache::dtype_name(dt)) + key;
               auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
                 if (t == 1)
-                  run_decode(st, ctx, d, g, dt, isa, kvcache::SerialExecutor{});
+                  run_decode(st, key, ctx, d, g, dt, isa, kvcache::SerialExecutor{});
                 else
-                  run_decode(st, ctx, d, g, dt, isa, kvcache::OpenMPExecutor{t});
+                  run_decode(st, key, ctx, d, g, dt, isa, kvcache::OpenMPExecutor{t});
               });
               kvbench::configure(b, opt);
             }

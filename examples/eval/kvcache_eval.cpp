@@ -23,6 +23,8 @@
 //            length, sinks + window with in-cache positions stay flat. `recompute` (stream task only) is the paper's
 //            sliding window with re-computation: each 1k segment scored after a fresh prefill of the 1k before it,
 //            the per-segment baseline that separates what the cache does from how hard each segment's text is.
+// Cache type: lm and passkey run on each element type of --kv-dtypes in turn (default f16; i8 is the int8 cache), with
+// the type as a column; stream runs on f16.
 // Output: markdown tables on stdout; with --out DIR, CSV files (lm.csv, passkey.csv, passkey_depths.csv, stream.csv,
 // stream_segments.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and a non-zero exit status.
 //
@@ -35,6 +37,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -58,6 +61,7 @@ struct Options {
                                        "l2_norm", "snapkv",        "snapkv_k15", "fastgen"};
   std::vector<double> budgets = {0.1, 0.25, 0.5};
   std::vector<double> thresholds = {0.9, 0.95, 0.98};  // FastGen's recovery thresholds T (it has no budget)
+  std::vector<std::string> kv_dtypes = {"f16"};        // lm and passkey: the cache's element types, each in turn
   // lm
   int sequences = 2;
   std::int64_t length = 1024, prefix = 512;
@@ -92,6 +96,11 @@ Options parse(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--budgets", o.budgets, "budgets as fractions in (0, 1]")->delimiter(',')->capture_default_str();
+  app.add_option("--kv-dtypes", o.kv_dtypes,
+                 "lm and passkey: the KV cache's element types (f16, bf16, f32, i8), each run in turn")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "i8"}))
+      ->capture_default_str();
   app.add_option("--thresholds", o.thresholds, "FastGen's recovery thresholds T (it runs at each)")
       ->delimiter(',')
       ->capture_default_str();
@@ -183,50 +192,70 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
   const auto offsets = o.offsets.empty() ? engine::draw_offsets(text, o.length, o.sequences, o.seed) : o.offsets;
   std::vector<std::vector<int>> windows;
   for (std::size_t at : offsets) windows.push_back(engine::byte_window(text, at, o.length));
-  const auto cfg = model.cache_config(o.length + 8, kvcache::DType::kF16);
   const auto runs = policy_runs(o.policies, o.budgets, o.thresholds);
-  std::map<std::pair<std::string, double>, engine::TaskStats> results;
+  using Key = std::tuple<std::string, std::string, double>;  // KV dtype, policy, budget
+  std::map<Key, engine::TaskStats> results;
   std::map<double, std::array<std::int64_t, kvcache::FastGen::kChoices>> choices;  // FastGen: heads per choice
+  const auto cfg0 = model.cache_config(o.length + 8, kvcache::parse_dtype(o.kv_dtypes.front()));
   int done = 0;
-  for (const auto& [p, b] : runs) {
-    engine::TaskStats& r = results[{p, b}];
-    for (const auto& w : windows)
-      engine::with_policy(p, b, o.length, model, cfg, [&](auto& cache) {
-        engine::language_model(model, cache, w, o.prefix, r);
-        if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
-          for (int l = 0; l < cfg.n_layers; ++l)
-            for (int h = 0; h < cfg.shape.n_kv_heads; ++h) {
-              const int c = cache.policy_state().choice(l, h);
-              choices[b][std::size_t(c < 0 ? kvcache::FastGen::kChoices - 1 : c)] += 1;
-            }
-      });
-    std::fprintf(stderr, "lm [%d/%zu] %s at %s: %.4f bits/byte\n", ++done, runs.size(), p.c_str(),
-                 percent(p, b).c_str(), r.bits_per_byte());
+  for (const std::string& dt : o.kv_dtypes) {
+    const auto cfg = model.cache_config(o.length + 8, kvcache::parse_dtype(dt));
+    for (const auto& [p, b] : runs) {
+      engine::TaskStats& r = results[{dt, p, b}];
+      for (const auto& w : windows)
+        engine::with_policy(p, b, o.length, model, cfg, [&](auto& cache) {
+          engine::language_model(model, cache, w, o.prefix, r);
+          if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
+            if (dt == o.kv_dtypes.front())
+              for (int l = 0; l < cfg.n_layers; ++l)
+                for (int h = 0; h < cfg.shape.n_kv_heads; ++h) {
+                  const int c = cache.policy_state().choice(l, h);
+                  choices[b][std::size_t(c < 0 ? kvcache::FastGen::kChoices - 1 : c)] += 1;
+                }
+        });
+      std::fprintf(stderr, "lm [%d/%zu] %s %s at %s: %.4f bits/byte\n", ++done, runs.size() * o.kv_dtypes.size(),
+                   dt.c_str(), p.c_str(), percent(p, b).c_str(), r.bits_per_byte());
+    }
   }
-  const auto full = results.find({"full", 1.0});
-  const double full_bpb = full != results.end() ? full->second.bits_per_byte() : NAN;
   std::printf(
       "\n### Language modelling\n\n%zu windows of %lld bytes from %s (seed %u), prompt %lld bytes, %lld decoded "
-      "with the policy active; f16 cache; budget = rows per layer and KV head as a fraction of the window.\n\n",
+      "with the policy active; budget = rows per layer and KV head as a fraction of the window; KV: the cache's "
+      "element type (vs full: against Full of the same type; vs f16: relative change from the same policy and "
+      "budget on an f16 cache).\n\n",
       windows.size(), static_cast<long long>(o.length), shown(o.text).c_str(), o.seed, static_cast<long long>(o.prefix),
       static_cast<long long>(o.length - o.prefix));
-  std::printf("| policy | budget | bits/byte | vs full | mean KV bytes | peak KV bytes | decode tok/s |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| policy | budget | KV | bits/byte | vs full | vs f16 | mean KV bytes | peak KV bytes | decode tok/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   auto csv = csv_file(o, "lm.csv",
-                      "policy,budget,bits_per_byte,delta_vs_full,mean_kv_bytes,peak_kv_bytes,decode_tokens_per_s");
-  for (const auto& [p, b] : runs) {
-    const engine::TaskStats& r = results[{p, b}];
-    std::printf("| %s | %s | %.4f | %+.4f | %.0f | %.0f | %.0f |\n", p.c_str(), percent(p, b).c_str(),
-                r.bits_per_byte(), r.bits_per_byte() - full_bpb, r.mean_kv_bytes(), r.kv_peak, r.decode_tokens_per_s());
-    if (csv)
-      csv << p << ',' << b << ',' << r.bits_per_byte() << ',' << r.bits_per_byte() - full_bpb << ','
-          << r.mean_kv_bytes() << ',' << r.kv_peak << ',' << r.decode_tokens_per_s() << '\n';
+                      "policy,budget,bits_per_byte,delta_vs_full,mean_kv_bytes,peak_kv_bytes,decode_tokens_per_s,"
+                      "kv_dtype,relative_vs_f16");
+  for (const std::string& dt : o.kv_dtypes) {
+    const auto full = results.find({dt, "full", 1.0});
+    const double full_bpb = full != results.end() ? full->second.bits_per_byte() : NAN;
+    for (const auto& [p, b] : runs) {
+      const engine::TaskStats& r = results[{dt, p, b}];
+      const auto f16 = results.find({"f16", p, b});
+      const double rel = f16 != results.end() ? r.bits_per_byte() / f16->second.bits_per_byte() - 1.0 : NAN;
+      char vs_f16[32] = "";
+      if (dt != "f16" && std::isfinite(rel)) std::snprintf(vs_f16, sizeof vs_f16, "%+.2f%%", 100.0 * rel);
+      std::printf("| %s | %s | %s | %.4f | %+.4f | %s | %.0f | %.0f | %.0f |\n", p.c_str(), percent(p, b).c_str(),
+                  dt.c_str(), r.bits_per_byte(), r.bits_per_byte() - full_bpb, vs_f16, r.mean_kv_bytes(), r.kv_peak,
+                  r.decode_tokens_per_s());
+      if (csv)
+        csv << p << ',' << b << ',' << r.bits_per_byte() << ',' << r.bits_per_byte() - full_bpb << ','
+            << r.mean_kv_bytes() << ',' << r.kv_peak << ',' << r.decode_tokens_per_s() << ',' << dt << ',' << rel
+            << '\n';
+    }
   }
+  const auto& cfg = cfg0;
+  const auto full = results.find({o.kv_dtypes.front(), "full", 1.0});
   if (!choices.empty()) {
     const auto full_kv = full != results.end() ? full->second.mean_kv_bytes() : NAN;
     std::printf(
-        "\nFastGen: the policy each (layer, KV head) chose from the prompt, summed over the windows; mean KV "
-        "bytes per head and as a fraction of Full's.\n\n| T |");
+        "\nFastGen (%s cache): the policy each (layer, KV head) chose from the prompt, summed over the windows; "
+        "mean KV bytes per head and as a fraction of Full's.\n\n| T |",
+        o.kv_dtypes.front().c_str());
     for (int c = 0; c < kvcache::FastGen::kChoices; ++c)
       std::printf(" %s |", std::string(kvcache::FastGen::choice_name(c)).c_str());
     std::printf(" mean KV bytes per head | of full |\n|---|");
@@ -235,7 +264,7 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
     for (const auto& [t, n] : choices) {
       std::printf("| %.2f |", t);
       for (auto x : n) std::printf(" %lld |", static_cast<long long>(x));
-      const double kv = results[{"fastgen", t}].mean_kv_bytes();
+      const double kv = results[{o.kv_dtypes.front(), "fastgen", t}].mean_kv_bytes();
       std::printf(" %.0f | %.2f |\n", kv / (cfg.n_layers * cfg.shape.n_kv_heads), kv / full_kv);
     }
   }
@@ -246,50 +275,53 @@ template <class Model>
 void run_passkey(const Options& o, Model& model, const std::string& text) {
   const auto runs = policy_runs(o.policies, o.budgets, o.thresholds);
   std::printf(
-      "\n### Pass-key retrieval\n\n%d prompt(s) per depth and context (seed %u), f16 cache, budget = a fraction "
-      "of the context; hits per depth.\n\n",
+      "\n### Pass-key retrieval\n\n%d prompt(s) per depth and context (seed %u), budget = a fraction of the "
+      "context, KV: the cache's element type; hits per depth.\n\n",
       o.prompts, o.seed);
-  std::printf("| policy | budget | setting | context |");
+  std::printf("| policy | budget | KV | setting | context |");
   for (double d : o.depths) std::printf(" %.0f%% |", d * 100);
-  std::printf(" all | decode tok/s |\n|---|---|---|---|");
+  std::printf(" all | decode tok/s |\n|---|---|---|---|---|");
   for (std::size_t i = 0; i <= o.depths.size() + 1; ++i) std::printf("---|");
   std::printf("\n");
-  auto csv = csv_file(o, "passkey.csv", "policy,budget,setting,context,hits,prompts,accuracy,decode_tokens_per_s");
-  auto csv_depths = csv_file(o, "passkey_depths.csv", "policy,budget,setting,context,depth,hits,prompts");
+  auto csv =
+      csv_file(o, "passkey.csv", "policy,budget,setting,context,hits,prompts,accuracy,decode_tokens_per_s,kv_dtype");
+  auto csv_depths = csv_file(o, "passkey_depths.csv", "policy,budget,setting,context,depth,hits,prompts,kv_dtype");
   std::string csv_rows[2];  // question-aware, question-agnostic: written grouped, so that a plot's lines connect
-  for (std::int64_t T : o.contexts) {
-    const auto prompts = engine::passkey_prompts(text, T, o.depths, o.prompts, o.seed);
-    const auto cfg = model.cache_config(T + 16, kvcache::DType::kF16);
-    for (const auto& [p, b] : runs) {
-      for (bool aware : {true, false}) {
-        const char* setting = aware ? "question-aware" : "question-agnostic";
-        engine::TaskStats s;
-        std::vector<int> hits(o.depths.size(), 0);
-        for (std::size_t i = 0; i < prompts.size(); ++i)
-          engine::with_policy(
-              p, b, T, model, cfg,
-              [&](auto& cache) {
-                hits[i / std::size_t(o.prompts)] += engine::passkey(model, cache, prompts[i], aware, s) ? 1 : 0;
-              },
-              /*retrieval=*/true);
-        std::printf("| %s | %s | %s | %lld |", p.c_str(), percent(p, b).c_str(), setting, static_cast<long long>(T));
-        for (std::size_t d = 0; d < hits.size(); ++d) {
-          std::printf(" %d/%d |", hits[d], o.prompts);
-          if (csv_depths)
-            csv_depths << p << ',' << b << ',' << setting << ',' << T << ',' << o.depths[d] << ',' << hits[d] << ','
-                       << o.prompts << '\n';
+  for (const std::string& dt : o.kv_dtypes)
+    for (std::int64_t T : o.contexts) {
+      const auto prompts = engine::passkey_prompts(text, T, o.depths, o.prompts, o.seed);
+      const auto cfg = model.cache_config(T + 16, kvcache::parse_dtype(dt));
+      for (const auto& [p, b] : runs) {
+        for (bool aware : {true, false}) {
+          const char* setting = aware ? "question-aware" : "question-agnostic";
+          engine::TaskStats s;
+          std::vector<int> hits(o.depths.size(), 0);
+          for (std::size_t i = 0; i < prompts.size(); ++i)
+            engine::with_policy(
+                p, b, T, model, cfg,
+                [&](auto& cache) {
+                  hits[i / std::size_t(o.prompts)] += engine::passkey(model, cache, prompts[i], aware, s) ? 1 : 0;
+                },
+                /*retrieval=*/true);
+          std::printf("| %s | %s | %s | %s | %lld |", p.c_str(), percent(p, b).c_str(), dt.c_str(), setting,
+                      static_cast<long long>(T));
+          for (std::size_t d = 0; d < hits.size(); ++d) {
+            std::printf(" %d/%d |", hits[d], o.prompts);
+            if (csv_depths)
+              csv_depths << p << ',' << b << ',' << setting << ',' << T << ',' << o.depths[d] << ',' << hits[d] << ','
+                         << o.prompts << ',' << dt << '\n';
+          }
+          std::printf(" %.0f/%.0f | %.0f |\n", s.hits, s.prompts, s.decode_tokens_per_s());
+          std::fflush(stdout);
+          std::ostringstream row;
+          row << p << ',' << b << ',' << setting << ',' << T << ',' << s.hits << ',' << s.prompts << ','
+              << s.hits / s.prompts << ',' << s.decode_tokens_per_s() << ',' << dt << '\n';
+          csv_rows[aware ? 0 : 1] += row.str();
+          std::fprintf(stderr, "passkey %s %s at %s, %s, %lld bytes: %.0f/%.0f\n", dt.c_str(), p.c_str(),
+                       percent(p, b).c_str(), setting, static_cast<long long>(T), s.hits, s.prompts);
         }
-        std::printf(" %.0f/%.0f | %.0f |\n", s.hits, s.prompts, s.decode_tokens_per_s());
-        std::fflush(stdout);
-        std::ostringstream row;
-        row << p << ',' << b << ',' << setting << ',' << T << ',' << s.hits << ',' << s.prompts << ','
-            << s.hits / s.prompts << ',' << s.decode_tokens_per_s() << '\n';
-        csv_rows[aware ? 0 : 1] += row.str();
-        std::fprintf(stderr, "passkey %s at %s, %s, %lld bytes: %.0f/%.0f\n", p.c_str(), percent(p, b).c_str(), setting,
-                     static_cast<long long>(T), s.hits, s.prompts);
       }
     }
-  }
   if (csv) csv << csv_rows[0] << csv_rows[1];
 }
 

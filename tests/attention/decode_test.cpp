@@ -3,9 +3,10 @@
 //
 // Tolerances: outputs are convex combinations of V rows (|v| ~ 1), accumulated in fp32 over up to 4099 rows:
 // max abs error 2e-5. Probabilities (summed over at most 8 heads, each <= 1): max abs error 2e-6. Both readings of
-// a stored f16/bf16 row are exact, so the storage type does not loosen either bound. The AMX tile path multiplies
-// the same exact products (query and probabilities split into three bf16 parts that hold all their bits), so the
-// bounds are the same.
+// a stored f16/bf16 row are exact, so the storage type does not loosen either bound; an i8 row's products are taken
+// on its integers (exact in f32) and scaled once, and the reference reads the same dequantized values. The AMX tile
+// path multiplies the same exact products (query and probabilities split into three bf16 parts that hold all their
+// bits), so the bounds are the same.
 
 #include <gtest/gtest.h>
 
@@ -98,7 +99,7 @@ class DecodeTest : public testing::TestWithParam<kvcache::Isa> {
 };
 
 TEST_P(DecodeTest, AwkwardLengthsAndGroupSizes) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {1, 2, 3, 8})
       for (std::int64_t len : {1, 7, 15, 17, 1000, 4099}) check_decode({{2 * g, 2, 64, 64}, len, dt});
 }
@@ -106,7 +107,7 @@ TEST_P(DecodeTest, AwkwardLengthsAndGroupSizes) {
 // Every block size of the decode kernels (groups 1 - 3 and 8 above; 9 = a block of 8 and one of 1), at lengths around
 // the score pass's 2- and 3-row steps and the 64-row tiles, with the export summed and per query head.
 TEST_P(DecodeTest, EveryHeadBlock) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {4, 5, 6, 7, 9})
       for (std::int64_t len : {1, 2, 3, 5, 64, 67, 130}) {
         check_decode({{2 * g, 2, 72, 40}, len, dt});  // key and value rows with tails past the whole vectors
@@ -115,13 +116,13 @@ TEST_P(DecodeTest, EveryHeadBlock) {
 }
 
 TEST_P(DecodeTest, HeadDims) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int d : {64, 80, 96, 128, 256})
       for (std::int64_t len : {17, 300}) check_decode({{8, 2, d, d}, len, dt});
 }
 
 TEST_P(DecodeTest, DimsThatAreNotMultiplesOfTheVectorWidth) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8}) {
     check_decode({{3, 1, 72, 40}, 33, dt});
     check_decode({{4, 2, 5, 3}, 70, dt});
     check_decode({{2, 2, 1, 1}, 9, dt});
@@ -155,7 +156,7 @@ TEST_P(DecodeTest, TileShapes) {
 
 // The latent layout (MLA): one KV head whose rows are [latent | RoPE key] and whose values are the latent.
 TEST_P(DecodeTest, LatentLayout) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8}) {
     for (std::int64_t len : {1, 7, 17, 1000}) check_decode({{4, 1, 112, 96, true}, len, dt});  // tinylm-mla
     check_decode({{3, 1, 45, 37, true}, 65, dt});                                              // odd widths
   }
@@ -176,7 +177,7 @@ TEST_P(DecodeTest, SplitsAndThreadsGiveTheSameAnswer) {
 // GqaReduce::kMax: each query head's probabilities in a row of their own, on every path (one split, splits,
 // threads, heads of different lengths).
 TEST_P(DecodeTest, ProbabilitiesPerQueryHead) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {1, 2, 3, 8})
       for (std::int64_t len : {1, 17, 1000}) check_decode({{2 * g, 2, 64, 64}, len, dt, 1, true, true});
   check_decode({{8, 2, 64, 64}, 4099, DType::kF16, 3, true, true});
@@ -303,10 +304,10 @@ void check_two_pass(kvcache::Isa isa, DType dt, int g, int dk, int dv, std::int6
     float* acc_max = per_query_head ? r.acc_max.data() : nullptr;
     const T* k = static_cast<const T*>(kv.k_data(0));
     const T* v = static_cast<const T*>(kv.v_data(0));
-    kvcache::detail::decode_head_range(isa, qb.as<float>(), ldq, g, dk, dv, kv.v_stride(), k, v, 0, len, r.o.data(),
-                                       r.m.data(), r.l.data(), r.probs.data(), cap, r.tile_max.data(), tiles,
-                                       r.s.template as<float>(), fused ? r.acc.data() : nullptr, acc_ld,
-                                       fused ? acc_max : nullptr);
+    kvcache::detail::decode_head_range(isa, qb.as<float>(), ldq, g, dk, dv, kv.v_stride(), k, v, kv.k_scales(0),
+                                       kv.v_scales(0), 0, len, r.o.data(), r.m.data(), r.l.data(), r.probs.data(), cap,
+                                       r.tile_max.data(), tiles, r.s.template as<float>(),
+                                       fused ? r.acc.data() : nullptr, acc_ld, fused ? acc_max : nullptr);
     if (!fused)
       kvcache::detail::decode_probabilities(isa, r.probs.data(), g, cap, len, r.tile_max.data(), tiles, r.m.data(),
                                             r.l.data(), r.acc.data(), acc_ld, acc_max);
@@ -327,7 +328,7 @@ void check_two_pass(kvcache::Isa isa, DType dt, int g, int dk, int dv, std::int6
 
 TEST_P(DecodeTest, TwoPassExportIsBitForBitTheOnePassKernel) {
   const kvcache::Isa isa = GetParam();
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {3, 4, 5, 8, 16})  // 3: the one-pass kernel on both sides
       for (std::int64_t len : {1, 63, 64, 65, 1000, 4099})
         for (bool per_query_head : {false, true})
@@ -341,6 +342,9 @@ TEST_P(DecodeTest, TwoPassExportIsBitForBitTheOnePassKernel) {
                 break;
               case DType::kBF16:
                 check_two_pass<kvcache::bf16>(isa, dt, g, dk, dv, len, per_query_head);
+                break;
+              case DType::kI8:
+                check_two_pass<kvcache::i8>(isa, dt, g, dk, dv, len, per_query_head);
                 break;
             }
           }

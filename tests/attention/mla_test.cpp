@@ -83,7 +83,7 @@ class MlaIsaTest : public testing::TestWithParam<kvcache::Isa> {
 };
 
 TEST_P(MlaIsaTest, AbsorbedDecodeMatchesTheNaiveForm) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8}) {
     for (std::int64_t len : {0, 1, 7, 17, 1000}) check_absorbed_against_naive({{4, 96, 16, 48, 64}, len, dt});
     for (int heads : {1, 2, 3, 8}) check_absorbed_against_naive({{heads, 40, 6, 12, 20}, 33, dt});
   }

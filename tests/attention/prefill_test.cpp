@@ -76,13 +76,14 @@ class PrefillTest : public testing::TestWithParam<kvcache::Isa> {
 };
 
 TEST_P(PrefillTest, AwkwardLengthsAndGroupSizes) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {1, 2, 3, 8})
       for (std::int64_t n : {1, 7, 15, 17, 130}) check_prefill({{2 * g, 2, 64, 64}, 0, n, dt});
 }
 
 TEST_P(PrefillTest, LongPromptWithColumnSumsOfAllTokens) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) check_prefill({{8, 2, 64, 64}, 0, 1000, dt, 0, -1});
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
+    check_prefill({{8, 2, 64, 64}, 0, 1000, dt, 0, -1});
 }
 
 TEST_P(PrefillTest, ChunkedPrefillSeesEarlierRows) {
@@ -99,7 +100,7 @@ TEST_P(PrefillTest, ColumnSumsOfTheLastWindow) {
 // GqaReduce::kMax: column sums kept per query head, for all tokens or the last window, groups 1, 2, 3, 8, chunked
 // prefill, and a group wider than a block (two chunks of heads, each writing its own rows).
 TEST_P(PrefillTest, ColumnSumsPerQueryHead) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
     for (int g : {1, 2, 3, 8}) {
       check_prefill({{2 * g, 2, 64, 64}, 0, 17, dt, 0, -1, true});
       check_prefill({{2 * g, 2, 64, 64}, 5, 130, dt, 122, 130, true});
@@ -115,6 +116,8 @@ TEST_P(PrefillTest, HeadDimsAndOddWidths) {
   check_prefill({{3, 1, 72, 40}, 5, 33, DType::kBF16, 0, -1});
   check_prefill({{2, 1, 40, 72}, 64, 64, DType::kBF16, 0, -1});  // whole tiles of keys, dk a half chunk
   check_prefill({{4, 2, 5, 3}, 0, 20, DType::kBF16, 0, -1});
+  check_prefill({{3, 1, 72, 40}, 5, 33, DType::kI8, 0, -1});
+  check_prefill({{4, 2, 5, 3}, 0, 20, DType::kI8, 0, -1});
 }
 
 TEST_P(PrefillTest, LargestGroupAndMha) {
@@ -126,7 +129,7 @@ TEST_P(PrefillTest, LargestGroupAndMha) {
 
 TEST_P(PrefillTest, LatentLayout) {
   check_prefill({{128, 1, 576, 512, true}, 2, 5, DType::kBF16, 0, -1});  // DeepSeek-V2: 128 heads in two chunks
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8}) {
     check_prefill({{4, 1, 112, 96, true}, 0, 130, dt, 0, -1});  // tinylm-mla
     check_prefill({{3, 1, 45, 37, true}, 9, 20, dt, 15, -1});   // odd widths, chunked
   }

@@ -179,6 +179,46 @@ TEST(DTypeTest, ParseNames) {
   EXPECT_EQ(kvcache::parse_dtype("bf16"), kvcache::DType::kBF16);
   EXPECT_THROW(kvcache::parse_dtype("fp8"), kvcache::Error);
   EXPECT_EQ(kvcache::dtype_size(kvcache::DType::kF16), 2u);
+  EXPECT_EQ(kvcache::parse_dtype("i8"), kvcache::DType::kI8);
+  EXPECT_EQ(kvcache::dtype_size(kvcache::DType::kI8), 1u);
+  EXPECT_EQ(kvcache::row_scale_bytes(kvcache::DType::kI8), 4u);
+  EXPECT_EQ(kvcache::row_scale_bytes(kvcache::DType::kBF16), 0u);
+}
+
+// Symmetric per-row int8: the largest magnitude maps to +-127, every element is within half a step of its value,
+// and ties round away from zero.
+TEST(DTypeTest, QuantizeRowI8BoundsTheErrorPerRow) {
+  for (int n : {1, 3, 16, 17, 128, 1000}) {
+    for (float sigma : {1e-3f, 1.0f, 300.0f}) {
+      const auto x = kvtest::random_vector(static_cast<std::size_t>(n), 7u + static_cast<std::uint32_t>(n), sigma);
+      std::vector<kvcache::i8> q(static_cast<std::size_t>(n));
+      const float scale = kvcache::quantize_row_i8(x.data(), x.size(), q.data());
+      float amax = 0.0f;
+      for (float v : x) amax = std::max(amax, std::fabs(v));
+      EXPECT_FLOAT_EQ(scale, amax / 127.0f);
+      int top = 0;
+      for (int i = 0; i < n; ++i) {
+        EXPECT_GE(q[i], -127);
+        EXPECT_LE(std::fabs(static_cast<float>(q[i]) * scale - x[i]), scale * 0.5f * (1.0f + 1e-5f)) << n << " " << i;
+        top = std::max(top, std::abs(int(q[i])));
+      }
+      EXPECT_EQ(top, 127);
+    }
+  }
+  const float tie[3] = {127.0f, 0.5f, -1.5f};  // scale 1: 0.5 -> 1 and -1.5 -> -2 (away from zero)
+  kvcache::i8 q[4];
+  EXPECT_EQ(kvcache::quantize_row_i8(tie, 3, q), 1.0f);
+  EXPECT_EQ(q[0], 127);
+  EXPECT_EQ(q[1], 1);
+  EXPECT_EQ(q[2], -2);
+  const float zeros[4] = {0.0f, -0.0f, 0.0f, 0.0f};
+  EXPECT_EQ(kvcache::quantize_row_i8(zeros, 4, q), 0.0f);
+  EXPECT_EQ(q[0], 0);
+  const float bad[3] = {1.0f, std::numeric_limits<float>::infinity(), 2.0f};
+  EXPECT_TRUE(std::isnan(kvcache::quantize_row_i8(bad, 3, q)));
+  EXPECT_EQ(q[0], 0);
+  const float nan[2] = {std::numeric_limits<float>::quiet_NaN(), 2.0f};
+  EXPECT_TRUE(std::isnan(kvcache::quantize_row_i8(nan, 2, q)));
 }
 
 }  // namespace

@@ -49,6 +49,13 @@ void check_reference_logits(const std::string& name) {
     EXPECT_LE(max_abs(got, ref.logits), dt == kvcache::DType::kF32 ? 1e-3 : 3e-2) << kvcache::dtype_name(dt);
     EXPECT_LE(max_abs(got, shipped.logits), dt == kvcache::DType::kF32 ? 2e-2 : 5e-2) << kvcache::dtype_name(dt);
   }
+  // An i8 cache rounds each cached element by up to half its row's step (max |x| / 254), far more than f16 does: the
+  // largest of the 64 x 256 logits moves by 0.34 / 0.67 / 0.20 (gqa / mla / yoco; MLA's latent rows share one scale
+  // between the latent and the RoPE tail), while bits per byte moves by under 0.1% (kvcache-eval). A scale left out
+  // or applied twice moves them by far more than 1.
+  kvcache::KVCache<kvcache::Full> q8(model.cache_config(128, kvcache::DType::kI8), kvcache::Full{},
+                                     model.cache_options());
+  EXPECT_LE(max_abs(model.prefill(q8, ref.prompt, 0), ref.logits), 1.0) << "i8";
 }
 
 template <class Model>

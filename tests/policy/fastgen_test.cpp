@@ -47,6 +47,10 @@ std::vector<double> key_rows(const kvcache::LayerSlots& kv, int h) {
     case kvcache::DType::kBF16:
       read(kv.k_rows<kvcache::bf16>(h));
       break;
+    case kvcache::DType::kI8:
+      for (std::int64_t i = 0; i < kv.length(h) * kv.head_dim_k(); ++i)
+        out.push_back(double(kv.k_rows<kvcache::i8>(h)[i]) * double(kv.k_scales(h)[i / kv.head_dim_k()]));
+      break;
   }
   return out;
 }
@@ -202,7 +206,7 @@ INSTANTIATE_TEST_SUITE_P(Isa, FastGenTest, testing::ValuesIn(kvcache::available_
 // attention_profile against an attention map computed in double from the same (rounded) keys.
 TEST(AttentionProfileTest, MatchesBruteForce) {
   std::mt19937 rng(5);
-  for (kvcache::DType dt : {kvcache::DType::kF32, kvcache::DType::kF16, kvcache::DType::kBF16}) {
+  for (kvcache::DType dt : {kvcache::DType::kF32, kvcache::DType::kF16, kvcache::DType::kBF16, kvcache::DType::kI8}) {
     for (int g : {1, 2, 3, 8}) {
       for (std::int64_t m : {1, 37, 300}) {
         const int n_kv = 2, d = 24;

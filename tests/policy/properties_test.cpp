@@ -152,7 +152,7 @@ TYPED_TEST_SUITE(PolicyPropertyTest, AllPolicies);
 
 TYPED_TEST(PolicyPropertyTest, ProtectedRowsStayAndBudgetHolds) {
   for (std::int64_t slack : {0, 3}) {
-    for (DType dt : {DType::kF32, DType::kF16}) {
+    for (DType dt : {DType::kF32, DType::kF16, DType::kI8}) {
       KVCacheOptions opt;
       opt.eviction_slack = slack;
       KVCache<TypeParam> cache(config(80, dt), Factory<TypeParam>::tight(), opt);
@@ -175,7 +175,18 @@ TYPED_TEST(PolicyPropertyTest, ProtectedRowsStayAndBudgetHolds) {
             for (Position p = 0; p < b.sinks && p <= newest; ++p) ASSERT_TRUE(have.count(p)) << "sink " << p;
             for (std::int64_t r = 0; r < b.recent && newest - r >= 0; ++r)
               ASSERT_TRUE(have.count(Position(newest - r))) << "recent " << newest - r;
-            // K, V and position moved together: each stored key row is the key given for its position.
+            // K, V and position moved together: each stored key row is the key given for its position (i8: that
+            // key quantized, with its scale).
+            if (dt == DType::kI8) {
+              std::vector<kvcache::i8> q(kD);
+              for (std::size_t s = 0; s < pos.size(); ++s) {
+                const float sc = kvcache::quantize_row_i8(seq.k_at(pos[s], h), kD, q.data());
+                ASSERT_EQ(cache.layer(l).k_scales(h)[s], sc) << "slot " << s << " position " << pos[s];
+                for (int c = 0; c < kD; ++c)
+                  ASSERT_EQ(cache.layer(l).template k_rows<kvcache::i8>(h)[s * kD + c], q[c]) << "slot " << s;
+              }
+              continue;
+            }
             for (std::size_t s = 0; s < pos.size(); ++s)
               for (int c = 0; c < kD; ++c) {
                 const float given = seq.k_at(pos[s], h)[c];

@@ -75,6 +75,51 @@ TEST(SlotStorageTest, AppendConvertsToStorageType) {
   }
 }
 
+// i8 rows are quantized on append with one scale per row (keys and values apart); the scales move with their rows on
+// removal and are rewritten by overwrite; bytes count one byte per element plus the two scales.
+TEST(SlotStorageTest, I8RowsCarryTheirScales) {
+  const int dk = 24, dv = 10;
+  LayerSlots kv({2, 1, dk, dv}, 64, DType::kI8);
+  EXPECT_EQ(kv.row_bytes(), std::size_t(dk + dv + 8));
+  append_tagged(kv, 0, 100, 40);
+  ASSERT_NE(kv.k_scales(0), nullptr);
+  ASSERT_NE(kv.v_scales(0), nullptr);
+  auto check = [&] {
+    const kvcache::i8* k = kv.k_rows<kvcache::i8>(0);
+    const kvcache::i8* v = kv.v_rows<kvcache::i8>(0);
+    for (std::int64_t i = 0; i < kv.length(0); ++i) {
+      const float p = static_cast<float>(kv.positions(0)[i]);
+      const float ks = kv.k_scales(0)[i], vs = kv.v_scales(0)[i];
+      EXPECT_FLOAT_EQ(ks, (p + 0.75f) / 127.0f);
+      EXPECT_FLOAT_EQ(vs, p / 127.0f);
+      for (int c = 0; c < dk; ++c)
+        ASSERT_LE(std::fabs(k[i * dk + c] * ks - (p + 0.25f * static_cast<float>(c % 4))), 0.5f * ks * 1.0001f);
+      for (int c = 0; c < dv; ++c) ASSERT_EQ(v[i * dv + c], -127) << "slot " << i;
+    }
+  };
+  check();
+  kv.remove(0, std::vector<std::int32_t>{0, 5, 17, 39});
+  EXPECT_EQ(kv.length(0), 36);
+  check();
+  std::vector<float> k(dk, 3.0f), v(dv, -6.0f);
+  kv.overwrite(0, 2, k.data(), v.data(), 7);
+  EXPECT_FLOAT_EQ(kv.k_scales(0)[2], 3.0f / 127.0f);
+  EXPECT_FLOAT_EQ(kv.v_scales(0)[2], 6.0f / 127.0f);
+  EXPECT_EQ(kv.k_rows<kvcache::i8>(0)[2 * dk], 127);
+  EXPECT_EQ(kv.v_rows<kvcache::i8>(0)[2 * dv], -127);
+  // The latent layout: one scale per row, shared by the value part.
+  LayerSlots latent({4, 1, 16, 8, true}, 8, DType::kI8);
+  EXPECT_EQ(latent.row_bytes(), std::size_t(16 + 4));
+  std::vector<float> lk(3 * 16, 2.0f);
+  const Position lp[3] = {0, 1, 2};
+  latent.append(0, ConstTensorView<float, 2>(lk.data(), 3, 16), ConstTensorView<float, 2>(nullptr, 0, 0), lp);
+  EXPECT_FLOAT_EQ(latent.k_scales(0)[2], 2.0f / 127.0f);
+  EXPECT_EQ(latent.v_scales(0), latent.k_scales(0));
+  LayerSlots f(kvcache::AttentionShape{2, 1, dk, dv}, 8, DType::kF16);
+  EXPECT_EQ(f.k_scales(0), nullptr);
+  expect_error_mentioning([&] { (void)kv.k_rows<float>(0); }, "stored as i8");
+}
+
 TEST(SlotStorageTest, RemoveCompactsAndKeepsRowsWithTheirPositions) {
   std::mt19937 rng(3);
   for (int trial = 0; trial < 200; ++trial) {

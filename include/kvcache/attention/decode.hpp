@@ -147,12 +147,12 @@ namespace detail {
 
 template <class T>
 void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, int ldv, const T* k, const T* v,
-                       std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld,
-                       float* tile_max, std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
-                       float* acc_max) noexcept {
+                       const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o, float* m, float* l,
+                       float* probs, std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                       std::int64_t acc_ld, float* acc_max) noexcept {
   KVCACHE_DISPATCH_ATTENTION(
       isa, decode_partial,
-      (q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
+      (q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n, float* tile_max,
                                  std::int64_t ldt, const float* m, const float* l, float* acc, std::int64_t acc_ld,
@@ -197,8 +197,8 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     // they came back from memory: 0.03 of the attention at 3k rows).
     const bool now = probs && splits == 1;
     const int buf = now ? ws.claim_logits() : h;
-    decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), k, v, r0, r1, part,
-                      part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
+    decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), k, v, kv.k_scales(h), kv.v_scales(h), r0, r1,
+                      part, part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
                       probs ? ws.logits(buf) : nullptr, ws.capacity(), probs ? ws.tile_max(h) : nullptr, ws.tiles(),
                       ws.tile_scores(h, s), now ? acc_of(h) : nullptr, acc_ld, now ? max_of(h) : nullptr);
     if (now) ws.release_logits(buf);
@@ -269,6 +269,8 @@ void decode_attention(const LayerSlots& kv, ConstTensorView<float, 2> q, TensorV
       return detail::decode_run<f16>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
     case DType::kBF16:
       return detail::decode_run<bf16>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
+    case DType::kI8:
+      return detail::decode_run<i8>(isa, kv, q.data(), out.data(), n_q, ws, opt, scale, splits, ex);
   }
 }
 

@@ -113,6 +113,8 @@ void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std:
         a.colsum_ld = opt.column_sums_per_query_head ? opt.column_sums_stride : 0;
         a.cs0 = opt.column_sums_begin;
         a.cs1 = cs_end;
+        a.k_scale = kv.k_scales(h);
+        a.v_scale = kv.v_scales(h);
         prefill_unit(isa, a, static_cast<T const*>(kv.k_data(h)), static_cast<T const*>(kv.v_data(h)), scratch);
       }
     }
@@ -158,6 +160,8 @@ void prefill_attention(const LayerSlots& kv, ConstTensorView<float, 3> q, Tensor
       return detail::prefill_run<f16>(isa, kv, q.data(), out.data(), n_new, n_q, ws, opt, scale, ex);
     case DType::kBF16:
       return detail::prefill_run<bf16>(isa, kv, q.data(), out.data(), n_new, n_q, ws, opt, scale, ex);
+    case DType::kI8:
+      return detail::prefill_run<i8>(isa, kv, q.data(), out.data(), n_new, n_q, ws, opt, scale, ex);
   }
 }
 

@@ -61,6 +61,13 @@ inline void attention_profile(const LayerSlots& kv, ConstTensorView<float, 3> q,
       case DType::kBF16:
         load(kv.k_rows<bf16>(h));
         break;
+      case DType::kI8: {
+        const i8* k = kv.k_rows<i8>(h);
+        const float* sc = kv.k_scales(h);
+        for (std::int64_t j = 0; j < m; ++j)
+          for (int c = 0; c < dk; ++c) keys(j, c) = float(k[j * dk + c]) * sc[j];
+        break;
+      }
     }
     float* cs = column_sums + std::int64_t(h) * stride;
     float* bs = band_sums + std::int64_t(h) * stride;

@@ -8,11 +8,17 @@
 //   f16 / bf16 -> f32: exact.
 // The SIMD versions in simd/ produce the same bits (tested exhaustively for f16 -> f32 and on edge cases and random
 // inputs for f32 -> f16/bf16).
+//
+// i8 is the quantized type: symmetric int8 with one f32 scale per row (per token and KV head, keys and values apart),
+// value = q * scale. Its rows are quantized as they are appended (quantize_row_i8 below); storage keeps the scales
+// beside the rows and every kernel dequantizes in registers.
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string_view>
 #include <type_traits>
 
@@ -22,11 +28,15 @@ namespace kvcache {
 
 using f16 = Eigen::half;
 using bf16 = Eigen::bfloat16;
+using i8 = std::int8_t;
 
 /// The element type of stored K/V rows.
-enum class DType : std::uint8_t { kF32, kF16, kBF16 };
+enum class DType : std::uint8_t { kF32, kF16, kBF16, kI8 };
 
-constexpr std::size_t dtype_size(DType t) noexcept { return t == DType::kF32 ? 4 : 2; }
+/// Bytes of one stored element (an i8 row also carries its 4-byte scale: see row_scale_bytes).
+constexpr std::size_t dtype_size(DType t) noexcept { return t == DType::kF32 ? 4 : t == DType::kI8 ? 1 : 2; }
+/// Bytes of the scale each stored row carries: 4 for i8 (f32), 0 otherwise.
+constexpr std::size_t row_scale_bytes(DType t) noexcept { return t == DType::kI8 ? 4 : 0; }
 
 constexpr std::string_view dtype_name(DType t) noexcept {
   switch (t) {
@@ -36,26 +46,34 @@ constexpr std::string_view dtype_name(DType t) noexcept {
       return "f16";
     case DType::kBF16:
       return "bf16";
+    case DType::kI8:
+      return "i8";
   }
   return "?";
 }
 
-/// Parses "f32", "f16" or "bf16"; throws Error naming the text otherwise.
+/// Parses "f32", "f16", "bf16" or "i8"; throws Error naming the text otherwise.
 inline DType parse_dtype(std::string_view s) {
   if (s == "f32") return DType::kF32;
   if (s == "f16") return DType::kF16;
   if (s == "bf16") return DType::kBF16;
-  detail::throw_error("unknown element type '", s, "'; expected f32, f16 or bf16");
+  if (s == "i8") return DType::kI8;
+  detail::throw_error("unknown element type '", s, "'; expected f32, f16, bf16 or i8");
 }
 
+/// The floating-point element types: a stored element that is its own value.
 template <class T>
 inline constexpr bool is_element_v = std::is_same_v<T, float> || std::is_same_v<T, f16> || std::is_same_v<T, bf16>;
+/// Every stored element type: the floating-point ones and i8 (whose value needs its row's scale).
+template <class T>
+inline constexpr bool is_stored_v = is_element_v<T> || std::is_same_v<T, i8>;
 
 template <class T>
 constexpr DType dtype_of() noexcept {
-  static_assert(is_element_v<T>, "kvcache: element types are float, kvcache::f16 and kvcache::bf16");
+  static_assert(is_stored_v<T>, "kvcache: element types are float, kvcache::f16, kvcache::bf16 and kvcache::i8");
   if constexpr (std::is_same_v<T, float>) return DType::kF32;
   if constexpr (std::is_same_v<T, f16>) return DType::kF16;
+  if constexpr (std::is_same_v<T, i8>) return DType::kI8;
   return DType::kBF16;
 }
 
@@ -139,6 +157,36 @@ inline T from_f32(float x) noexcept {
   } else {
     return Eigen::numext::bit_cast<bf16>(f32_to_bf16_bits(x));
   }
+}
+
+/// Quantizes one row of n floats to i8: scale = max |x| / 127, q = x * (127 / max |x|) rounded to nearest, ties away
+/// from zero (std::round: independent of the rounding mode), so |q| <= 127 and every element is within scale / 2 (and
+/// a few ulp) of q * scale; an all-zero row gets scale 0. Returns the scale. A row with a
+/// NaN or infinite element gets a NaN scale and zeros (its attention is then NaN, as with the other types; the cache
+/// rejects such rows first unless KVCacheOptions::check_finite is off).
+inline float quantize_row_i8(const float* x, std::size_t n, i8* q) noexcept {
+  float amax = 0.0f;
+  bool finite = true;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float a = x[i] < 0.0f ? -x[i] : x[i];
+    finite = finite && a <= 3.4028234663852886e38f;  // false for NaN and infinity
+    amax = a > amax ? a : amax;
+  }
+  if (!finite) {
+    for (std::size_t i = 0; i < n; ++i) q[i] = 0;
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  if (amax == 0.0f) {
+    for (std::size_t i = 0; i < n; ++i) q[i] = 0;
+    return 0.0f;
+  }
+  const float scale = amax / 127.0f, inv = 127.0f / amax;
+  for (std::size_t i = 0; i < n; ++i) {
+    float r = std::round(x[i] * inv);
+    r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+    q[i] = static_cast<i8>(r);
+  }
+  return scale;
 }
 
 }  // namespace kvcache

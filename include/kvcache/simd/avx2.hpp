@@ -31,6 +31,9 @@ KVCACHE_INLINE Vec load(const bf16* p) noexcept {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
+KVCACHE_INLINE Vec load(const i8* p) noexcept {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
 template <class T>
 KVCACHE_INLINE Vec load_n(T const* p, int n) noexcept {
   alignas(32) T buf[kLanes] = {};

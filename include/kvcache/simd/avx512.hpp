@@ -32,12 +32,18 @@ KVCACHE_INLINE Vec load(const f16* p) noexcept {
 KVCACHE_INLINE Vec load(const bf16* p) noexcept {
   return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+KVCACHE_INLINE Vec load(const i8* p) noexcept {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 KVCACHE_INLINE Vec load_n(const float* p, int n) noexcept { return _mm512_maskz_loadu_ps(tail_mask(n), p); }
 KVCACHE_INLINE Vec load_n(const f16* p, int n) noexcept {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask(n), p));
 }
 KVCACHE_INLINE Vec load_n(const bf16* p, int n) noexcept {
   return widen_bf16(_mm256_maskz_loadu_epi16(tail_mask(n), p));
+}
+KVCACHE_INLINE Vec load_n(const i8* p, int n) noexcept {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(tail_mask(n), p)));
 }
 
 KVCACHE_INLINE __m256i narrow_f16(Vec v) noexcept {

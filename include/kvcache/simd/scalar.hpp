@@ -4,7 +4,8 @@
 // non-x86 targets). Op set contract, shared by simd/avx2.hpp and simd/avx512.hpp:
 //   Vec, kLanes                    register type and number of float lanes
 //   zero, set1                     constants
-//   load(p), load_n(p, n)          kLanes (or n < kLanes, zero-filled) elements of float, f16 or bf16 -> f32
+//   load(p), load_n(p, n)          kLanes (or n < kLanes, zero-filled) elements of float, f16, bf16 or i8 -> f32
+//                                  (i8: the integer value; the caller applies the row's scale)
 //   store(p, v), store_n(p, v, n)  f32 -> float, f16 or bf16 (round to nearest even), kLanes or n elements
 //   add, sub, mul, fma(a, b, c) = a * b + c, min, max
 //   reduce_add, reduce_max         horizontal
@@ -34,6 +35,7 @@ KVCACHE_INLINE Vec set1(float x) noexcept { return x; }
 KVCACHE_INLINE Vec load(const float* p) noexcept { return *p; }
 KVCACHE_INLINE Vec load(const f16* p) noexcept { return to_f32(*p); }
 KVCACHE_INLINE Vec load(const bf16* p) noexcept { return to_f32(*p); }
+KVCACHE_INLINE Vec load(const i8* p) noexcept { return static_cast<float>(*p); }
 template <class T>
 KVCACHE_INLINE Vec load_n(T const* p, int n) noexcept {
   return n > 0 ? load(p) : 0.0f;

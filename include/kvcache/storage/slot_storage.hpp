@@ -4,7 +4,7 @@
 //
 // One LayerSlots holds every KV head of one layer. KV head h owns rows [0, length(h)) of
 //   K: [n_kv_heads, capacity, head_dim_k]   V: [n_kv_heads, capacity, head_dim_v]   positions: [n_kv_heads, capacity]
-// in the element type chosen at construction (f32, f16 or bf16). Heads may hold different numbers of rows. Rows are
+// in the element type chosen at construction (f32, f16, bf16 or i8). Heads may hold different numbers of rows. Rows are
 // appended at the end; remove() deletes any set of slots by moving the last surviving rows into the holes, so the
 // live rows stay dense (kernels need no mask), each surviving row moves at most once, and removing r rows moves at
 // most r rows. Slot order therefore carries no meaning after a removal: the original position travels with each row.
@@ -13,6 +13,11 @@
 // head_dim_v elements of its key row, v_data() aliases k_data() with row stride v_stride() = head_dim_k, appends take
 // keys only, and a row costs head_dim_k elements.
 //
+// i8 rows (DType::kI8) are quantized as they are written (quantize_row_i8: symmetric, one f32 scale per row), and the
+// scales travel with their rows: k_scales(h), v_scales(h): [length(h)] (in the latent layout v_scales aliases
+// k_scales, one scale per row). The value of element c of key row j is k_rows<i8>(h)[j * head_dim_k + c] *
+// k_scales(h)[j].
+//
 // Nothing allocates after construction. Mutating calls validate their arguments and throw kvcache::Error naming
 // the bad value, before touching any row (a failed call changes nothing).
 
@@ -20,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "kvcache/core/aligned_buffer.hpp"
@@ -55,6 +61,10 @@ class LayerSlots {
     k_ = AlignedBuffer(head_stride_k_ * static_cast<std::size_t>(n_kv_heads_));
     if (!values_in_keys_) v_ = AlignedBuffer(head_stride_v_ * static_cast<std::size_t>(n_kv_heads_));
     pos_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
+    if (dtype == DType::kI8) {  // the row scales: [n_kv_heads, capacity] for keys, and for values unless latent
+      ks_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
+      if (!values_in_keys_) vs_ = AlignedBuffer(head_stride_pos_ * static_cast<std::size_t>(n_kv_heads_));
+    }
     length_.assign(static_cast<std::size_t>(n_kv_heads_), 0);
     mark_.assign(cap * static_cast<std::size_t>(n_kv_heads_), 0);
   }
@@ -76,9 +86,11 @@ class LayerSlots {
     return m;
   }
 
-  /// Bytes of one cached token in one head: its key and value rows (the key row alone in the latent layout).
+  /// Bytes of one cached token in one head: its key and value rows (the key row alone in the latent layout), with
+  /// their scales for i8.
   [[nodiscard]] std::size_t row_bytes() const noexcept {
-    return static_cast<std::size_t>(values_in_keys_ ? dk_ : dk_ + dv_) * elem_size();
+    return static_cast<std::size_t>(values_in_keys_ ? dk_ : dk_ + dv_) * elem_size() +
+           (values_in_keys_ ? 1 : 2) * row_scale_bytes(dtype_);
   }
   /// K and V bytes that head h holds now (length(h) rows).
   [[nodiscard]] std::size_t kv_bytes(int h) const noexcept { return static_cast<std::size_t>(length(h)) * row_bytes(); }
@@ -94,10 +106,11 @@ class LayerSlots {
     for (std::int64_t l : length_) b += static_cast<std::size_t>(l) * sizeof(Position);
     return b;
   }
-  /// Bytes allocated for this layer: K, V and positions at full capacity (each head padded to 64 bytes), the removal
-  /// marks (one byte per slot) and the per-head lengths.
+  /// Bytes allocated for this layer: K, V, their i8 scales and positions at full capacity (each head padded to 64
+  /// bytes), the removal marks (one byte per slot) and the per-head lengths.
   [[nodiscard]] std::size_t bytes_reserved() const noexcept {
-    return k_.size() + v_.size() + pos_.size() + mark_.size() * sizeof(mark_[0]) + length_.size() * sizeof(length_[0]);
+    return k_.size() + v_.size() + ks_.size() + vs_.size() + pos_.size() + mark_.size() * sizeof(mark_[0]) +
+           length_.size() * sizeof(length_[0]);
   }
 
   /// Raw rows of head h (row stride head_dim_k / head_dim_v elements of dtype()).
@@ -108,6 +121,17 @@ class LayerSlots {
   [[nodiscard]] void* k_data(int h) noexcept { return k_.data() + head_stride_k_ * std::size_t(h); }
   [[nodiscard]] void* v_data(int h) noexcept {
     return values_in_keys_ ? k_data(h) : v_.data() + head_stride_v_ * std::size_t(h);
+  }
+
+  /// The scales of head h's i8 rows, [length(h)] (value = element x scale of its row); null for the other types. In
+  /// the latent layout v_scales(h) is k_scales(h).
+  [[nodiscard]] const float* k_scales(int h) const noexcept {
+    return ks_.size() != 0 ? ks_.as<float>() + head_stride_pos_ / sizeof(float) * std::size_t(h) : nullptr;
+  }
+  [[nodiscard]] const float* v_scales(int h) const noexcept {
+    return values_in_keys_   ? k_scales(h)
+           : vs_.size() != 0 ? vs_.as<float>() + head_stride_pos_ / sizeof(float) * std::size_t(h)
+                             : nullptr;
   }
 
   template <class T>
@@ -133,7 +157,8 @@ class LayerSlots {
   }
 
   /// Views of the live rows of head h, no copy. k: [length(h), head_dim_k], v: [length(h), head_dim_v].
-  /// T must be the storage element type (float, kvcache::f16 = Eigen::half, kvcache::bf16 = Eigen::bfloat16).
+  /// T must be the storage element type (float, kvcache::f16 = Eigen::half, kvcache::bf16 = Eigen::bfloat16, or
+  /// kvcache::i8, whose rows need their scales).
   template <class T>
   [[nodiscard]] ConstTensorView<T, 2> k(int h) const {
     return ConstTensorView<T, 2>(k_rows<T>(h), length(h), dk_);
@@ -152,7 +177,8 @@ class LayerSlots {
   }
 
   /// Appends m rows to head h. k: [m, head_dim_k], v: [m, head_dim_v], positions: [m]. S may be any element type;
-  /// rows are converted to dtype() (round to nearest even when narrowing). The latent layout takes no values: v must
+  /// rows are converted to dtype() (round to nearest even when narrowing, quantized row by row for i8). The latent
+  /// layout takes no values: v must
   /// then be empty ([m, 0] or [0, 0]).
   template <class S>
   void append(int h, ConstTensorView<S, 2> k, ConstTensorView<S, 2> v, std::span<const Position> positions) {
@@ -244,10 +270,9 @@ class LayerSlots {
     check_head(h, "overwrite");
     KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite: slot ", slot, " does not exist in head ", h,
                     ", which holds ", length(h), " rows");
-    const std::size_t ok = std::size_t(slot) * std::size_t(dk_), ov = std::size_t(slot) * std::size_t(dv_);
     const Isa isa = active_isa();
-    store(k_data(h), ok, k, std::size_t(dk_), isa);
-    store(v_data(h), ov, v, values_in_keys_ ? 0 : std::size_t(dv_), isa);
+    store_rows(k_data(h), k_scales_mut(h), std::size_t(slot), k, 1, dk_, isa);
+    if (!values_in_keys_) store_rows(v_data(h), v_scales_mut(h), std::size_t(slot), v, 1, dv_, isa);
     pos_rows(h)[slot] = position;
   }
 
@@ -257,7 +282,7 @@ class LayerSlots {
     check_head(h, "overwrite_key");
     KVCACHE_REQUIRE(slot >= 0 && slot < length(h), "overwrite_key: slot ", slot, " does not exist in head ", h,
                     ", which holds ", length(h), " rows");
-    store(k_data(h), std::size_t(slot) * std::size_t(dk_), k, std::size_t(dk_), active_isa());
+    store_rows(k_data(h), k_scales_mut(h), std::size_t(slot), k, 1, dk_, active_isa());
   }
 
   /// Drops every row of head h (or of every head). Memory stays allocated.
@@ -290,9 +315,15 @@ class LayerSlots {
     return pos_.as<Position>() + head_stride_pos_ / sizeof(Position) * std::size_t(h);
   }
 
-  /// Writes n elements of src (any element type) at element `at` of a key or value buffer, rounded to dtype().
+  float* k_scales_mut(int h) noexcept { return const_cast<float*>(k_scales(h)); }
+  float* v_scales_mut(int h) noexcept { return values_in_keys_ ? nullptr : const_cast<float*>(v_scales(h)); }
+
+  /// Writes `rows` rows of `width` elements of src (any element type, contiguous) from row `row` of a key or value
+  /// buffer, rounded to dtype(); i8 rows are quantized one by one, their scales written to scales[row ..].
   template <class S>
-  void store(void* base, std::size_t at, const S* src, std::size_t n, Isa isa) const {
+  void store_rows(void* base, float* scales, std::size_t row, const S* src, std::size_t rows, int width,
+                  Isa isa) const {
+    const std::size_t w = static_cast<std::size_t>(width), at = row * w, n = rows * w;
     switch (dtype_) {
       case DType::kF32:
         convert(static_cast<float*>(base) + at, src, n, isa);
@@ -303,6 +334,18 @@ class LayerSlots {
       case DType::kBF16:
         convert(static_cast<bf16*>(base) + at, src, n, isa);
         break;
+      case DType::kI8: {
+        float tmp[AttentionShape::kMaxHeadDim];
+        for (std::size_t r = 0; r < rows; ++r) {
+          const float* x = tmp;
+          if constexpr (std::is_same_v<S, float>)
+            x = src + r * w;
+          else
+            convert(tmp, src + r * w, w, isa);
+          scales[row + r] = quantize_row_i8(x, w, static_cast<i8*>(base) + at + r * w);
+        }
+        break;
+      }
     }
   }
 
@@ -310,11 +353,9 @@ class LayerSlots {
   void append_rows(int h, S const* k, S const* v, const Position* pos, std::int64_t m) {
     if (m == 0) return;  // the rows of an empty chunk may be null, and memcpy must not see a null pointer
     const std::size_t len = static_cast<std::size_t>(length(h));
-    const std::size_t nk = static_cast<std::size_t>(m) * static_cast<std::size_t>(dk_);
-    const std::size_t nv = values_in_keys_ ? 0 : static_cast<std::size_t>(m) * static_cast<std::size_t>(dv_);
     const Isa isa = active_isa();
-    store(k_data(h), len * std::size_t(dk_), k, nk, isa);
-    store(v_data(h), len * std::size_t(dv_), v, nv, isa);
+    store_rows(k_data(h), k_scales_mut(h), len, k, static_cast<std::size_t>(m), dk_, isa);
+    if (!values_in_keys_) store_rows(v_data(h), v_scales_mut(h), len, v, static_cast<std::size_t>(m), dv_, isa);
     std::memcpy(pos_rows(h) + len, pos, static_cast<std::size_t>(m) * sizeof(Position));
     length_[static_cast<std::size_t>(h)] += m;
   }
@@ -326,6 +367,8 @@ class LayerSlots {
     std::memcpy(kd + std::size_t(to) * kb, kd + std::size_t(from) * kb, kb);
     if (vb != 0) std::memcpy(vd + std::size_t(to) * vb, vd + std::size_t(from) * vb, vb);
     pos_rows(h)[to] = pos_rows(h)[from];
+    if (float* ks = k_scales_mut(h)) ks[to] = ks[from];
+    if (float* vs = v_scales_mut(h)) vs[to] = vs[from];
   }
 
   int n_kv_heads_, dk_, dv_;
@@ -334,6 +377,7 @@ class LayerSlots {
   DType dtype_;
   std::size_t head_stride_k_ = 0, head_stride_v_ = 0, head_stride_pos_ = 0;  // bytes between heads
   AlignedBuffer k_, v_, pos_;
+  AlignedBuffer ks_, vs_;  // i8 only: the row scales of keys and values, laid out as the positions
   std::vector<std::int64_t> length_;
   // Scratch of remove(), [n_kv_heads, capacity], all zero between calls: one row per head, so that different heads
   // can be compacted at once (KVCache evicts each head in the decode task that finished it).

@@ -20,13 +20,27 @@ Eigen::MatrixXd rows_as_double(T const* p, std::int64_t n, int d) {
     for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(to_f32(p[i * d + c]));
   return m;
 }
+// i8 rows: the dequantized values, element x the row's scale.
+inline Eigen::MatrixXd rows_as_double(const i8* p, const float* scale, std::int64_t n, int d) {
+  Eigen::MatrixXd m(n, d);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(p[i * d + c]) * static_cast<double>(scale[i]);
+  return m;
+}
 template <class T>
 void head_rows_as(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   const std::int64_t n = kv.length(h);
-  k = rows_as_double(kv.k_rows<T>(h), n, kv.head_dim_k());
+  if constexpr (std::is_same_v<T, i8>)
+    k = rows_as_double(kv.k_rows<T>(h), kv.k_scales(h), n, kv.head_dim_k());
+  else
+    k = rows_as_double(kv.k_rows<T>(h), n, kv.head_dim_k());
   // The latent layout (MLA): the value is the head of each key row.
-  v = kv.values_in_keys() ? Eigen::MatrixXd(k.leftCols(kv.head_dim_v()))
-                          : rows_as_double(kv.v_rows<T>(h), n, kv.head_dim_v());
+  if (kv.values_in_keys())
+    v = Eigen::MatrixXd(k.leftCols(kv.head_dim_v()));
+  else if constexpr (std::is_same_v<T, i8>)
+    v = rows_as_double(kv.v_rows<T>(h), kv.v_scales(h), n, kv.head_dim_v());
+  else
+    v = rows_as_double(kv.v_rows<T>(h), n, kv.head_dim_v());
 }
 inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   switch (kv.dtype()) {
@@ -36,6 +50,8 @@ inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::Ma
       return head_rows_as<f16>(kv, h, k, v);
     case DType::kBF16:
       return head_rows_as<bf16>(kv, h, k, v);
+    case DType::kI8:
+      return head_rows_as<i8>(kv, h, k, v);
   }
 }
 /// Softmax of scale * (k q) over the first n entries; the rest are 0.

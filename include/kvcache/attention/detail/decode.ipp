@@ -4,7 +4,9 @@
 //
 // The g query heads of a group are processed together, so each K and V row is read from memory once per KV head
 //. Rows are visited in tiles of kDecodeTile: scores for the tile, one online-softmax rescale per
-// tile and head, then P.V with the tile's V rows hot in L1. Accumulation is fp32 whatever the storage type.
+// tile and head, then P.V with the tile's V rows hot in L1. Accumulation is fp32 whatever the storage type. i8 rows
+// are dequantized in registers: the products run on the integer values, and each row's scale is applied once per
+// tile and head, to the scores (key scales) and to the probabilities before P.V (value scales).
 
 inline constexpr int kDecodeTile = ::kvcache::detail::kDecodeTile;
 
@@ -430,6 +432,18 @@ KVCACHE_INLINE void softmax_tile(const float* sh, int nt, float& m, float& l, fl
   l += ops::reduce_add(lv) + lt;
 }
 
+// s[h * kDecodeTile + i] *= sc[i] for g heads and the nt rows of a tile: the i8 rows' scales applied to the scores of
+// their integer values (key scales), or to the probabilities before P.V (value scales).
+KVCACHE_INLINE void scale_tile(float* s, int g, int nt, const float* sc) noexcept {
+  constexpr int L = ops::kLanes;
+  for (int h = 0; h < g; ++h) {
+    float* sh = s + h * kDecodeTile;
+    int i = 0;
+    for (; i + L <= nt; i += L) ops::store(sh + i, ops::mul(ops::load(sh + i), ops::load(sc + i)));
+    if (i < nt) ops::store_n(sh + i, ops::mul(ops::load_n(sh + i, nt - i), ops::load_n(sc + i, nt - i)), nt - i);
+  }
+}
+
 // Turns tile_max[h][t] (the running maximum after tile t) into the scale of tile t's exponentials,
 // e^(tile_max - m_h) / l_h, for tiles [t, t + n) of every head.
 KVCACHE_INLINE void probability_scales(int g, float* tile_max, std::int64_t ldt, std::int64_t t, std::int64_t n,
@@ -513,9 +527,10 @@ inline constexpr int kTwoPassGroup = 16;  ///< the largest group decode_two_pass
 // is in tile_max) on the same exponentials.
 template <class T>
 KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
-                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
-                                      std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
-                                      std::int64_t acc_ld, float* acc_max) noexcept {
+                                      const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o,
+                                      float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
+                                      std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
+                                      float* acc_max) noexcept {
   constexpr int L = ops::kLanes;
   // Pass 1: scores, running maximum and sum; the exponentials go to probs, the running maximum to tile_max.
   for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
@@ -530,6 +545,7 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
                         (sizeof(T) * std::size_t(dk) * std::size_t(n_next) + 63) / 64);
       h0 += hb;
     }
+    if (ks != nullptr) scale_tile(s, g, nt, ks + t0);
     for (int h = 0; h < g; ++h) {
       softmax_tile(s + h * kDecodeTile, nt, m[h], l[h], nullptr, dv, probs + h * ld + t0, nullptr);
       tile_max[h * ldt + t0 / kDecodeTile] = m[h];
@@ -559,6 +575,7 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
       }
       std::copy_n(probs + h * ld + t0, nt, s + h * kDecodeTile);
     }
+    if (vs != nullptr) scale_tile(s, g, nt, vs + t0);
     accumulate_tile(probs, g, ld, t0, t1, tile_max + tile, ldt, acc, acc_ld, acc_max);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
@@ -571,7 +588,8 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
-/// k: rows of width dk; v: rows of width dv at stride ldv; s: scratch of decode_scratch_floats(g, dk, dv) floats,
+/// k: rows of width dk; v: rows of width dv at stride ldv; ks, vs: for i8 rows their scales (indexed by row as k and
+/// v), else null; s: scratch of decode_scratch_floats(g, dk, dv) floats,
 /// 64-byte aligned.
 /// Any g: each tile of K and V rows is read from memory once for all g heads (MLA runs 128 heads on one latent).
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
@@ -585,9 +603,10 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
 /// the same result).
 template <class T>
 KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
-                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
-                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
-                                     std::int64_t acc_ld, float* acc_max) noexcept {
+                                     const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o,
+                                     float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
+                                     std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
+                                     float* acc_max) noexcept {
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
     l[h] = 0.0f;
@@ -597,7 +616,8 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   // in s after the scores of a tile. Below one tile of rows, laying the queries out costs more than the tiles save.
   const bool tiles = r1 - r0 >= kDecodeTile && tiles_apply<T>(g, dk, dv);
   if (acc != nullptr && !tiles && g >= 4 && g <= kTwoPassGroup) {
-    decode_two_pass(q, ldq, g, dk, dv, ldv, k, v, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max);
+    decode_two_pass(q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld,
+                    acc_max);
     return;
   }
   float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
@@ -615,12 +635,14 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
         decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, t0 == r0 ? r1 : t0);
       h0 += hb;
     }
+    if (ks != nullptr) scale_tile(s, g, nt, ks + t0);
     for (int h = 0; h < g; ++h) {
       // The exponentials replace the scores in s; the export stores them a second time.
       float* sh = s + h * kDecodeTile;
       softmax_tile(sh, nt, m[h], l[h], o + h * dv, dv, sh, probs != nullptr ? probs + h * ld + t0 : nullptr);
       if (probs != nullptr) tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
+    if (vs != nullptr) scale_tile(s, g, nt, vs + t0);
     int h0 = 0;
     if (tiles) {
       h0 = g / 8 * 8;
@@ -639,11 +661,13 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
 
 #ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
 #define KVCACHE_DECODE_INSTANCE_(T)                                                                                  \
-  KVCACHE_KERNEL_INSTANCE void decode_partial<T>(                                                                    \
-      const float*, int, int, int, int, int, T const*, T const*, std::int64_t, std::int64_t, float*, float*, float*, \
-      float*, std::int64_t, float*, std::int64_t, float*, float*, std::int64_t, float*) noexcept;
+  KVCACHE_KERNEL_INSTANCE void decode_partial<T>(const float*, int, int, int, int, int, T const*, T const*,          \
+                                                 const float*, const float*, std::int64_t, std::int64_t, float*,     \
+                                                 float*, float*, float*, std::int64_t, float*, std::int64_t, float*, \
+                                                 float*, std::int64_t, float*) noexcept;
 KVCACHE_DECODE_INSTANCE_(float)
 KVCACHE_DECODE_INSTANCE_(f16)
 KVCACHE_DECODE_INSTANCE_(bf16)
+KVCACHE_DECODE_INSTANCE_(i8)
 #undef KVCACHE_DECODE_INSTANCE_
 #endif

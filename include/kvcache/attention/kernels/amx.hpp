@@ -576,6 +576,7 @@ KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, T const* k, T const* v,
 KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const float*, const float*, float*) noexcept;
 KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const f16*, const f16*, float*) noexcept;
 KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const bf16*, const bf16*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<i8>(const PrefillArgs&, const i8*, const i8*, float*) noexcept;
 #endif
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END
