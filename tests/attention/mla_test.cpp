@@ -73,8 +73,10 @@ void check_absorbed_against_naive(const MlaCase& c) {
   const std::string what = "heads " + std::to_string(H) + " rank " + std::to_string(rank) + " rope " +
                            std::to_string(s.qk_rope_head_dim) + " len " + std::to_string(c.length) + " " +
                            std::string(kvcache::dtype_name(c.dtype));
-  EXPECT_LE(kvtest::max_abs_diff(out, ref), 1e-4) << what;
-  EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), 2e-6 * H) << what;
+  // int8 latents on VNNI round the absorbed queries and the weights to 16 bits (kernels/vnni.hpp).
+  const bool vnni = c.dtype == DType::kI8 && H >= 2 && kvcache::vnni_active(kvcache::active_isa());
+  EXPECT_LE(kvtest::max_abs_diff(out, ref), vnni ? 1e-3 : 1e-4) << what;
+  EXPECT_LE(kvtest::max_abs_diff(probs, ref_probs), (vnni ? 2e-4 : 2e-6) * H) << what;
 }
 
 class MlaIsaTest : public testing::TestWithParam<kvcache::Isa> {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "kvcache/simd/convert.hpp"
@@ -139,6 +140,36 @@ void expect_simd_matches_scalar(kvcache::Isa isa) {
 
 TEST_P(SimdConvertTest, F16MatchesScalarBits) { expect_simd_matches_scalar<f16>(GetParam()); }
 TEST_P(SimdConvertTest, BF16MatchesScalarBits) { expect_simd_matches_scalar<bf16>(GetParam()); }
+
+// The vector quantizer of each op set against kvcache::quantize_row_i8, bit for bit: every tail length, ties (rows
+// whose maximum makes the step 1, so that halves occur), zero rows, and rows with a NaN or an infinity. Writes no
+// byte past the row.
+TEST_P(SimdConvertTest, QuantizeRowI8MatchesScalar) {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (std::size_t n : {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 128, 576}) {
+    for (int kind = 0; kind < 5; ++kind) {
+      std::vector<float> x(n);
+      for (auto& e : x) e = u(rng) * 10.0f;
+      if (kind == 1) {  // the maximum 127, halves everywhere else: the ties
+        for (std::size_t i = 0; i < n; ++i) x[i] = std::round(u(rng) * 126.0f) + (i % 2 ? 0.5f : -0.5f);
+        x[n / 2] = 127.0f;
+      }
+      if (kind == 2) std::fill(x.begin(), x.end(), 0.0f);
+      if (kind == 3) x[n - 1] = std::numeric_limits<float>::quiet_NaN();
+      if (kind == 4) x[0] = -std::numeric_limits<float>::infinity();
+      std::vector<kvcache::i8> want(n + 1, 42), got(n + 1, 42);
+      const float ws = kvcache::quantize_row_i8(x.data(), n, want.data());
+      const float gs = kvcache::quantize_row_i8(x.data(), n, got.data(), GetParam());
+      if (std::isnan(ws))
+        EXPECT_TRUE(std::isnan(gs)) << n << " " << kind;
+      else
+        EXPECT_EQ(bits(gs), bits(ws)) << n << " " << kind;
+      EXPECT_EQ(got, want) << n << " " << kind;
+      EXPECT_EQ(got[n], 42);
+    }
+  }
+}
 
 TEST_P(SimdConvertTest, F16ToF32AllBitPatterns) {
   std::vector<f16> all(65536);

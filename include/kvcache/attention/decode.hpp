@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <type_traits>
 
 #include "kvcache/attention/dispatch.hpp"
 #include "kvcache/core/aligned_buffer.hpp"
@@ -150,6 +151,14 @@ void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, 
                        const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o, float* m, float* l,
                        float* probs, std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
                        std::int64_t acc_ld, float* acc_max) noexcept {
+#if KVCACHE_HAVE_VNNI
+  // int8 rows with a group to share each loaded row: integer dot products (kernels/vnni.hpp). Group 1 is bound by
+  // the bytes it reads and stays on the FMA kernel.
+  if constexpr (std::is_same_v<T, i8>)
+    if (g >= 2 && vnni_active(isa))
+      return kernels::vnni::decode_partial(q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max,
+                                           ldt, s, acc, acc_ld, acc_max);
+#endif
   KVCACHE_DISPATCH_ATTENTION(
       isa, decode_partial,
       (q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))

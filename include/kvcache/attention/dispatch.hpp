@@ -5,6 +5,7 @@
 
 #include "kvcache/attention/detail/kernels.hpp"
 #include "kvcache/attention/kernels/amx.hpp"
+#include "kvcache/attention/kernels/vnni.hpp"
 #include "kvcache/simd/dispatch.hpp"
 
 #define KVCACHE_DISPATCH_ATTENTION(ISA, FN, ARGS) KVCACHE_DISPATCH_WITH_AMX(ISA, kvcache::kernels, FN, ARGS)

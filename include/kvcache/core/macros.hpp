@@ -60,9 +60,16 @@
 #else
 #define KVCACHE_HAVE_AMX 0
 #endif
+#if KVCACHE_HAVE_AVX512 && defined(__AVX512VNNI__)
+#define KVCACHE_HAVE_VNNI 1
+#else
+#define KVCACHE_HAVE_VNNI 0
+#endif
 #else
 #define KVCACHE_HAVE_AVX2 1
 #define KVCACHE_HAVE_AVX512 1
+// AVX-512 VNNI: the integer dot products of int8 decode (attention/kernels/vnni.hpp), used where the CPU has them.
+#define KVCACHE_HAVE_VNNI 1
 // AMX needs the CPU probe to name amx-tile / amx-bf16, which GCC's __builtin_cpu_supports does and Clang 14's does not.
 #if defined(__linux__) && !defined(__clang__)
 #define KVCACHE_HAVE_AMX 1
@@ -74,6 +81,7 @@
 #define KVCACHE_HAVE_AVX2 0
 #define KVCACHE_HAVE_AVX512 0
 #define KVCACHE_HAVE_AMX 0
+#define KVCACHE_HAVE_VNNI 0
 #endif
 
 // Tag of the baseline the translation unit is compiled for; code compiled with the TU's own flags (the scalar ISA)

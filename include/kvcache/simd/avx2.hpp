@@ -95,6 +95,12 @@ KVCACHE_INLINE float reduce_max(Vec v) noexcept {
   return _mm_cvtss_f32(s);
 }
 
+KVCACHE_INLINE Vec trunc(Vec v) noexcept { return _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
+KVCACHE_INLINE void store_i8_n(i8* p, Vec v, int n) noexcept {
+  alignas(32) std::int32_t buf[kLanes];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(buf), _mm256_cvttps_epi32(v));
+  for (int i = 0; i < n; ++i) p[i] = static_cast<i8>(buf[i]);
+}
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept {
   return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }

@@ -130,6 +130,10 @@ KVCACHE_INLINE float reduce_max(Vec v) noexcept {
   return _mm_cvtss_f32(s);
 }
 
+KVCACHE_INLINE Vec trunc(Vec v) noexcept { return _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC); }
+KVCACHE_INLINE void store_i8_n(i8* p, Vec v, int n) noexcept {
+  _mm512_mask_cvtepi32_storeu_epi8(p, tail_mask(n), _mm512_cvttps_epi32(v));
+}
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept {
   return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }

@@ -34,6 +34,23 @@ void convert(D* dst, S const* src, std::size_t n) {
   convert(dst, src, n, active_isa());
 }
 
+/// quantize_row_i8 (core/dtype.hpp) on isa's op set: the same int8 values and scale, bit for bit, at vector speed.
+inline float quantize_row_i8(const float* x, std::size_t n, i8* q, Isa isa) noexcept {
+  switch (isa) {
+#if KVCACHE_HAVE_AVX512
+    case Isa::kAmx:
+    case Isa::kAvx512:
+      return simd::avx512::quantize_row_i8(x, n, q);
+#endif
+#if KVCACHE_HAVE_AVX2
+    case Isa::kAvx2:
+      return simd::avx2::quantize_row_i8(x, n, q);
+#endif
+    default:
+      return simd::scalar::quantize_row_i8(x, n, q);
+  }
+}
+
 /// dst[i] = exp(src[i]) with the library's vector exp (about 2 ulp; inputs below -87 give 0).
 inline void exp(float* dst, const float* src, std::size_t n, Isa isa) noexcept {
   switch (isa) {

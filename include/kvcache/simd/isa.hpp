@@ -164,6 +164,30 @@ inline Isa active_isa() {
   return detail::env_or_best_isa();
 }
 
+namespace detail {
+inline std::atomic<int>& vnni_override() noexcept {
+  static std::atomic<int> v{-1};
+  return v;
+}
+}  // namespace detail
+
+/// Whether int8 decode under `isa` takes the AVX-512 VNNI integer dot products (attention/kernels/vnni.hpp): isa is
+/// avx512 or amx, the build contains the leaf and the CPU has AVX512-VNNI (Cascade Lake, Ice Lake and later Intel
+/// cores; Zen 4 and later), unless a test turned it off (testing/isa.hpp).
+inline bool vnni_active(Isa isa) noexcept {
+#if KVCACHE_HAVE_VNNI
+  if (isa != Isa::kAvx512 && isa != Isa::kAmx) return false;
+  static const bool cpu = [] {
+    __builtin_cpu_init();
+    return cpu_supports(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
+  }();
+  return cpu && detail::vnni_override().load(std::memory_order_relaxed) != 0;
+#else
+  (void)isa;
+  return false;
+#endif
+}
+
 /// Every ISA available here, lowest first (tests iterate over it).
 inline std::vector<Isa> available_isas() {
   std::vector<Isa> out;

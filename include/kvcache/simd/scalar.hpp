@@ -13,7 +13,8 @@
 //   reduce_add_16(v, out)          out[0..16) = the horizontal sums of v[0..16) (one tree of shuffles, one store)
 //   transpose_16x8(src, dst, ld)   dst[h * ld + i] = src[i * 8 + h] for h < 8, i < 16
 //   transpose(r)                   r[0..kLanes) := its kLanes x kLanes transpose
-//   exp                            see detail/math.ipp
+//   trunc, round_nearest           round toward zero / to nearest even (whatever the rounding mode, on AVX2 and
+//   AVX-512) store_i8_n(p, v, n)            n lanes of v, integers in [-128, 127], as int8 exp see detail/math.ipp
 //   prefetch(p)                    cache hint
 //   in_register(v)                 v, kept in a register (no re-load per use as a memory operand)
 
@@ -80,6 +81,11 @@ KVCACHE_INLINE void transpose_16x8(const float* src, float* dst, std::ptrdiff_t 
 }
 
 KVCACHE_INLINE Vec round_nearest(Vec v) noexcept { return std::nearbyint(v); }
+KVCACHE_INLINE Vec trunc(Vec v) noexcept { return std::trunc(v); }
+/// The first n (0 or 1) lanes of v, integers in [-128, 127], stored as int8.
+KVCACHE_INLINE void store_i8_n(i8* p, Vec v, int n) noexcept {
+  if (n > 0) *p = static_cast<i8>(static_cast<int>(v));
+}
 /// 2^n for an integral n in [-126, 127], built in the exponent bits.
 KVCACHE_INLINE Vec pow2i(Vec n) noexcept {
   return detail::bits_f32(static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23);

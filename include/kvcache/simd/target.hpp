@@ -19,6 +19,9 @@
 #define KVCACHE_TARGET_AVX512_BEGIN                                                                                \
   KVCACHE_PRAGMA(clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"))), \
                                       apply_to = function))
+#define KVCACHE_TARGET_VNNI_BEGIN      \
+  KVCACHE_PRAGMA(clang attribute push( \
+      __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), apply_to = function))
 #define KVCACHE_TARGET_AMX_BEGIN                                                                                \
   KVCACHE_PRAGMA(clang attribute push(                                                                          \
       __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16"))), \
@@ -35,6 +38,10 @@
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl\")") \
       _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")          \
           _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define KVCACHE_TARGET_VNNI_BEGIN                                                                                    \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni\")") \
+      _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")                     \
+          _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
 #define KVCACHE_TARGET_AMX_BEGIN                                                                               \
   _Pragma("GCC push_options")                                                                                  \
       _Pragma("GCC target(\"avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16\")") \
@@ -44,6 +51,7 @@
 #else
 #define KVCACHE_TARGET_AVX2_BEGIN
 #define KVCACHE_TARGET_AVX512_BEGIN
+#define KVCACHE_TARGET_VNNI_BEGIN
 #define KVCACHE_TARGET_AMX_BEGIN
 #define KVCACHE_TARGET_END
 #endif

@@ -342,7 +342,7 @@ class LayerSlots {
             x = src + r * w;
           else
             convert(tmp, src + r * w, w, isa);
-          scales[row + r] = quantize_row_i8(x, w, static_cast<i8*>(base) + at + r * w);
+          scales[row + r] = quantize_row_i8(x, w, static_cast<i8*>(base) + at + r * w, isa);
         }
         break;
       }

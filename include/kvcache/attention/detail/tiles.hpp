@@ -23,17 +23,23 @@ constexpr bool decode_tiles_fit(int g, int dk, int dv) noexcept {
   return g >= kTileMinGroup && dk % 16 == 0 && dv % 16 == 0;
 }
 
-/// Floats of decode scratch per (KV head, split): the scores of one tile of rows for g heads, then, where
-/// decode_tiles_fit, the AMX operands: two query tiles of 1 KiB for each 8-head block and chunk of 32 key columns,
-/// one 16 x 16 f32 product, the value tiles of a tile of rows (2 chunks of 32 rows x dv / 16 tiles of 1 KiB) and the
-/// probability tiles of each 8-head block (2 chunks x 2 tiles of 1 KiB).
+/// Floats of decode scratch per (KV head, split): the scores of one tile of rows for g heads, then the larger of the
+/// int8 VNNI operands (below) and, where decode_tiles_fit, the AMX operands: two query tiles of 1 KiB for each 8-head
+/// block and chunk of 32 key columns, one 16 x 16 f32 product, the value tiles of a tile of rows (2 chunks of 32 rows x
+/// dv / 16 tiles of 1 KiB) and the probability tiles of each 8-head block (2 chunks x 2 tiles of 1 KiB).
 constexpr std::size_t decode_scratch_floats(int g, int dk, int dv) noexcept {
-  std::size_t n = pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
+  const std::size_t n = pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
+  std::size_t amx = 0;
   if (decode_tiles_fit(g, dk, dv)) {
     const std::size_t chunks = (static_cast<std::size_t>(dk) + 31) / 32, blocks = static_cast<std::size_t>(g / 8);
-    n += blocks * chunks * 512 + 256 + 2 * static_cast<std::size_t>(dv / 16) * 256 + blocks * 1024;
+    amx = blocks * chunks * 512 + 256 + 2 * static_cast<std::size_t>(dv / 16) * 256 + blocks * 1024;
   }
-  return n;
+  // Or, for int8 rows on VNNI (kernels/vnni.hpp), the queries as 16-bit integers (dk rounded up to 32), their scales
+  // and one tile's weights as 16-bit integers.
+  const std::size_t gs = static_cast<std::size_t>(g);
+  const std::size_t vnni =
+      pad_to(gs * ((static_cast<std::size_t>(dk) + 31) / 32 * 32) / 2, 16) + pad_to(gs, 16) + gs * kDecodeTile / 2;
+  return n + (amx > vnni ? amx : vnni);
 }
 
 /// Floats of one prefill worker's scratch on the AMX path (bf16 caches, kernels/amx.hpp): the scores, O and the row
