@@ -26,9 +26,10 @@ inline float quantize_row_i8(const float* KVCACHE_RESTRICT x, std::size_t n, i8*
     bad = add(bad, mul(v, zero()));
   }
   const float amax = reduce_max(mx);
-  if (reduce_add(bad) != 0.0f || amax == 0.0f) {  // non-finite (NaN != 0) or all zero
+  const bool finite = reduce_add(bad) == 0.0f;  // NaN != 0
+  if (!finite || amax == 0.0f) {
     for (i = 0; i < n; ++i) q[i] = 0;
-    return amax == 0.0f && reduce_add(bad) == 0.0f ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    return finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
   }
   const Vec inv = set1(127.0f / amax), half = set1(0.5f), mhalf = set1(-0.5f), one = set1(1.0f);
   const Vec lo = set1(-127.0f), hi = set1(127.0f);
