@@ -12,6 +12,10 @@
 //   fma_peak_GFLOPs  that peak, measured at the first case of each ISA and thread count
 //   speed_vs_f16 (i8 cases) the median step time of the same case over f16, measured earlier in this run, over this
 //                step time: the speed-up of the int8 cache
+//   speed_vs_dense (DecodePaged cases: f16, d 128, 32k, groups 1, 4, 8, blocks of 16, 64 and 256 rows from a
+//                BlockPool) the median step time of the same dense case, measured earlier in this run, over this
+//                step time. The layers are filled block by block across layers and heads, as a decode grows them,
+//                so a head's blocks lie apart in memory (8 x layers blocks between neighbours).
 // The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough
 // distinct layers to span the working set (>= 1 GiB; see machine.hpp): every step streams from DRAM, as in a
 // real decode over many layers.
@@ -51,6 +55,41 @@ struct LayerSet {
 };
 LayerSet g_layers;
 
+// Paged layers on one pool, kept while consecutive cases share their block size.
+struct PagedSet {
+  int block_rows = 0;
+  std::unique_ptr<kvcache::BlockPool> pool;
+  std::vector<std::unique_ptr<kvcache::LayerSlots>> layers;  // destroyed before the pool
+};
+PagedSet g_paged;
+
+const std::vector<std::unique_ptr<kvcache::LayerSlots>>& paged_layers(std::int64_t ctx, int d, int rows) {
+  if (g_paged.block_rows == rows) return g_paged.layers;
+  g_paged.layers.clear();
+  g_paged.pool.reset();
+  g_layers.layers.clear();  // one working set at a time
+  g_layers.ctx = -1;
+  const kvcache::AttentionShape shape{kKvHeads, kKvHeads, d, d};
+  const std::size_t per_layer = std::size_t(kKvHeads) * std::size_t(ctx) * std::size_t(2 * d) * 2;
+  const std::size_t n_layers = std::max<std::size_t>(2, (kvbench::working_set_bytes() + per_layer - 1) / per_layer);
+  const std::int64_t blocks = std::int64_t(n_layers) * kKvHeads * ((ctx + rows - 1) / rows);
+  g_paged.pool = std::make_unique<kvcache::BlockPool>(shape, DType::kF16, rows, blocks);
+  std::vector<float> k(std::size_t(kKvHeads * rows * d)), v(k.size());
+  std::uint32_t x = 12345;
+  for (auto& e : k) e = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  for (auto& e : v) e = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+  std::vector<kvcache::Position> pos(static_cast<std::size_t>(rows));
+  for (std::size_t l = 0; l < n_layers; ++l)
+    g_paged.layers.push_back(std::make_unique<kvcache::LayerSlots>(shape, ctx, DType::kF16, *g_paged.pool));
+  for (std::int64_t done = 0; done < ctx; done += rows)
+    for (auto& kv : g_paged.layers)
+      kv->append(kvcache::ConstTensorView<float, 3>(k.data(), kKvHeads, rows, d),
+                 kvcache::ConstTensorView<float, 3>(v.data(), kKvHeads, rows, d),
+                 std::span<kvcache::Position const>(pos.data(), pos.size()));
+  g_paged.block_rows = rows;
+  return g_paged.layers;
+}
+
 const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t ctx, int d, DType dt) {
   if (g_layers.ctx == ctx && g_layers.dim == d && g_layers.dtype == dt) return g_layers.layers;
   g_layers.layers.clear();
@@ -81,8 +120,8 @@ const std::vector<std::unique_ptr<kvcache::LayerSlots>>& layers_for(std::int64_t
 
 template <class Exec>
 void run_decode(benchmark::State& st, const std::string& key, std::int64_t ctx, int d, int g, DType dt, Isa isa,
-                const Exec& ex) {
-  const auto& layers = layers_for(ctx, d, dt);
+                const Exec& ex, int block_rows = 0) {
+  const auto& layers = block_rows > 0 ? paged_layers(ctx, d, block_rows) : layers_for(ctx, d, dt);
   const double peak = kvbench::fma_peak_once(isa, ex);
   kvcache::set_isa_for_testing(isa);
   const kvcache::AttentionShape shape{kKvHeads * g, kKvHeads, d, d};
@@ -111,6 +150,14 @@ void run_decode(benchmark::State& st, const std::string& key, std::int64_t ctx, 
   st.counters["GFLOPs"] = gflop / step;
   st.counters["roofline_fraction"] = std::max(gb / bw, gflop / peak) / step;
   st.counters["fma_peak_GFLOPs"] = peak;
+  if (block_rows > 0) {
+    if (g_f16_steps.count(key) != 0) {
+      std::vector<double> f = g_f16_steps[key];
+      std::nth_element(f.begin(), f.begin() + std::ptrdiff_t(f.size() / 2), f.end());
+      st.counters["speed_vs_dense"] = f[f.size() / 2] / step;
+    }
+    return;
+  }
   if (dt == DType::kF16) g_f16_steps[key].push_back(step);
   if (dt == DType::kI8 && g_f16_steps.count(key) != 0) {
     std::vector<double> f = g_f16_steps[key];
@@ -151,6 +198,23 @@ int main(int argc, char** argv) {
               });
               kvbench::configure(b, opt);
             }
+  // Paged heads against the dense f16 cases above (the widest vector ISA; amx runs it for bf16 only).
+  const auto isas = kvcache::available_isas();
+  const Isa widest = std::find(isas.begin(), isas.end(), Isa::kAvx512) != isas.end() ? Isa::kAvx512 : isas.back();
+  for (int rows : {16, 64, 256})
+    for (int g : {1, 4, 8})
+      for (int t : opt.threads) {
+        const std::string key = "/d128/ctx32768/g" + std::to_string(g) + "/" + std::string(kvcache::isa_name(widest)) +
+                                "/threads" + std::to_string(t);
+        const std::string name = "DecodePaged/f16" + key + "/blocks" + std::to_string(rows);
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) {
+          if (t == 1)
+            run_decode(st, key, 32768, 128, g, DType::kF16, widest, kvcache::SerialExecutor{}, rows);
+          else
+            run_decode(st, key, 32768, 128, g, DType::kF16, widest, kvcache::OpenMPExecutor{t}, rows);
+        });
+        kvbench::configure(b, opt);
+      }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

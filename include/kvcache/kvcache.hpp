@@ -17,6 +17,7 @@
 #include "kvcache/policy/policies.hpp"
 #include "kvcache/simd/convert.hpp"
 #include "kvcache/simd/isa.hpp"
+#include "kvcache/storage/block_pool.hpp"
 #include "kvcache/storage/sliding_window.hpp"
 #include "kvcache/storage/slot_storage.hpp"
 #include "kvcache/version.hpp"

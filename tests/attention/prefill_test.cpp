@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,12 +30,16 @@ struct PrefillCase {
   DType dtype;
   std::int64_t sums_begin = 0, sums_end = -1;  // column-sum tokens; begin < 0: none
   bool per_query_head = false;                 // column sums one row per query head (GqaReduce::kMax)
+  int block_rows = 0;                          // > 0: paged heads, blocks of this many rows
 };
 
 template <class Exec = kvcache::SerialExecutor>
 void check_prefill(const PrefillCase& c, const Exec& ex = Exec{}, int workers = 1) {
   const int n_q = c.shape.n_q_heads, dk = c.shape.head_dim_k, dv = c.shape.dim_v(), n_kv = c.shape.n_kv_heads;
-  LayerSlots kv(c.shape, c.n_old + c.n_new + 5, c.dtype);
+  const std::int64_t cap = c.n_old + c.n_new + 5;
+  std::optional<kvcache::BlockPool> pool;
+  if (c.block_rows > 0) pool.emplace(c.shape, c.dtype, c.block_rows, n_kv * (cap / c.block_rows + 1));
+  LayerSlots kv = pool ? LayerSlots(c.shape, cap, c.dtype, *pool) : LayerSlots(c.shape, cap, c.dtype);
   if (c.n_old > 0) kvtest::fill_random(kv, c.n_old, 21);
   kvtest::fill_random(kv, c.n_new, 22, static_cast<std::int32_t>(c.n_old));
   const auto q = kvtest::random_vector(static_cast<std::size_t>(c.n_new * n_q * dk), 23, 1.5f);
@@ -60,7 +65,7 @@ void check_prefill(const PrefillCase& c, const Exec& ex = Exec{}, int workers = 
   const std::string what = "n_q " + std::to_string(n_q) + " n_kv " + std::to_string(n_kv) + " dk " +
                            std::to_string(dk) + " old " + std::to_string(c.n_old) + " new " + std::to_string(c.n_new) +
                            " " + std::string(kvcache::dtype_name(c.dtype)) +
-                           (c.per_query_head ? " per query head" : "");
+                           (c.per_query_head ? " per query head" : "") + " blocks " + std::to_string(c.block_rows);
   EXPECT_LE(kvtest::max_abs_diff(out, ref), 3e-5) << what;
   if (with_sums) {
     const std::int64_t end = c.sums_end < 0 ? c.n_new : c.sums_end;
@@ -139,6 +144,18 @@ TEST_P(PrefillTest, ThreadsGiveTheSameAnswer) {
   check_prefill({{8, 2, 64, 64}, 10, 400, DType::kF16, -1}, kvtest::ThreadExecutor{2}, 2);
   check_prefill({{8, 2, 64, 64}, 10, 400, DType::kF16, 0, -1}, kvtest::ThreadExecutor{2}, 2);
   check_prefill({{4, 4, 64, 64}, 0, 200, DType::kF32, 190, -1}, kvtest::ThreadExecutor{3}, 3);
+}
+
+// Paged heads: the key and value tiles are packed block by block (blocks of 16 to 256 rows), with earlier chunks'
+// rows, column sums, int8 scales and the latent layout.
+TEST_P(PrefillTest, PagedHeadsMatchTheReference) {
+  for (int rows : {16, 32, 64, 256})
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16, DType::kI8})
+      for (int g : {1, 3, 8}) {
+        check_prefill({{2 * g, 2, 64, 64}, 0, 83, dt, 0, -1, false, rows});
+        check_prefill({{2 * g, 2, 72, 40}, 37, 300, dt, 250, -1, false, rows});
+      }
+  check_prefill({{8, 1, 80, 64, true}, 100, 200, DType::kBF16, 0, -1, false, 16});
 }
 
 INSTANTIATE_TEST_SUITE_P(Isa, PrefillTest, testing::ValuesIn(kvcache::available_isas()), kvtest::isa_param_name);

@@ -1,8 +1,10 @@
 // libFuzzer target: the engine-facing API driven by a program decoded from the input.
 //
 // The input picks a policy (every paper's, with random parameters), a dtype, an ISA, a cache shape and options, then
-// a sequence of calls: prefill chunks, decode steps, the further reads of a shared layer (YOCO), reset and the lookups,
-// with valid and invalid layers, heads, shapes, positions and non-finite values. After every call it checks:
+// a sequence of calls: prefill chunks, decode steps, the further reads of a shared layer (YOCO), reset, truncate, the
+// lookups and, on paged storage (a small BlockPool, so that it runs out), fork: a sibling sequence that shares the
+// cache's blocks and decodes tokens of its own, with valid and invalid layers, heads, shapes, positions and non-finite
+// values. After every call it checks:
 //   - a call that throws kvcache::Error leaves everything observable as it was (lengths, positions, scores, budgets,
 //     prompt lengths, kv_bytes), and a call whose input breaks the contract does throw;
 //   - after a call that succeeds: length <= capacity; each head's positions are distinct; K and V rows are the
@@ -10,7 +12,10 @@
 //     positions moved together; the budget's sinks and recent window (positions) are still there, but for rows an
 //     earlier call evicted; a decode-evicting policy is within budget + slack; scores are finite and >= 0; outputs are
 //     finite;
-//   - KVCache<Full>'s outputs equal the Eigen reference (kvcache/testing/reference.hpp) on the rows it holds.
+//   - KVCache<Full>'s outputs equal the Eigen reference (kvcache/testing/reference.hpp) on the rows it holds;
+//   - paged: each head holds ceil(length / block rows) blocks, each block's reference count is the number of heads
+//     (of the cache and its sibling) that hold it, and the pool's free count is the total less the blocks held; a
+//     sibling's calls leave the cache exactly as it was (copy-on-write).
 // A failed check traps, so libFuzzer records the input.
 
 #include <algorithm>
@@ -20,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <vector>
@@ -162,20 +168,24 @@ std::vector<double> stored_row(DType t, const float* x, int n) {
 template <class P>
 class Program {
  public:
-  Program(ByteReader& in, const CacheConfig& cfg, P policy, const KVCacheOptions& opt, Kind kind)
+  // block_rows > 0: paged storage on a pool of n_blocks blocks.
+  Program(ByteReader& in, const CacheConfig& cfg, P policy, const KVCacheOptions& opt, Kind kind, int block_rows,
+          int n_blocks)
       : in_(in),
         cfg_(cfg),
         opt_(opt),
         t_(traits(kind)),
         full_(kind == Kind::kFull),
-        cache_(cfg, std::move(policy), opt),
+        merges_(kind == Kind::kDMC),
+        pool_(block_rows > 0 ? std::make_unique<BlockPool>(cfg.shape, cfg.dtype, block_rows, n_blocks) : nullptr),
+        cache_(pool_ ? KVCache<P>(cfg, *pool_, policy, opt) : KVCache<P>(cfg, policy, opt)),
         values_(in.u32()),
         shadow_(std::size_t(cfg.n_layers)),
         gone_(std::size_t(cfg.n_layers) * std::size_t(cfg.shape.n_kv_heads)) {}
 
   void run() {
     for (int step = 0; step < 48 && !in_.empty(); ++step) {
-      const int op = in_.in(0, 9);
+      const int op = in_.in(0, 11);
       const Snapshot before = snapshot(cache_);
       bool threw = false, must_throw = false;
       try {
@@ -203,6 +213,12 @@ class Program {
               for (auto& g : gone_) g.clear();
               decoded_.clear();
             }
+            break;
+          case 9:
+            must_throw = truncate();
+            break;
+          case 10:
+            sibling();
             break;
           default:
             lookups();
@@ -365,6 +381,75 @@ class Program {
 
   void appended(int l, Position p, Row r) { shadow_[std::size_t(l)][p] = std::move(r); }
 
+  // truncate(n): the newest n positions of every layer go (the shadow and the evicted sets forget them).
+  bool truncate() {
+    const std::int64_t n = in_.in(-1, 6);
+    bool bad = n < 0 || (merges_ && n >= 0);
+    for (int l = 0; l < cfg_.n_layers; ++l) bad = bad || n > std::int64_t(newest(l)) + 1;
+    cache_.truncate(n);
+    if (bad) return true;
+    for (int l = 0; l < cfg_.n_layers && n > 0; ++l) {
+      const Position from = Position(std::int64_t(newest(l)) + 1 - n);
+      auto& shadow = shadow_[std::size_t(l)];
+      shadow.erase(shadow.lower_bound(from), shadow.end());
+      for (int h = 0; h < n_kv(); ++h) {
+        auto& gone = gone_[std::size_t(l * n_kv() + h)];
+        gone.erase(gone.lower_bound(from), gone.end());
+      }
+    }
+    return false;
+  }
+
+  // fork(): a sibling that shares the cache's blocks; later calls decode tokens of its own in it (at positions far
+  // above the cache's), truncate it or drop it. None of it may change the cache.
+  void sibling() {
+    if (!pool_) return;
+    const Snapshot before = snapshot(cache_);
+    try {
+      if (!sibling_) {
+        sibling_.emplace(cache_.fork());
+        shared_ = true;
+      } else if (in_.chance(6)) {
+        sibling_.reset();
+      } else if (in_.chance(5)) {
+        sibling_->truncate(in_.in(0, 2));
+      } else {
+        bool poisoned = false;
+        std::vector<float> k = fill(std::size_t(n_kv()) * dk(), poisoned),
+                           v = fill(std::size_t(n_kv()) * dv(), poisoned),
+                           q = fill(std::size_t(n_q()) * dk(), poisoned), out(std::size_t(n_q()) * dv());
+        const int l = in_.in(0, cfg_.n_layers - 1);
+        sibling_->decode(l, ConstTensorView<float, 2>(k.data(), n_kv(), dk()),
+                         ConstTensorView<float, 2>(v.data(), n_kv(), dv()), sibling_next_++,
+                         ConstTensorView<float, 2>(q.data(), n_q(), dk()),
+                         TensorView<float, 2>(out.data(), n_q(), dv()));
+      }
+    } catch (const Error&) {
+    }
+    FUZZ_CHECK(snapshot(cache_) == before);
+  }
+
+  void check_pool() const {
+    if (!pool_) return;
+    std::vector<int> holders(std::size_t(pool_->blocks_total()), 0);
+    auto count = [&](const KVCache<P>& c) {
+      for (int l = 0; l < cfg_.n_layers; ++l)
+        for (int h = 0; h < n_kv(); ++h) {
+          const auto ids = c.layer(l).block_ids(h);
+          FUZZ_CHECK(std::int64_t(ids.size()) == (c.length(l, h) + pool_->block_rows() - 1) / pool_->block_rows());
+          for (std::int32_t b : ids) ++holders[std::size_t(b)];
+        }
+    };
+    count(cache_);
+    if (sibling_) count(*sibling_);
+    std::int64_t live = 0;
+    for (std::int32_t b = 0; b < pool_->blocks_total(); ++b) {
+      FUZZ_CHECK(pool_->refs(b) == holders[std::size_t(b)], long(b));
+      live += holders[std::size_t(b)] > 0;
+    }
+    FUZZ_CHECK(pool_->blocks_free() == pool_->blocks_total() - live);
+  }
+
   void check_finite_out(const std::vector<float>& out) const {
     for (float x : out) FUZZ_CHECK(std::isfinite(x));
   }
@@ -386,6 +471,7 @@ class Program {
   }
 
   void check_state() {
+    check_pool();
     for (int l = 0; l < cfg_.n_layers; ++l) {
       const LayerSlots& slots = cache_.layer(l);
       const auto& shadow = shadow_[std::size_t(l)];
@@ -406,7 +492,8 @@ class Program {
         // What this call evicted joins what earlier calls did.
         for (const auto& [p, row] : shadow)
           if (std::find(pos.begin(), pos.end(), p) == pos.end()) gone.insert(p);
-        if (t_.decode_bounded && decoded_[l] && !b.unlimited() && opt_.readers == 1)
+        // (A cache that shared blocks with a sibling may wait with an eviction when the pool has no block to copy.)
+        if (t_.decode_bounded && decoded_[l] && !b.unlimited() && opt_.readers == 1 && !shared_)
           FUZZ_CHECK(n <= b.total + opt_.eviction_slack, long(n), long(b.total));
       }
     }
@@ -452,8 +539,12 @@ class Program {
   CacheConfig cfg_;
   KVCacheOptions opt_;
   Traits t_;
-  bool full_;
+  bool full_, merges_;
+  std::unique_ptr<BlockPool> pool_;  // paged storage (declared first: the caches go before it)
   KVCache<P> cache_;
+  std::optional<KVCache<P>> sibling_;  // a fork of cache_
+  Position sibling_next_ = 1 << 20;    // the sibling's positions: above any the cache takes
+  bool shared_ = false;                // cache_ has shared blocks with a sibling
   Values values_;
   std::vector<std::map<Position, Row>> shadow_;  // per layer: every row appended since the last reset
   std::vector<std::set<Position>> gone_;         // per (layer, KV head): the positions evicted since the last reset
@@ -463,8 +554,10 @@ class Program {
 template <class P>
 void run(ByteReader& in, const CacheConfig& cfg, const KVCacheOptions& opt, Kind kind, P policy) {
   std::optional<Program<P>> program;
+  const int block_rows = in.chance(2) ? (in.chance(2) ? 16 : 32) : 0;
+  const int n_blocks = in.in(1, 24);
   try {
-    program.emplace(in, cfg, std::move(policy), opt, kind);
+    program.emplace(in, cfg, std::move(policy), opt, kind, block_rows, n_blocks);
   } catch (const Error&) {
     return;  // a configuration the cache rejects
   }

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "kvcache/storage/block_pool.hpp"
 #include "policy_test_util.hpp"
 
 namespace {
@@ -286,6 +287,176 @@ TYPED_TEST(PolicyPropertyTest, ResetLeavesNothingBehind) {
   const auto b = run(fresh, s2, 2, [](std::int64_t) {});
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+// One decode step of token t of seq (any position) in every layer; returns the outputs.
+template <class Cache>
+std::vector<float> decode_token(Cache& cache, const Sequence& seq, std::int64_t t, Position position, int layers) {
+  std::vector<float> o(std::size_t(kQ * kD)), all;
+  for (int l = 0; l < layers; ++l) {
+    cache.decode(l, ConstTensorView<float, 2>(seq.k.data() + t * kKv * kD, kKv, kD),
+                 ConstTensorView<float, 2>(seq.v.data() + t * kKv * kD, kKv, kD), position,
+                 ConstTensorView<float, 2>(seq.q.data() + t * kQ * kD, kQ, kD), TensorView<float, 2>(o.data(), kQ, kD));
+    all.insert(all.end(), o.begin(), o.end());
+  }
+  return all;
+}
+
+// The pool's free count against a brute-force count of the distinct blocks the caches hold, and each block's
+// reference count against the heads that hold it.
+template <class... Caches>
+void expect_pool_accounting(const kvcache::BlockPool& pool, const Caches&... caches) {
+  std::vector<int> holders(std::size_t(pool.blocks_total()), 0);
+  auto count = [&](const auto& cache) {
+    for (int l = 0; l < cache.config().n_layers; ++l)
+      for (int h = 0; h < kKv; ++h) {
+        const auto ids = cache.layer(l).block_ids(h);
+        ASSERT_EQ(std::int64_t(ids.size()), (cache.length(l, h) + pool.block_rows() - 1) / pool.block_rows());
+        for (std::int32_t b : ids) ++holders[std::size_t(b)];
+      }
+  };
+  (count(caches), ...);
+  std::int64_t live = 0;
+  for (std::int32_t b = 0; b < pool.blocks_total(); ++b) {
+    ASSERT_EQ(pool.refs(b), holders[std::size_t(b)]) << "block " << b;
+    live += holders[std::size_t(b)] > 0;
+  }
+  ASSERT_EQ(pool.blocks_free(), pool.blocks_total() - live);
+}
+
+template <class Cache>
+std::vector<std::vector<Position>> kept_positions(const Cache& cache) {
+  std::vector<std::vector<Position>> all;
+  for (int l = 0; l < cache.config().n_layers; ++l)
+    for (int h = 0; h < kKv; ++h) {
+      const auto pos = cache.layer(l).positions(h);
+      all.emplace_back(pos.begin(), pos.end());
+    }
+  return all;
+}
+
+// Paged storage is the dense cache's result: the same rows kept after every step (the exported scores do not depend
+// on how rows are laid out), outputs bit for bit with blocks of a whole tile (64 rows) and within rounding with
+// blocks of 16 (each tile's P.V then runs block by block; int8 on VNNI within its own 16-bit weights), and the pool's
+// free count rising in the step a policy evicts.
+TYPED_TEST(PolicyPropertyTest, PagedStorageKeepsWhatDenseKeeps) {
+  for (int rows : {16, 64})
+    for (DType dt : {DType::kF16, DType::kI8}) {
+      Sequence seq(30, 25, 31);
+      kvcache::BlockPool pool(config(80).shape, dt, rows, 2 * kKv * (80 / rows + 1));
+      KVCache<TypeParam> dense(config(80, dt), Factory<TypeParam>::tight());
+      KVCache<TypeParam> paged(config(80, dt), pool, Factory<TypeParam>::tight());
+      EXPECT_TRUE(paged.paged());
+      EXPECT_FALSE(dense.paged());
+      std::vector<std::vector<std::vector<Position>>> kept;
+      std::vector<std::size_t> bytes;
+      const auto a = run(dense, seq, 2, [&](std::int64_t) {
+        kept.push_back(kept_positions(dense));
+        bytes.push_back(dense.kv_bytes());
+      });
+      std::size_t step = 0;
+      const auto b = run(paged, seq, 2, [&](std::int64_t s) {
+        ASSERT_EQ(kept_positions(paged), kept[step++]) << "step " << s;
+        EXPECT_EQ(paged.kv_bytes(), bytes[step - 1]);
+        expect_pool_accounting(pool, paged);
+      });
+      ASSERT_EQ(a.size(), b.size());
+      if (rows == 64)
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+      else  // i8 on VNNI rounds each run's P.V weights to 16 bits with the run's own scale (kernels/vnni.hpp)
+        EXPECT_LE(kvtest::max_abs_diff(a, b), dt == DType::kI8 ? 1e-3 : 1e-5) << kvcache::dtype_name(dt);
+      paged.reset();
+      EXPECT_EQ(pool.blocks_free(), pool.blocks_total());
+    }
+}
+
+// fork(): the child shares the parent's blocks; decoding other tokens in the child (and evicting there) leaves the
+// parent's rows, positions and later outputs exactly those of a twin that was never forked.
+TYPED_TEST(PolicyPropertyTest, ForkThenDivergeLeavesTheParent) {
+  Sequence seq(30, 10, 37), other(0, 30, 41);
+  kvcache::BlockPool pool(config(80).shape, DType::kF16, 16, 3 * 2 * kKv * 6);
+  KVCache<TypeParam> parent(config(80, DType::kF16), pool, Factory<TypeParam>::tight());
+  kvcache::BlockPool twin_pool(config(80).shape, DType::kF16, 16, 2 * kKv * 6);  // same blocks, same arithmetic
+  KVCache<TypeParam> twin(config(80, DType::kF16), twin_pool, Factory<TypeParam>::tight());
+  run(parent, seq, 2, [](std::int64_t) {});
+  run(twin, seq, 2, [](std::int64_t) {});
+  const std::int64_t free_before = pool.blocks_free();
+  {
+    auto child = parent.fork();
+    EXPECT_EQ(pool.blocks_free(), free_before);  // one prompt's blocks serve both
+    EXPECT_EQ(kept_positions(child), kept_positions(parent));
+    expect_pool_accounting(pool, parent, child);
+    for (std::int64_t t = 0; t < 20; ++t) {
+      decode_token(child, other, t, Position(40 + t), 2);
+      expect_pool_accounting(pool, parent, child);
+    }
+    EXPECT_EQ(kept_positions(parent), kept_positions(twin));
+    // The parent goes on as its twin does, while the child still holds blocks.
+    for (std::int64_t t = 20; t < 25; ++t)
+      EXPECT_EQ(decode_token(parent, other, t, Position(40 + t - 20), 2),
+                decode_token(twin, other, t, Position(40 + t - 20), 2));
+    EXPECT_EQ(kept_positions(parent), kept_positions(twin));
+    expect_pool_accounting(pool, parent, child);
+  }
+  expect_pool_accounting(pool, parent);  // the child's own blocks came back when it went
+}
+
+// truncate(n): the rows of the newest n positions go, in every layer and head, with their blocks; the other rows stay
+// as they were; decoding then continues from the first removed position.
+TYPED_TEST(PolicyPropertyTest, TruncateTakesBackTheNewestTokens) {
+  for (bool paged : {false, true}) {
+    Sequence seq(30, 20, 43);
+    kvcache::BlockPool pool(config(80).shape, DType::kF32, 16, 2 * kKv * 6);
+    auto cache = paged ? KVCache<TypeParam>(config(80), pool, Factory<TypeParam>::tight())
+                       : KVCache<TypeParam>(config(80), Factory<TypeParam>::tight());
+    run(cache, seq, 2, [](std::int64_t) {});  // positions 0 .. 49
+    std::vector<std::map<Position, std::vector<float>>> before;
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < kKv; ++h) {
+        std::map<Position, std::vector<float>> rows;
+        const auto pos = cache.layer(l).positions(h);
+        for (std::size_t j = 0; j < pos.size(); ++j) {
+          const float* k = cache.layer(l).template k_row<float>(h, std::int64_t(j));
+          rows[pos[j]] = std::vector<float>(k, k + kD);
+        }
+        before.push_back(rows);
+      }
+    cache.truncate(6);  // positions 44 .. 49
+    std::size_t i = 0;
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < kKv; ++h, ++i) {
+        std::map<Position, std::vector<float>> want;
+        for (const auto& [p, k] : before[i])
+          if (p < 44) want[p] = k;
+        std::map<Position, std::vector<float>> have;
+        const auto pos = cache.layer(l).positions(h);
+        for (std::size_t j = 0; j < pos.size(); ++j) {
+          const float* k = cache.layer(l).template k_row<float>(h, std::int64_t(j));
+          have[pos[j]] = std::vector<float>(k, k + kD);
+        }
+        EXPECT_EQ(have, want) << "layer " << l << " head " << h;
+      }
+    if (paged) expect_pool_accounting(pool, cache);
+    expect_error_mentioning([&] { cache.truncate(45); }, "past the start of the sequence");
+    expect_error_mentioning([&] { cache.truncate(-1); }, "n_tokens must be >= 0");
+    decode_token(cache, seq, 44, 44, 2);  // the first removed position is free again
+    expect_error_mentioning([&] { decode_token(cache, seq, 44, 44, 2); }, "increase strictly");
+    if (paged) expect_pool_accounting(pool, cache);
+  }
+}
+
+TEST(PagedCacheTest, BadUsesAreClearErrors) {
+  KVCache<kvcache::H2O> dense(config(80), kvcache::H2O{Count::of(6), Count::of(5)});
+  expect_error_mentioning([&] { (void)dense.fork(); }, "on no block pool");
+  kvcache::BlockPool pool(config(80).shape, DType::kF16, 16, 4);
+  expect_error_mentioning([&] { KVCache<kvcache::Full>(config(80, DType::kF32), pool); }, "the block pool holds f16");
+  // An exhausted pool fails the prefill before anything is appended.
+  KVCache<kvcache::Full> cache(config(80, DType::kF16), pool);
+  Sequence seq(40, 0, 3);  // layer 0 needs 2 heads x 3 blocks; the pool has 4
+  expect_error_mentioning([&] { run(cache, seq, 2, [](std::int64_t) {}); },
+                          "block pool exhausted: 6 more blocks of 16 rows asked, 4 of 4 free");
+  EXPECT_EQ(cache.length(0, 0), 0);
+  EXPECT_EQ(pool.blocks_free(), 4);
 }
 
 TEST(PerHeadBudgetTest, HeadsKeepDifferentLengthsAndBytesShrink) {

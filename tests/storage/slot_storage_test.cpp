@@ -173,8 +173,9 @@ TEST(SlotStorageTest, PerHeadLengthsAndExactBytes) {
   EXPECT_EQ(kv.kv_bytes(), (100 + 100 + 40 + 98) * row);
   EXPECT_EQ(kv.position_bytes(), (100 + 100 + 40 + 98) * sizeof(Position));
   // K 100 x 64 bf16 and V 100 x 32 bf16 per head (whole cache lines), positions 400 bytes padded to 448, a removal
-  // mark per slot, a length per head.
-  EXPECT_EQ(kv.bytes_reserved(), 4 * (12800 + 6400 + 448 + 100 + sizeof(std::int64_t)));
+  // mark per slot, a length per head; the block bookkeeping per head (its one block's free-list entry and reference
+  // count, its table entry: id, address, count).
+  EXPECT_EQ(kv.bytes_reserved(), 4 * (12800 + 6400 + 448 + 100 + sizeof(std::int64_t) + 4 + 4 + 4 + sizeof(void*) + 4));
   kv.clear(2);
   EXPECT_EQ(kv.kv_bytes(2), 0u);
   kv.clear();

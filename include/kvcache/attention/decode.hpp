@@ -3,7 +3,7 @@
 // Decode attention for MHA, MQA and GQA: one new query per query head against every cached row of its KV head.
 //
 //   q:   [n_q_heads, head_dim_k] f32       out: [n_q_heads, head_dim_v] f32
-//   kv:  LayerSlots; KV head h holds rows [0, length(h)) (heads may differ in length)
+//   kv:  LayerSlots; KV head h holds rows [0, length(h)) (heads may differ in length), dense or paged
 //   query head i reads KV head i / (n_q_heads / n_kv_heads)
 //
 // The group's query heads are processed together, so each K and V row is read once per KV head; accumulation is
@@ -147,21 +147,21 @@ class DecodeWorkspace {
 namespace detail {
 
 template <class T>
-void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, int ldv, const T* k, const T* v,
-                       const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o, float* m, float* l,
-                       float* probs, std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
-                       std::int64_t acc_ld, float* acc_max) noexcept {
+void decode_head_range(Isa isa, const float* q, int ldq, int g, int dk, int dv, int ldv, const TypedRows<T>& rows,
+                       std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs, std::int64_t ld,
+                       float* tile_max, std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
+                       float* acc_max) noexcept {
 #if KVCACHE_HAVE_VNNI
   // int8 rows with a group to share each loaded row: integer dot products (kernels/vnni.hpp). Group 1 is bound by
   // the bytes it reads and stays on the FMA kernel.
   if constexpr (std::is_same_v<T, i8>)
     if (g >= 2 && vnni_active(isa))
-      return kernels::vnni::decode_partial(q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max,
-                                           ldt, s, acc, acc_ld, acc_max);
+      return kernels::vnni::decode_partial(q, ldq, g, dk, dv, ldv, rows, r0, r1, o, m, l, probs, ld, tile_max, ldt, s,
+                                           acc, acc_ld, acc_max);
 #endif
   KVCACHE_DISPATCH_ATTENTION(
       isa, decode_partial,
-      (q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
+      (q, ldq, g, dk, dv, ldv, rows, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max))
 }
 inline void decode_probabilities(Isa isa, const float* probs, int g, std::int64_t ld, std::int64_t n, float* tile_max,
                                  std::int64_t ldt, const float* m, const float* l, float* acc, std::int64_t acc_ld,
@@ -199,15 +199,14 @@ void decode_run(Isa isa, const LayerSlots& kv, const float* q, float* out, int n
     const int h = item / splits, s = item % splits;
     const std::int64_t len = kv.length(h);
     const std::int64_t r0 = split_at(len, s), r1 = split_at(len, s + 1);
-    T const* k = static_cast<T const*>(kv.k_data(h));
-    T const* v = static_cast<T const*>(kv.v_data(h));
+    const TypedRows<T> rows(kv.rows(h));
     float* part = ws.partial(h, s);
     // One split: the head's probabilities go into the scores in its own task, inside the kernel (after all heads
     // they came back from memory: 0.03 of the attention at 3k rows).
     const bool now = probs && splits == 1;
     const int buf = now ? ws.claim_logits() : h;
-    decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), k, v, kv.k_scales(h), kv.v_scales(h), r0, r1,
-                      part, part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
+    decode_head_range(isa, ws.query(h * g), ldq, g, dk, dv, kv.v_stride(), rows, r0, r1, part,
+                      part + std::size_t(g) * std::size_t(dv), part + std::size_t(g) * std::size_t(dv) + g,
                       probs ? ws.logits(buf) : nullptr, ws.capacity(), probs ? ws.tile_max(h) : nullptr, ws.tiles(),
                       ws.tile_scores(h, s), now ? acc_of(h) : nullptr, acc_ld, now ? max_of(h) : nullptr);
     if (now) ws.release_logits(buf);

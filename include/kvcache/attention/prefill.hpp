@@ -68,8 +68,8 @@ class PrefillWorkspace {
 namespace detail {
 
 template <class T>
-void prefill_unit(Isa isa, const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
-  KVCACHE_DISPATCH_ATTENTION(isa, prefill_unit, (a, k, v, scratch))
+void prefill_unit(Isa isa, const PrefillArgs& a, const TypedRows<T>& rows, float* scratch) noexcept {
+  KVCACHE_DISPATCH_ATTENTION(isa, prefill_unit, (a, rows, scratch))
 }
 
 template <class T, class Exec>
@@ -113,9 +113,7 @@ void prefill_run(Isa isa, const LayerSlots& kv, const float* q, float* out, std:
         a.colsum_ld = opt.column_sums_per_query_head ? opt.column_sums_stride : 0;
         a.cs0 = opt.column_sums_begin;
         a.cs1 = cs_end;
-        a.k_scale = kv.k_scales(h);
-        a.v_scale = kv.v_scales(h);
-        prefill_unit(isa, a, static_cast<T const*>(kv.k_data(h)), static_cast<T const*>(kv.v_data(h)), scratch);
+        prefill_unit(isa, a, TypedRows<T>(kv.rows(h)), scratch);
       }
     }
   });

@@ -47,27 +47,27 @@ inline void attention_profile(const LayerSlots& kv, ConstTensorView<float, 3> q,
   constexpr std::int64_t kBlock = 256;
   RowMatrix keys(m, dk), qb, logits;
   for (int h = 0; h < n_kv; ++h) {
-    auto load = [&](const auto* k) {
-      for (std::int64_t j = 0; j < m; ++j)
-        for (int c = 0; c < dk; ++c) keys(j, c) = to_f32(k[j * dk + c]);
+    auto load = [&](auto tag) {
+      using T = decltype(tag);
+      for (std::int64_t j = 0; j < m; ++j) {
+        T const* k = kv.k_row<T>(h, j);
+        const float sc = kv.k_scale(h, j);  // 1 unless i8
+        for (int c = 0; c < dk; ++c) keys(j, c) = to_f32(k[c]) * sc;
+      }
     };
     switch (kv.dtype()) {
       case DType::kF32:
-        load(kv.k_rows<float>(h));
+        load(float{});
         break;
       case DType::kF16:
-        load(kv.k_rows<f16>(h));
+        load(f16{});
         break;
       case DType::kBF16:
-        load(kv.k_rows<bf16>(h));
+        load(bf16{});
         break;
-      case DType::kI8: {
-        const i8* k = kv.k_rows<i8>(h);
-        const float* sc = kv.k_scales(h);
-        for (std::int64_t j = 0; j < m; ++j)
-          for (int c = 0; c < dk; ++c) keys(j, c) = float(k[j * dk + c]) * sc[j];
+      case DType::kI8:
+        load(i8{});
         break;
-      }
     }
     float* cs = column_sums + std::int64_t(h) * stride;
     float* bs = band_sums + std::int64_t(h) * stride;

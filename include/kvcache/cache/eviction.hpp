@@ -62,10 +62,13 @@ void evict_rows(const P& policy, PolicyContext<PolicyState<P>>& c, RankInput in,
   const std::size_t r = select_removals(in.positions, priority, b, std::span(ws.scratch, un),
                                         std::span(ws.removals, un), c.isa, in.newest);
   if (r == 0) return;
-  c.kv.remove(h, std::span<const std::int32_t>(ws.removals, r), [&](std::int64_t from, std::int64_t to) noexcept {
-    c.columns.move(h, from, to);
-    if constexpr (policy_hooks::kHasOnMove<P>) policy.on_move(c, h, from, to);
-  });
+  // A paged head that shares blocks with a fork copies them first; with no block left in the pool the eviction waits
+  // for a later step (the next append then reports the exhausted pool) rather than fail inside the step.
+  (void)c.kv.try_remove(h, std::span<const std::int32_t>(ws.removals, r),
+                        [&](std::int64_t from, std::int64_t to) noexcept {
+                          c.columns.move(h, from, to);
+                          if constexpr (policy_hooks::kHasOnMove<P>) policy.on_move(c, h, from, to);
+                        });
 }
 
 }  // namespace kvcache

@@ -15,6 +15,9 @@
 // MLA (AttentionShape::values_in_keys, attention/mla.hpp): k rows are [latent | RoPE key], v is empty, q the absorbed
 // queries and out the latent sums; set KVCacheOptions::softmax_scale. YOCO: one cache layer read by several model
 // layers (KVCacheOptions::readers, read_prefill, read_decode; cache/shared_reads.hpp).
+// Storage is dense (capacity rows per head, allocated by the constructor) or paged on a BlockPool shared with other
+// sequences (heads take blocks as they grow and return them as the policy evicts; fork() shares them copy-on-write;
+// truncate() takes back the newest tokens; docs/integration.md).
 // Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk) and, during
 // decode, budget + slack + 1 rows for the policy to evict before it is full (a budget above that is allowed: a cache
 // sized for short sequences never reaches it; the decode step that finds a head full is an error).
@@ -42,6 +45,7 @@
 #include "kvcache/core/rope.hpp"
 #include "kvcache/policy/policy.hpp"
 #include "kvcache/policy/select.hpp"
+#include "kvcache/storage/block_pool.hpp"
 #include "kvcache/storage/slot_storage.hpp"
 
 namespace kvcache {
@@ -57,7 +61,94 @@ class KVCache {
   using Ctx = PolicyContext<State>;
 
  public:
+  /// Dense storage: config.capacity rows per (layer, KV head), allocated now.
   KVCache(const CacheConfig& config, P policy = P{}, KVCacheOptions options = {}, Exec exec = Exec{})
+      : KVCache(config, nullptr, std::move(policy), std::move(options), std::move(exec)) {}
+
+  /// Paged storage on `pool` (storage/block_pool.hpp), which must outlive the cache and hold rows of config's head
+  /// dims, layout and dtype: heads take blocks as they grow and give them back as the policy evicts.
+  /// config.capacity bounds a head's rows (it sizes the block tables, positions, per-slot columns and workspaces:
+  /// about 16 bytes per slot and head, not the rows themselves).
+  KVCache(const CacheConfig& config, BlockPool& pool, P policy = P{}, KVCacheOptions options = {}, Exec exec = Exec{})
+      : KVCache(config, &pool, std::move(policy), std::move(options), std::move(exec)) {}
+
+  /// Movable (a cache can live in a container of sequences); fork() is the copy.
+  KVCache(KVCache&&) noexcept = default;
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+
+  /// A new sequence that continues this one: the same rows (sharing its blocks copy-on-write: a block is copied on
+  /// the first write or eviction that touches it in either cache), scores, policy state and budgets. n samples of one
+  /// prompt then hold the prompt's blocks once. Needs paged storage.
+  [[nodiscard]] KVCache fork() const {
+    KVCACHE_REQUIRE(storage_.paged(), "fork: the cache is on no block pool (build it with KVCache(config, pool, ...))");
+    for (int l = 0; l < config_.n_layers; ++l) reads_.require_done(l, "fork");
+    return KVCache(*this, ForkTag{});
+  }
+
+  /// Removes the newest n_tokens positions of the sequence: every row whose position is in (newest - n_tokens,
+  /// newest] (with consecutive positions, the last n_tokens tokens: a speculative step's rejected drafts), in every
+  /// layer, with their per-slot state; a paged head gives back the blocks it no longer needs. The next token may then
+  /// take position newest - n_tokens + 1. Scores the remaining rows received from the removed tokens' queries stay
+  /// (attention is not undone). Not for policies that merge tokens into rows (DMC). Throws before any change for
+  /// n_tokens < 0 or past the start of the sequence.
+  void truncate(std::int64_t n_tokens) {
+    KVCACHE_REQUIRE(!AppendsTokens<P>, "truncate: policy '", P::kName,
+                    "' merges tokens into its rows; a merged token cannot be taken back out");
+    KVCACHE_REQUIRE(n_tokens >= 0, "truncate: n_tokens must be >= 0, got ", n_tokens);
+    for (int l = 0; l < config_.n_layers; ++l) {
+      reads_.require_done(l, "truncate");
+      const Position newest = layers_[std::size_t(l)].newest;
+      KVCACHE_REQUIRE(n_tokens <= std::int64_t(newest) + 1, "truncate: ", n_tokens,
+                      " tokens is past the start of the sequence (layer ", l, " holds positions up to ", newest, ")");
+    }
+    if (n_tokens == 0) return;
+    // The slots of (l, h) to drop, into that head's removal scratch.
+    auto doomed = [&](int l, int h) {
+      const Position from = static_cast<Position>(std::int64_t(layers_[std::size_t(l)].newest) + 1 - n_tokens);
+      const auto pos = storage_.layer(l).positions(h);
+      std::int32_t* drop = ws_.slice(h, config_.capacity).removals;
+      std::size_t n = 0;
+      for (std::size_t j = 0; j < pos.size(); ++j)
+        if (pos[j] >= from) drop[n++] = static_cast<std::int32_t>(j);
+      return std::span<const std::int32_t>(drop, n);
+    };
+    if (storage_.paged()) {
+      // A fork's removal copies the shared blocks it writes into: all of them must be there before anything goes.
+      std::int64_t copies = 0;
+      for (int l = 0; l < config_.n_layers; ++l)
+        for (int h = 0; h < config_.shape.n_kv_heads; ++h)
+          copies += storage_.layer(l).removal_copies(
+              h, doomed(l, h), std::span<std::int32_t>(ws_.slice(h, config_.capacity).scratch, config_.capacity));
+      const BlockPool& pool = *storage_.pool();
+      KVCACHE_REQUIRE(copies <= pool.blocks_free(), "block pool exhausted: truncating ", n_tokens, " tokens needs ",
+                      copies, " copies of shared blocks, and ", pool.blocks_free(), " of ", pool.blocks_total(),
+                      " blocks are free");
+    }
+    for (int l = 0; l < config_.n_layers; ++l) {
+      Layer& st = layers_[std::size_t(l)];
+      const Position from = static_cast<Position>(std::int64_t(st.newest) + 1 - n_tokens);
+      for (int h = 0; h < config_.shape.n_kv_heads; ++h) {
+        const auto drop = doomed(l, h);
+        Ctx c = context(l);
+        c.kv.remove(h, drop, [&](std::int64_t a, std::int64_t b) noexcept {
+          c.columns.move(h, a, b);
+          if constexpr (policy_hooks::kHasOnMove<P>) policy_.on_move(c, h, a, b);
+        });
+      }
+      st.newest = from - 1;
+    }
+  }
+
+  /// Whether the rows live in a BlockPool (paged), and that pool.
+  [[nodiscard]] bool paged() const noexcept { return storage_.paged(); }
+  [[nodiscard]] BlockPool* pool() const noexcept { return storage_.pool(); }
+  /// Blocks the cache's heads hold (shared blocks count in every cache that holds them).
+  [[nodiscard]] std::int64_t blocks_held() const noexcept { return storage_.blocks_held(); }
+
+ private:
+  struct ForkTag {};
+  KVCache(const CacheConfig& config, BlockPool* pool, P policy, KVCacheOptions options, Exec exec)
       : config_((config.validate(), config)),
         policy_(std::move(policy)),
         needs_(policy_.needs()),
@@ -65,7 +156,7 @@ class KVCache {
         exec_(std::move(exec)),
         settings_{config, options_.rope, options_.softmax_scale, options_.readers},
         state_(policy_hooks::make_state(policy_, settings_)),
-        storage_(config),
+        storage_(pool != nullptr ? SlotStorage(config, *pool) : SlotStorage(config)),
         reads_(config.n_layers, options_.readers),
         // Eviction scratch: one region, or one per KV head when an executor may evict heads at once.
         ws_(config, options_.max_threads > 0 ? options_.max_threads : exec_.concurrency(),
@@ -88,6 +179,24 @@ class KVCache {
     }
   }
 
+  // fork(): the parent's state, its rows shared, workspaces of its own.
+  KVCache(const KVCache& parent, ForkTag)
+      : config_(parent.config_),
+        policy_(parent.policy_),
+        needs_(parent.needs_),
+        options_(parent.options_),
+        exec_(parent.exec_),
+        settings_{config_, options_.rope, options_.softmax_scale, options_.readers},
+        state_(parent.state_),
+        storage_(LayerSlots::Share{}, parent.storage_),
+        reads_(parent.reads_),
+        ws_(config_, options_.max_threads > 0 ? options_.max_threads : exec_.concurrency(),
+            exec_.concurrency() > 1 ? std::size_t(config_.shape.n_kv_heads) : 1, !RanksInPlace<P>, needs_.decode_scores,
+            AppendsTokens<P>),
+        layers_(parent.layers_),
+        first_(parent.first_) {}
+
+ public:
   [[nodiscard]] const CacheConfig& config() const noexcept { return config_; }
   [[nodiscard]] P const& policy() const noexcept { return policy_; }
   /// The policy's own state (for example FastGen's choice per head).

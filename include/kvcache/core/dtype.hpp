@@ -145,6 +145,8 @@ inline std::uint16_t bits_of(bf16 h) noexcept { return Eigen::numext::bit_cast<s
 inline float to_f32(float x) noexcept { return x; }
 inline float to_f32(f16 x) noexcept { return f16_bits_to_f32(bits_of(x)); }
 inline float to_f32(bf16 x) noexcept { return bf16_bits_to_f32(bits_of(x)); }
+/// An i8 element's integer value (its row scale is applied apart).
+inline float to_f32(i8 x) noexcept { return static_cast<float>(x); }
 
 /// f32 -> element T (round to nearest even).
 template <class T>

@@ -13,34 +13,22 @@
 namespace kvcache::reference {
 
 namespace detail {
-template <class T>
-Eigen::MatrixXd rows_as_double(T const* p, std::int64_t n, int d) {
-  Eigen::MatrixXd m(n, d);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(to_f32(p[i * d + c]));
-  return m;
-}
-// i8 rows: the dequantized values, element x the row's scale.
-inline Eigen::MatrixXd rows_as_double(const i8* p, const float* scale, std::int64_t n, int d) {
-  Eigen::MatrixXd m(n, d);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (int c = 0; c < d; ++c) m(i, c) = static_cast<double>(p[i * d + c]) * static_cast<double>(scale[i]);
-  return m;
-}
+// Rows [0, length(h)) of head h as doubles, i8 ones dequantized (element x the row's scale).
 template <class T>
 void head_rows_as(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   const std::int64_t n = kv.length(h);
-  if constexpr (std::is_same_v<T, i8>)
-    k = rows_as_double(kv.k_rows<T>(h), kv.k_scales(h), n, kv.head_dim_k());
-  else
-    k = rows_as_double(kv.k_rows<T>(h), n, kv.head_dim_k());
-  // The latent layout (MLA): the value is the head of each key row.
-  if (kv.values_in_keys())
-    v = Eigen::MatrixXd(k.leftCols(kv.head_dim_v()));
-  else if constexpr (std::is_same_v<T, i8>)
-    v = rows_as_double(kv.v_rows<T>(h), kv.v_scales(h), n, kv.head_dim_v());
-  else
-    v = rows_as_double(kv.v_rows<T>(h), n, kv.head_dim_v());
+  const int dk = kv.head_dim_k(), dv = kv.head_dim_v();
+  k.resize(n, dk);
+  v.resize(n, dv);
+  for (std::int64_t i = 0; i < n; ++i) {
+    T const* kr = kv.k_row<T>(h, i);
+    const double ks = kv.k_scale(h, i);
+    for (int c = 0; c < dk; ++c) k(i, c) = static_cast<double>(to_f32(kr[c])) * ks;
+    // The latent layout (MLA): the value is the head of each key row.
+    T const* vr = kv.v_row<T>(h, i);
+    const double vs = kv.v_scale(h, i);
+    for (int c = 0; c < dv; ++c) v(i, c) = static_cast<double>(to_f32(vr[c])) * vs;
+  }
 }
 inline void head_rows(const LayerSlots& kv, int h, Eigen::MatrixXd& k, Eigen::MatrixXd& v) {
   switch (kv.dtype()) {

@@ -526,11 +526,10 @@ inline constexpr int kTwoPassGroup = 16;  ///< the largest group decode_two_pass
 // followed by accumulate_probabilities: P.V replays the one-pass kernel's rescaling (the running maximum of each tile
 // is in tile_max) on the same exponentials.
 template <class T>
-KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
-                                      const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o,
-                                      float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
-                                      std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
-                                      float* acc_max) noexcept {
+KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, int dv, int ldv, const TypedRows<T>& rows,
+                                      std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
+                                      std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                                      std::int64_t acc_ld, float* acc_max) noexcept {
   constexpr int L = ops::kLanes;
   // Pass 1: scores, running maximum and sum; the exponentials go to probs, the running maximum to tile_max.
   for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
@@ -538,14 +537,21 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
     const int nt = static_cast<int>(t1 - t0);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      // K rows kPrefetchRows ahead in the first tile; the next tile's K spread over this tile's rows.
-      const std::int64_t n_next = h0 == 0 ? std::min<std::int64_t>(r1 - t1, kDecodeTile) : 0;
-      decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, h0 == 0 ? k : nullptr, 0,
-                        t0 == r0 ? r1 : t0, reinterpret_cast<const char*>(k + t1 * dk),
-                        (sizeof(T) * std::size_t(dk) * std::size_t(n_next) + 63) / 64);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        // K rows kPrefetchRows ahead in the first tile; the next tile's K (the run a tile further on) spread over this
+        // run's rows.
+        T const* k = rows.k(a);
+        const std::int64_t an = a + kDecodeTile, n_next = h0 == 0 && an < r1 ? std::min(n, r1 - an) : 0;
+        decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, 0, n, s + h0 * kDecodeTile + (a - t0), h0 == 0 ? k : nullptr, 0,
+                          t0 == r0 ? rows.run(a, r1) : 0,
+                          n_next > 0 ? reinterpret_cast<const char*>(rows.k(an)) : nullptr,
+                          (sizeof(T) * std::size_t(dk) * std::size_t(n_next) + 63) / 64);
+      }
       h0 += hb;
     }
-    if (ks != nullptr) scale_tile(s, g, nt, ks + t0);
+    if (rows.scaled)
+      for (std::int64_t a = t0, n; a < t1; a += n) scale_tile(s + (a - t0), g, int(n = rows.run(a, t1)), rows.ks(a));
     for (int h = 0; h < g; ++h) {
       softmax_tile(s + h * kDecodeTile, nt, m[h], l[h], nullptr, dv, probs + h * ld + t0, nullptr);
       tile_max[h * ldt + t0 / kDecodeTile] = m[h];
@@ -575,12 +581,17 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
       }
       std::copy_n(probs + h * ld + t0, nt, s + h * kDecodeTile);
     }
-    if (vs != nullptr) scale_tile(s, g, nt, vs + t0);
+    if (rows.scaled)
+      for (std::int64_t a = t0, n; a < t1; a += n) scale_tile(s + (a - t0), g, int(n = rows.run(a, t1)), rows.vs(a));
     accumulate_tile(probs, g, ld, t0, t1, tile_max + tile, ldt, acc, acc_ld, acc_max);
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? v + t1 * ldv : nullptr,
-                    r1 - t1, ldv);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        const std::int64_t an = a + kDecodeTile;
+        decode_pv_any(hb, s + h0 * kDecodeTile + (a - t0), dv, ldv, rows.v(a), 0, n, o + h0 * dv,
+                      h0 == 0 && an < r1 ? rows.v(an) : nullptr, r1 - an, ldv);
+      }
       h0 += hb;
     }
   }
@@ -588,9 +599,9 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
 
 /// Unnormalised attention of g query heads over rows [r0, r1) of one KV head (a split of the KV length).
 /// q: [g, dk] f32, already multiplied by the softmax scale, row stride ldq (64-byte aligned rows are fastest);
-/// k: rows of width dk; v: rows of width dv at stride ldv; ks, vs: for i8 rows their scales (indexed by row as k and
-/// v), else null; s: scratch of decode_scratch_floats(g, dk, dv) floats,
-/// 64-byte aligned.
+/// rows: the head's rows (core/head_rows.hpp): keys of width dk, values of width dv at stride ldv elements, for i8
+/// their scales; each tile is visited run by run (rows inside one block), so blocks of any size the layout allows
+/// work; s: scratch of decode_scratch_floats(g, dk, dv) floats, 64-byte aligned.
 /// Any g: each tile of K and V rows is read from memory once for all g heads (MLA runs 128 heads on one latent).
 /// Out: o: [g, dv] = sum_j e^(s_hj - m_h) v_j, m: [g] = max_j s_hj (-inf if empty), l: [g] = sum_j e^(s_hj - m_h),
 /// with s_hj = q_h . k_j.
@@ -602,11 +613,10 @@ KVCACHE_NOINLINE void decode_two_pass(const float* q, int ldq, int g, int dk, in
 /// ldt, m, l, acc, acc_ld, acc_max) would after the call (groups of 4 to kTwoPassGroup: by decode_two_pass, with
 /// the same result).
 template <class T>
-KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
-                                     const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o,
-                                     float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
-                                     std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
-                                     float* acc_max) noexcept {
+KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, const TypedRows<T>& rows,
+                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
+                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                                     std::int64_t acc_ld, float* acc_max) noexcept {
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
     l[h] = 0.0f;
@@ -616,8 +626,7 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   // in s after the scores of a tile. Below one tile of rows, laying the queries out costs more than the tiles save.
   const bool tiles = r1 - r0 >= kDecodeTile && tiles_apply<T>(g, dk, dv);
   if (acc != nullptr && !tiles && g >= 4 && g <= kTwoPassGroup) {
-    decode_two_pass(q, ldq, g, dk, dv, ldv, k, v, ks, vs, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld,
-                    acc_max);
+    decode_two_pass(q, ldq, g, dk, dv, ldv, rows, r0, r1, o, m, l, probs, ld, tile_max, ldt, s, acc, acc_ld, acc_max);
     return;
   }
   float* const ts = s + ::kvcache::detail::pad_to(static_cast<std::size_t>(g) * kDecodeTile, 16);
@@ -626,32 +635,45 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   for (std::int64_t t0 = r0; t0 < r1; t0 += kDecodeTile) {
     const std::int64_t t1 = t0 + kDecodeTile < r1 ? t0 + kDecodeTile : r1;
     const int nt = static_cast<int>(t1 - t0);
+    // Tile products need the tile in one run (blocks of at least a tile); other tiles take the vector path.
+    const bool tile_run = tiles && rows.contiguous(t0) >= nt;
     for (int h0 = 0; h0 < g;) {
       const int hb = head_block(g - h0);
-      T const* vp = h0 == 0 && ldv == dv ? v : nullptr;
-      if (tiles && hb == 8)
-        tile_scores(q + h0 * ldq, ldq, h0 / 8, g, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, r1, ts);
-      else
-        decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, t0, t1, s + h0 * kDecodeTile, vp, dv, t0 == r0 ? r1 : t0);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        T const* k = rows.k(a);
+        T const* vp = h0 == 0 && ldv == dv ? rows.v(a) : nullptr;
+        if (tile_run && hb == 8)
+          tile_scores(q + h0 * ldq, ldq, h0 / 8, g, dk, k, 0, n, s + h0 * kDecodeTile, vp, dv, rows.run(a, r1), ts);
+        else
+          decode_scores_any(hb, q + h0 * ldq, ldq, dk, k, 0, n, s + h0 * kDecodeTile + (a - t0), vp, dv,
+                            t0 == r0 ? rows.run(a, r1) : 0);
+      }
       h0 += hb;
     }
-    if (ks != nullptr) scale_tile(s, g, nt, ks + t0);
+    if (rows.scaled)
+      for (std::int64_t a = t0, n; a < t1; a += n) scale_tile(s + (a - t0), g, int(n = rows.run(a, t1)), rows.ks(a));
     for (int h = 0; h < g; ++h) {
       // The exponentials replace the scores in s; the export stores them a second time.
       float* sh = s + h * kDecodeTile;
       softmax_tile(sh, nt, m[h], l[h], o + h * dv, dv, sh, probs != nullptr ? probs + h * ld + t0 : nullptr);
       if (probs != nullptr) tile_max[h * ldt + t0 / kDecodeTile] = m[h];
     }
-    if (vs != nullptr) scale_tile(s, g, nt, vs + t0);
+    if (rows.scaled)
+      for (std::int64_t a = t0, n; a < t1; a += n) scale_tile(s + (a - t0), g, int(n = rows.run(a, t1)), rows.vs(a));
     int h0 = 0;
-    if (tiles) {
+    if (tile_run) {
       h0 = g / 8 * 8;
-      tile_pv(s, h0, dk, dv, ldv, v, t0, t1, o, k + t1 * dk, r1 - t1, ts);
+      tile_pv(s, h0, dk, dv, ldv, rows.v(t0), 0, nt, o, t1 < r1 ? rows.k(t1) : nullptr, t1 < r1 ? r1 - t1 : 0, ts);
     }
     for (; h0 < g;) {
       const int hb = head_block(g - h0);
-      decode_pv_any(hb, s + h0 * kDecodeTile, dv, ldv, v, t0, t1, o + h0 * dv, h0 == 0 ? k + t1 * dk : nullptr, r1 - t1,
-                    dk);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        const std::int64_t an = a + kDecodeTile;
+        decode_pv_any(hb, s + h0 * kDecodeTile + (a - t0), dv, ldv, rows.v(a), 0, n, o + h0 * dv,
+                      h0 == 0 && an < r1 ? rows.k(an) : nullptr, r1 - an, dk);
+      }
       h0 += hb;
     }
   }
@@ -660,11 +682,10 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
 }
 
 #ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
-#define KVCACHE_DECODE_INSTANCE_(T)                                                                                  \
-  KVCACHE_KERNEL_INSTANCE void decode_partial<T>(const float*, int, int, int, int, int, T const*, T const*,          \
-                                                 const float*, const float*, std::int64_t, std::int64_t, float*,     \
-                                                 float*, float*, float*, std::int64_t, float*, std::int64_t, float*, \
-                                                 float*, std::int64_t, float*) noexcept;
+#define KVCACHE_DECODE_INSTANCE_(T)                                                                                   \
+  KVCACHE_KERNEL_INSTANCE void decode_partial<T>(                                                                     \
+      const float*, int, int, int, int, int, const TypedRows<T>&, std::int64_t, std::int64_t, float*, float*, float*, \
+      float*, std::int64_t, float*, std::int64_t, float*, float*, std::int64_t, float*) noexcept;
 KVCACHE_DECODE_INSTANCE_(float)
 KVCACHE_DECODE_INSTANCE_(f16)
 KVCACHE_DECODE_INSTANCE_(bf16)

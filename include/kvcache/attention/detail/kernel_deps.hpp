@@ -12,4 +12,5 @@
 
 #include "kvcache/attention/detail/tiles.hpp"
 #include "kvcache/core/dtype.hpp"
+#include "kvcache/core/head_rows.hpp"
 #include "kvcache/core/macros.hpp"

@@ -113,15 +113,16 @@ inline void pv_block(const float* p, int m, int nk, const float* vp, int vs, int
 }
 
 // Packs keys [j0, j0 + nk) transposed into kt: [kd][kPrefillKvTile] f32, zero beyond nk and dk; i8 rows times their
-// scales sc[j] (sc: null for the other types). Square blocks of kLanes rows x kLanes columns go through registers
-// (ops::transpose), which costs a fraction of scattering element by element.
+// scales. Square blocks of kLanes rows x kLanes columns go through registers (ops::transpose), which costs a fraction
+// of scattering element by element. j0 is a multiple of the tile, and blocks hold at least 16 rows, so each square
+// block's rows lie in one block of the cache.
 template <class T>
-inline void pack_kt(T const* k, const float* sc, int dk, int kd, std::int64_t j0, int nk, float* kt) noexcept {
+inline void pack_kt(const TypedRows<T>& rows_of, int dk, int kd, std::int64_t j0, int nk, float* kt) noexcept {
   constexpr int B = kPrefillKvTile, L = ops::kLanes;
   int jb = 0;
   for (; jb < nk; jb += L) {
     const int rows = nk - jb < L ? nk - jb : L;
-    T const* src = k + (j0 + jb) * dk;
+    T const* src = rows_of.k(j0 + jb);
     for (int c = 0; c < kd; c += L) {
       ops::Vec r[L];
       if (rows == L && c + L <= dk) {
@@ -133,8 +134,9 @@ inline void pack_kt(T const* k, const float* sc, int dk, int kd, std::int64_t j0
         for (int i = 0; i < L; ++i) r[i] = i < rows && w > 0 ? ops::load_n(src + i * dk + c, w) : ops::zero();
       }
       if constexpr (std::is_same_v<T, i8>) {
+        const float* sc = rows_of.ks(j0 + jb);
         KVCACHE_UNROLL
-        for (int i = 0; i < L; ++i) r[i] = ops::mul(r[i], ops::set1(i < rows ? sc[j0 + jb + i] : 0.0f));
+        for (int i = 0; i < L; ++i) r[i] = ops::mul(r[i], ops::set1(i < rows ? sc[i] : 0.0f));
       }
       ops::transpose(r);
       KVCACHE_UNROLL
@@ -144,37 +146,36 @@ inline void pack_kt(T const* k, const float* sc, int dk, int kd, std::int64_t j0
   for (int c = 0; c < kd; ++c)
     for (int j = jb; j < B; ++j) kt[c * B + j] = 0.0f;
 }
-// Packs values [j0, j0 + nk) (rows of width dv at stride vs) into vp: [nk][ldv] f32, zero beyond dv; i8 rows times
-// their scales sc[j] (sc: null for the other types).
+// Packs values [j0, j0 + nk) (rows of width dv) into vp: [nk][ldv] f32, zero beyond dv; i8 rows times their scales.
 template <class T>
-inline void pack_v(T const* v, const float* sc, int dv, int vs, int ldv, std::int64_t j0, int nk, float* vp) noexcept {
+inline void pack_v(const TypedRows<T>& rows, int dv, int ldv, std::int64_t j0, int nk, float* vp) noexcept {
   constexpr int L = ops::kLanes;
   for (int j = 0; j < nk; ++j) {
+    T const* src = rows.v(j0 + j);
     if constexpr (std::is_same_v<T, i8>) {
-      T const* src = v + (j0 + j) * vs;
-      const ops::Vec f = ops::set1(sc[j0 + j]);
+      const ops::Vec f = ops::set1(*rows.vs(j0 + j));
       int c = 0;
       for (; c + L <= dv; c += L) ops::store(vp + j * ldv + c, ops::mul(ops::load(src + c), f));
       if (c < dv) ops::store_n(vp + j * ldv + c, ops::mul(ops::load_n(src + c, dv - c), f), dv - c);
     } else {
-      ops::convert_n(vp + j * ldv, v + (j0 + j) * vs, static_cast<std::size_t>(dv));
+      ops::convert_n(vp + j * ldv, src, static_cast<std::size_t>(dv));
     }
     for (int c = dv; c < ldv; ++c) vp[j * ldv + c] = 0.0f;
   }
 }
 
 // Values [j0, j0 + nk) as f32 rows of at least ldv readable floats, at stride vs (set here): f32 values whose width
-// is whole vectors in place (a copy would add a pass over them), others packed into vp.
+// is whole vectors, in one run of rows, in place (a copy would add a pass over them), others packed into vp.
 template <class T>
-inline const float* tile_values(T const* v, const float* sc, int dv, int v_stride, int ldv, std::int64_t j0, int nk,
+inline const float* tile_values(const TypedRows<T>& rows, int dv, int v_stride, int ldv, std::int64_t j0, int nk,
                                 float* vp, int& vs) noexcept {
   if constexpr (std::is_same_v<T, float>) {
-    if (dv == ldv) {
+    if (dv == ldv && rows.contiguous(j0) >= nk) {
       vs = v_stride;
-      return v + j0 * v_stride;
+      return rows.v(j0);
     }
   }
-  pack_v(v, sc, dv, v_stride, ldv, j0, nk, vp);
+  pack_v(rows, dv, ldv, j0, nk, vp);
   vs = ldv;
   return vp;
 }
@@ -312,7 +313,7 @@ KVCACHE_INLINE bool colsum_rows(const PrefillArgs& a, ColsumRows& r) noexcept {
 }
 
 template <class T>
-KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v, const PrefillScratch& sc) noexcept {
+KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, const TypedRows<T>& rows, const PrefillScratch& sc) noexcept {
   constexpr int B = kPrefillKvTile;
   const int g = a.g, kd = pad_lanes(a.dk), ldv = pad_lanes(a.dv);
   const int M = static_cast<int>(a.t1 - a.t0) * g;
@@ -328,9 +329,9 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
   const std::int64_t kv_end = a.n_old + a.t1;  // keys visible to the block's last token
   for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
     const int nk = static_cast<int>(kv_end - j0 < B ? kv_end - j0 : B);
-    pack_kt(k, a.k_scale, a.dk, kd, j0, nk, sc.kt);
+    pack_kt(rows, a.dk, kd, j0, nk, sc.kt);
     int vs = ldv;
-    const float* vp = tile_values(v, a.v_scale, a.dv, a.v_stride, ldv, j0, nk, sc.vp, vs);
+    const float* vp = tile_values(rows, a.dv, a.v_stride, ldv, j0, nk, sc.vp, vs);
     qk_block(sc.q, kd, sc.kt, 0, M, sc.s);
     softmax_tile(a, sc, M, j0, nk, ldv);
     pv_block(sc.s, M, nk, vp, vs, ldv, sc.o);
@@ -343,7 +344,7 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
   if (!colsum_rows(a, cs)) return;
   for (std::int64_t j0 = 0; j0 < cs.sweep_end; j0 += B) {
     const int nk = static_cast<int>(cs.sweep_end - j0 < B ? cs.sweep_end - j0 : B);
-    pack_kt(k, a.k_scale, a.dk, kd, j0, nk, sc.kt);
+    pack_kt(rows, a.dk, kd, j0, nk, sc.kt);
     qk_block(sc.q, kd, sc.kt, cs.r0, cs.r1, sc.s);
     colsum_tile(a, sc, cs.r0, cs.r1, j0, nk);
   }
@@ -352,13 +353,13 @@ KVCACHE_NOINLINE void prefill_block(const PrefillArgs& a, T const* k, T const* v
 /// One block of prefill with this ISA's scratch carved from `scratch` (the dispatch entry point of prefill.hpp; not
 /// inlined, so that compiled kernels can make it an extern instantiation).
 template <class T>
-KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
-  prefill_block(a, k, v, prefill_scratch(scratch, a.dk, a.dv));
+KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, const TypedRows<T>& rows, float* scratch) noexcept {
+  prefill_block(a, rows, prefill_scratch(scratch, a.dk, a.dv));
 }
 
 #ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
-KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const float*, const float*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const f16*, const f16*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const bf16*, const bf16*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<i8>(const PrefillArgs&, const i8*, const i8*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const TypedRows<float>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const TypedRows<f16>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const TypedRows<bf16>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<i8>(const PrefillArgs&, const TypedRows<i8>&, float*) noexcept;
 #endif

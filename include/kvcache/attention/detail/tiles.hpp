@@ -80,8 +80,6 @@ struct PrefillArgs {
   float* colsum;           // nullable: [>= n_old + n_new], += probabilities summed over rows [cs0, cs1) x group
   std::int64_t colsum_ld;  // 0: as above; > 0: one row per query head, colsum + i * colsum_ld for head head0 + i
   std::int64_t cs0, cs1;   // token range whose probabilities are summed
-  const float* k_scale;    // i8 rows: the scales of the head's key and value rows (value = element x scale); else null
-  const float* v_scale;
 };
 
 }  // namespace kvcache::detail

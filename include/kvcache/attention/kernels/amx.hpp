@@ -377,12 +377,19 @@ KVCACHE_INLINE void tile_block_queries(const PrefillArgs& a, int m, int mp, int 
 
 // kt: keys [j0, j0 + nk) as B tiles, tile (kb, ch) = keys 16 kb .. 16 kb + 15, key columns 32 ch .. 32 ch + 31; zero
 // past nk and dk.
-KVCACHE_INLINE void tile_block_keys(const bf16* k, int dk, int kc, std::int64_t j0, int nk,
+KVCACHE_INLINE void tile_block_keys(const TypedRows<bf16>& k, int dk, int kc, std::int64_t j0, int nk,
                                     std::uint16_t* kt) noexcept {
   constexpr int B = kPrefillKvTile;
   for (int kb = 0; kb < B / 16; ++kb) {
     const int rows = nk - 16 * kb < 16 ? (nk > 16 * kb ? nk - 16 * kb : 0) : 16;
-    const bf16* src = k + (j0 + 16 * kb) * dk;
+    if (rows == 0) {  // past the keys: zero tiles (no row to address)
+      for (int ch = 0; ch < kc; ++ch) {
+        float* dst = reinterpret_cast<float*>(kt + std::size_t(kb * kc + ch) * 512);
+        for (int p = 0; p < 256; ++p) dst[p] = 0.0f;
+      }
+      continue;
+    }
+    const bf16* src = k.k(j0 + 16 * kb);  // 16 rows inside one block of the cache (blocks hold at least 16)
     for (int ch = 0; ch < kc; ++ch) {
       const __mmask32 mask = first_bf16(dk - 32 * ch);
       __m512 r[16];
@@ -399,14 +406,14 @@ KVCACHE_INLINE void tile_block_keys(const bf16* k, int dk, int kc, std::int64_t 
 }
 
 // vv: values [j0, j0 + nk) (rows at stride vs) as B tiles for the first nch chunks of 32 keys, tile (ch, cb) = keys
-// 32 ch .., value columns 16 cb ..; zero past nk and dv.
-KVCACHE_INLINE void tile_block_values(const bf16* v, int dv, int vs, int cbs, std::int64_t j0, int nk, int nch,
-                                      std::uint16_t* vv) noexcept {
+// 32 ch .., value columns 16 cb ..; zero past nk and dv. A row pair lies in one block of the cache.
+KVCACHE_INLINE void tile_block_values(const TypedRows<bf16>& v, int dv, int vs, int cbs, std::int64_t j0, int nk,
+                                      int nch, std::uint16_t* vv) noexcept {
   const __m512i lo_idx = _mm512_load_si512(kPairLo), hi_idx = _mm512_load_si512(kPairHi);
   for (int ch = 0; ch < nch; ++ch)
     for (int i = 0; i < 16; ++i) {
       const int ja = 32 * ch + 2 * i;
-      const bf16* ra = v + (j0 + ja) * vs;
+      const bf16* ra = ja < nk ? v.v(j0 + ja) : nullptr;
       std::uint16_t* dst = vv + std::size_t(ch * cbs) * 512 + i * 32;
       for (int c = 0; c < 16 * cbs; c += 32) {
         const __mmask32 mask = first_bf16(dv - c);
@@ -520,7 +527,7 @@ KVCACHE_INLINE void tile_block_pv(const std::uint16_t* p3, const std::uint16_t* 
   }
 }
 
-KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf16* k, const bf16* v,
+KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const TypedRows<bf16>& rows,
                                                  float* scratch) noexcept {
   constexpr int B = kPrefillKvTile;
   const PrefillTileScratch t = prefill_tile_scratch(scratch, a.dk, a.dv);
@@ -535,8 +542,8 @@ KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf1
   const std::int64_t kv_end = a.n_old + a.t1;  // keys visible to the block's last token
   for (std::int64_t j0 = 0; j0 < kv_end; j0 += B) {
     const int nk = static_cast<int>(kv_end - j0 < B ? kv_end - j0 : B), nch = (nk + 31) / 32;
-    tile_block_keys(k, a.dk, kc, j0, nk, t.kt);
-    tile_block_values(v, a.dv, a.v_stride, cbs, j0, nk, nch, t.vv);
+    tile_block_keys(rows, a.dk, kc, j0, nk, t.kt);
+    tile_block_values(rows, a.dv, a.v_stride, cbs, j0, nk, nch, t.vv);
     tile_block_scores(t.q3, kd32, t.kt, 0, mg, sc.s);
     avx512::softmax_tile(a, sc, M, j0, nk, ldv);
     tile_block_probabilities(sc.s, M, 16 * mg, nk, nch, t.p3);
@@ -549,7 +556,7 @@ KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf1
   if (avx512::colsum_rows(a, cs))
     for (std::int64_t j0 = 0; j0 < cs.sweep_end; j0 += B) {
       const int nk = static_cast<int>(cs.sweep_end - j0 < B ? cs.sweep_end - j0 : B);
-      tile_block_keys(k, a.dk, kc, j0, nk, t.kt);
+      tile_block_keys(rows, a.dk, kc, j0, nk, t.kt);
       tile_block_scores(t.q3, kd32, t.kt, cs.r0 / 16, (cs.r1 + 15) / 16, sc.s);
       avx512::colsum_tile(a, sc, cs.r0, cs.r1, j0, nk);
     }
@@ -559,24 +566,24 @@ KVCACHE_NOINLINE inline void prefill_block_tiles(const PrefillArgs& a, const bf1
 
 /// Prefill of one block: on tiles for bf16 caches, else the avx512 kernel.
 template <class T>
-inline void prefill_block(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
+inline void prefill_block(const PrefillArgs& a, const TypedRows<T>& rows, float* scratch) noexcept {
   if constexpr (std::is_same_v<T, bf16>)
-    prefill_block_tiles(a, k, v, scratch);
+    prefill_block_tiles(a, rows, scratch);
   else
-    avx512::prefill_block(a, k, v, avx512::prefill_scratch(scratch, a.dk, a.dv));
+    avx512::prefill_block(a, rows, avx512::prefill_scratch(scratch, a.dk, a.dv));
 }
 
 /// The dispatch entry point of prefill.hpp: amx's prefill_block takes the raw scratch.
 template <class T>
-KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, T const* k, T const* v, float* scratch) noexcept {
-  prefill_block(a, k, v, scratch);
+KVCACHE_NOINLINE void prefill_unit(const PrefillArgs& a, const TypedRows<T>& rows, float* scratch) noexcept {
+  prefill_block(a, rows, scratch);
 }
 
 #ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
-KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const float*, const float*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const f16*, const f16*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const bf16*, const bf16*, float*) noexcept;
-KVCACHE_KERNEL_INSTANCE void prefill_unit<i8>(const PrefillArgs&, const i8*, const i8*, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<float>(const PrefillArgs&, const TypedRows<float>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<f16>(const PrefillArgs&, const TypedRows<f16>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<bf16>(const PrefillArgs&, const TypedRows<bf16>&, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void prefill_unit<i8>(const PrefillArgs&, const TypedRows<i8>&, float*) noexcept;
 #endif
 }  // namespace kvcache::kernels::amx
 KVCACHE_TARGET_END

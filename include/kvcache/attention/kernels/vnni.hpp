@@ -320,11 +320,10 @@ KVCACHE_INLINE void pv_any(int hb, const float* p, const float* vs, int dv, int 
 /// avx512::decode_partial for i8 rows, with the products on VNNI (see the top of this header); same arguments and
 /// results, the export included (the one-pass kernel's order: probabilities added after the head).
 template <class T>
-KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, T const* k, T const* v,
-                                     const float* ks, const float* vs, std::int64_t r0, std::int64_t r1, float* o,
-                                     float* m, float* l, float* probs, std::int64_t ld, float* tile_max,
-                                     std::int64_t ldt, float* s, float* acc, std::int64_t acc_ld,
-                                     float* acc_max) noexcept {
+KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int dv, int ldv, const TypedRows<T>& rows,
+                                     std::int64_t r0, std::int64_t r1, float* o, float* m, float* l, float* probs,
+                                     std::int64_t ld, float* tile_max, std::int64_t ldt, float* s, float* acc,
+                                     std::int64_t acc_ld, float* acc_max) noexcept {
   static_assert(std::is_same_v<T, i8>, "the VNNI decode takes int8 rows");
   for (int h = 0; h < g; ++h) {
     m[h] = -std::numeric_limits<float>::infinity();
@@ -336,13 +335,19 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
   for (std::int64_t t0 = r0; t0 < r1; t0 += kTile) {
     const std::int64_t t1 = t0 + kTile < r1 ? t0 + kTile : r1;
     const int nt = static_cast<int>(t1 - t0);
+    // Each tile run by run: rows inside one block (core/head_rows.hpp).
     for (int h0 = 0; h0 < g;) {
       const int hb = base::head_block(g - h0);
-      const i8* vp = h0 == 0 && ldv == dv ? v : nullptr;
-      scores_any(hb, sc.q16 + h0 * sc.ld16, sc.ld16, dk, k, t0, t1, s + h0 * kTile, vp, dv, t0 == r0 ? r1 : t0);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        const i8* vp = h0 == 0 && ldv == dv ? rows.v(a) : nullptr;
+        scores_any(hb, sc.q16 + h0 * sc.ld16, sc.ld16, dk, rows.k(a), 0, n, s + h0 * kTile + (a - t0), vp, dv,
+                   t0 == r0 ? rows.run(a, r1) : 0);
+      }
       h0 += hb;
     }
-    scale_scores(s, g, nt, sc.q_scale, ks + t0);
+    for (std::int64_t a = t0, n; a < t1; a += n)
+      scale_scores(s + (a - t0), g, int(n = rows.run(a, t1)), sc.q_scale, rows.ks(a));
     for (int h = 0; h < g; ++h) {
       float* sh = s + h * kTile;
       base::softmax_tile(sh, nt, m[h], l[h], o + h * dv, dv, sh, probs != nullptr ? probs + h * ld + t0 : nullptr);
@@ -350,8 +355,12 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
     }
     for (int h0 = 0; h0 < g;) {
       const int hb = base::head_block(g - h0);
-      pv_any(hb, s + h0 * kTile, vs + t0, dv, ldv, v, t0, t1, o + h0 * dv, sc.pairs + h0 * (kTile / 2),
-             h0 == 0 ? k + t1 * dk : nullptr, r1 - t1, dk);
+      for (std::int64_t a = t0, n; a < t1; a += n) {
+        n = rows.run(a, t1);
+        const std::int64_t an = a + kTile;
+        pv_any(hb, s + h0 * kTile + (a - t0), rows.vs(a), dv, ldv, rows.v(a), 0, n, o + h0 * dv,
+               sc.pairs + h0 * (kTile / 2), h0 == 0 && an < r1 ? rows.k(an) : nullptr, r1 - an, dk);
+      }
       h0 += hb;
     }
   }
@@ -360,10 +369,10 @@ KVCACHE_NOINLINE void decode_partial(const float* q, int ldq, int g, int dk, int
 }
 
 #ifdef KVCACHE_KERNEL_INSTANCE  // compiled kernels (core/macros.hpp)
-KVCACHE_KERNEL_INSTANCE void decode_partial<i8>(const float*, int, int, int, int, int, const i8*, const i8*,
-                                                const float*, const float*, std::int64_t, std::int64_t, float*, float*,
-                                                float*, float*, std::int64_t, float*, std::int64_t, float*, float*,
-                                                std::int64_t, float*) noexcept;
+KVCACHE_KERNEL_INSTANCE void decode_partial<i8>(const float*, int, int, int, int, int, const TypedRows<i8>&,
+                                                std::int64_t, std::int64_t, float*, float*, float*, float*,
+                                                std::int64_t, float*, std::int64_t, float*, float*, std::int64_t,
+                                                float*) noexcept;
 #endif
 }  // namespace kvcache::kernels::vnni
 KVCACHE_TARGET_END
