@@ -28,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "byte_reader.hpp"
@@ -210,6 +211,7 @@ class Program {
             if (in_.chance(4)) {
               cache_.reset();
               for (auto& m : shadow_) m.clear();
+              std::fill(truncated_to_.begin(), truncated_to_.end(), Position(-1));
               for (auto& g : gone_) g.clear();
               decoded_.clear();
             }
@@ -224,8 +226,10 @@ class Program {
             lookups();
             break;
         }
-      } catch (const Error&) {
+      } catch (const Error& e) {
         threw = true;
+        if (std::getenv("KVFUZZ_VERBOSE") != nullptr)
+          std::fprintf(stderr, "%s, op %d: %s\n", std::string(P::kName).c_str(), op, e.what());
       }
       if (threw) {
         FUZZ_CHECK(snapshot(cache_) == before, op);
@@ -248,8 +252,11 @@ class Program {
   int pick_layer() { return in_.chance(16) ? in_.in(-1, cfg_.n_layers) : in_.in(0, cfg_.n_layers - 1); }
   bool layer_ok(int l) const { return l >= 0 && l < cfg_.n_layers; }
   // The newest position appended to layer l since the last reset (-1: none, or no such layer).
+  // After truncate(n) the cache's newest is newest - n, whether or not a row sits there (positions may skip).
   Position newest(int l) const {
-    return layer_ok(l) && !shadow_[std::size_t(l)].empty() ? shadow_[std::size_t(l)].rbegin()->first : -1;
+    if (!layer_ok(l)) return -1;
+    const Position held = shadow_[std::size_t(l)].empty() ? -1 : shadow_[std::size_t(l)].rbegin()->first;
+    return std::max(held, truncated_to_[std::size_t(l)]);
   }
   // A dimension that is usually right.
   int dim(int right) { return in_.chance(24) ? std::max(0, right + in_.in(-1, 1)) : right; }
@@ -390,6 +397,7 @@ class Program {
     if (bad) return true;
     for (int l = 0; l < cfg_.n_layers && n > 0; ++l) {
       const Position from = Position(std::int64_t(newest(l)) + 1 - n);
+      truncated_to_[std::size_t(l)] = from - 1;
       auto& shadow = shadow_[std::size_t(l)];
       shadow.erase(shadow.lower_bound(from), shadow.end());
       for (int h = 0; h < n_kv(); ++h) {
@@ -530,7 +538,7 @@ class Program {
     // The recent window is measured in positions: those within `recent` of the newest (fewer than `recent` rows when
     // the sequence skips positions).
     if (b.recent <= 0 || shadow.empty()) return;
-    const std::int64_t from = std::int64_t{shadow.rbegin()->first} - b.recent + 1;
+    const std::int64_t from = std::int64_t{newest(l)} - b.recent + 1;
     for (auto it = shadow.rbegin(); it != shadow.rend() && it->first >= from; ++it)
       FUZZ_CHECK(has(it->first), long(it->first), l * 100 + h);
   }
@@ -542,9 +550,10 @@ class Program {
   bool full_, merges_;
   std::unique_ptr<BlockPool> pool_;  // paged storage (declared first: the caches go before it)
   KVCache<P> cache_;
-  std::optional<KVCache<P>> sibling_;  // a fork of cache_
-  Position sibling_next_ = 1 << 20;    // the sibling's positions: above any the cache takes
-  bool shared_ = false;                // cache_ has shared blocks with a sibling
+  std::optional<KVCache<P>> sibling_;                                  // a fork of cache_
+  std::vector<Position> truncated_to_ = std::vector<Position>(2, -1);  // per layer: the newest after a truncate
+  Position sibling_next_ = 1 << 20;  // the sibling's positions: above any the cache takes
+  bool shared_ = false;              // cache_ has shared blocks with a sibling
   Values values_;
   std::vector<std::map<Position, Row>> shadow_;  // per layer: every row appended since the last reset
   std::vector<std::set<Position>> gone_;         // per (layer, KV head): the positions evicted since the last reset

@@ -306,9 +306,14 @@ class KVCache {
     check_step(1, q.dimension(0), q.dimension(1), 1, out.dimension(0), out.dimension(1), 1);
     const Position pos[1] = {position};
     if constexpr (AppendsTokens<P>) {
-      // The policy decides whether the token takes a new row (its own capacity check); the shapes are checked here.
-      storage_.layer(l).check_shapes(ConstTensorView<float, 3>(k.data(), k.dimension(0), 1, k.dimension(1)),
-                                     ConstTensorView<float, 3>(v.data(), v.dimension(0), 1, v.dimension(1)), pos);
+      // The policy decides whether the token takes a new row (its own capacity check); the shapes are checked here,
+      // and on a pool the blocks a new row in every head would take (a merge into a shared block copies it: as many).
+      const ConstTensorView<float, 3> k3(k.data(), k.dimension(0), 1, k.dimension(1)),
+          v3(v.data(), v.dimension(0), 1, v.dimension(1));
+      if (storage_.paged())
+        storage_.layer(l).check_append(k3, v3, pos);
+      else
+        storage_.layer(l).check_shapes(k3, v3, pos);
     } else {
       KVCACHE_REQUIRE(storage_.layer(l).max_length() < config_.capacity, "decode: layer ", l,
                       " is full: 1 more row would exceed the capacity of ", config_.capacity,
@@ -422,6 +427,7 @@ class KVCache {
     KVCACHE_REQUIRE(c.kv.max_length() + m <= config_.capacity, "prefill: ", m,
                     " more tokens would exceed the capacity ", config_.capacity, " (a head holds ", c.kv.max_length(),
                     ")");
+    if (c.kv.paged()) c.kv.check_append(k, v, positions);  // the blocks m new rows per head would take
     for (std::int64_t i = 0; i < m; ++i) {
       for (int h = 0; h < n_kv; ++h) {
         std::copy_n(&k(h, i, 0), dk, ws_.token_k.data() + std::size_t(h) * std::size_t(dk));
