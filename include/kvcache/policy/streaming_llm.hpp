@@ -142,11 +142,16 @@ struct StreamingLLM {
     if (!st.in_cache) return;
     for (int h = 0; h < c.kv.n_kv_heads(); ++h) {
       const std::int64_t n = c.kv.length(h);
-      const std::int64_t* slots = st.slots(c.layer, h);
+      std::int64_t* slots = st.slots(c.layer, h);
       double* at = c.columns.data<RotatedAt>(h);
+      const auto pos = c.kv.positions(h);
       for (std::int64_t p = 0; p < sinks; ++p) {
         const std::int64_t s = slots[p];
         if (s < 0) continue;
+        if (s >= n || pos[std::size_t(s)] != p) {  // KVCache::truncate took the sink back: nothing to rotate
+          slots[p] = -1;
+          continue;
+        }
         const double target = double(query_position) - double(n - 1 - p);
         if (target == at[s]) continue;
         const float* orig = st.key(c.layer, h, p);
