@@ -2,7 +2,8 @@
 #   gnuplot -e "dir='build/eval'" docs/plots.gp        (scripts/eval.sh and scripts/eval_full.sh call it)
 # quality_vs_budget.svg: bits per byte against the KV budget per policy (language modelling), Full as a line;
 # passkey_vs_budget.svg: pass-key accuracy against the budget, question-aware and question-agnostic, context `ctx`;
-# stream.svg: bits per byte per 1k segment of the long streams, at the budget `stream_budget`.
+# stream.svg: bits per byte per 1k segment of the long streams, at the budget `stream_budget`;
+# serve.svg (when serve.csv exists): sequences that fit one block pool against bits per byte, per policy.
 if (!exists("dir")) dir = "docs/eval"
 if (!exists("ctx")) ctx = 1024
 if (!exists("stream_budget")) stream_budget = 0.25
@@ -63,3 +64,19 @@ plot dir."/stream_segments.csv" using (strcol(1) eq "full" ? $4 : 1/0):5 with li
      linecolor "black" pointtype 7 title "full", \
      for [p in policies] dir."/stream_segments.csv" using \
      ((strcol(1) eq p && abs($2 - stream_budget) < 1e-6) ? $4 : 1/0):5 with linespoints linewidth 2 pointtype 7 title p
+
+# --- serving: sequences that fit one pool against bits per byte (kvcache-eval --task serve; serve.csv) ---
+if (system("test -f ".dir."/serve.csv && echo y") eq "y") {
+  unset logscale y
+  unset arrow 1
+  unset label 2
+  set output dir."/serve.svg"
+  set title sprintf("%s, one block pool: sequences that fit against bits per byte", model)
+  set xlabel "sequences that fit the pool"
+  set ylabel "bits per byte (decoded bytes, all sequences)"
+  set xrange [0:*]
+  set yrange [*:*]
+  set key outside right top box
+  plot for [p in "full ".policies." fastgen"] dir."/serve.csv" using (strcol(1) eq p ? $6 : 1/0):13 \
+       with linespoints linewidth 2 pointtype 7 title p
+}

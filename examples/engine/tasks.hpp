@@ -6,6 +6,7 @@
 // what it measured into a TaskStats. Not part of the installed library.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -30,6 +31,7 @@ struct TaskStats {
   double steps = 0;    ///< decode steps
   double decode_seconds = 0;
   double hits = 0, prompts = 0;  ///< pass-key retrieval
+  double prefill_peak_rows = 0;  ///< the most rows any (layer, KV head) held while a prompt went in
 
   [[nodiscard]] double bits_per_byte() const { return bits / scored; }
   [[nodiscard]] double mean_kv_bytes() const { return kv_sum / steps; }
@@ -39,12 +41,21 @@ struct TaskStats {
 /// FastGen's token classes for a byte-level model (docs/policies/fastgen.md, MODELS.md): the first `special` positions
 /// of the sequence play the special tokens (the models have no BOS; these are the bytes that act as sinks), and a byte
 /// made only of whitespace or ASCII punctuation is punctuation (cold-compress's is_punc_id, on bytes).
+inline kvcache::TokenClass byte_class(kvcache::Position p, int byte, int special = 4) {
+  if (p < special) return kvcache::TokenClass::kSpecial;
+  const bool punct = byte >= 0 && byte < 128 && (std::ispunct(byte) || std::isspace(byte));
+  return punct ? kvcache::TokenClass::kPunctuation : kvcache::TokenClass::kOther;
+}
+/// The classes of the tokens the model last ran at each position (one sequence per model).
 inline std::function<kvcache::TokenClass(kvcache::Position)> byte_token_classes(const TinyLm& model, int special = 4) {
-  return [&model, special](kvcache::Position p) {
-    if (p < special) return kvcache::TokenClass::kSpecial;
-    const int t = model.token_at(p);
-    const bool punct = t >= 0 && t < 128 && (std::ispunct(t) || std::isspace(t));
-    return punct ? kvcache::TokenClass::kPunctuation : kvcache::TokenClass::kOther;
+  return [&model, special](kvcache::Position p) { return byte_class(p, model.token_at(p), special); };
+}
+/// The classes of one sequence's bytes (position p holds bytes[p]), for engines that run several sequences on one
+/// model. The bytes must outlive the function.
+inline std::function<kvcache::TokenClass(kvcache::Position)> byte_classes_of(std::span<const int> bytes,
+                                                                             int special = 4) {
+  return [bytes, special](kvcache::Position p) {
+    return byte_class(p, p >= 0 && std::size_t(p) < bytes.size() ? bytes[std::size_t(p)] : -1, special);
   };
 }
 
@@ -84,12 +95,44 @@ inline double surprisal_bits(const Eigen::VectorXf& logits, int next) {
 using Clock = std::chrono::steady_clock;
 }  // namespace detail
 
-/// Language modelling: prefill window[0, prefix) (the policy compresses), then decode the rest byte by byte with
-/// teacher forcing and the policy active; scores every byte after the prefix.
+/// The most rows any (layer, KV head) of the cache holds.
+template <class Cache>
+std::int64_t max_rows(const Cache& cache) {
+  std::int64_t n = 0;
+  for (int l = 0; l < cache.config().n_layers; ++l) n = std::max(n, cache.layer(l).max_length());
+  return n;
+}
+
+/// Prefills tokens at positions first, first + 1, ... in chunks of `chunk` tokens (0: one call; a remainder shorter
+/// than SnapKV's window joins the chunk before it), or in one call when the policy cannot compress chunk by chunk
+/// (FastGen profiles the whole prompt). Returns the last chunk's logits;
+/// peak_rows becomes at least the most rows a head held meanwhile: a chunk's rows are appended before the policy
+/// compresses, so that is the rows before the chunk plus the chunk.
 template <class Model, class Cache>
-void language_model(Model& model, Cache& cache, std::span<const int> window, std::int64_t prefix, TaskStats& s) {
-  const Matrix logits = model.prefill(cache, window.first(std::size_t(prefix)), 0);
-  Eigen::VectorXf last = logits.row(prefix - 1).transpose();
+Matrix prefill_chunked(Model& model, Cache& cache, std::span<const int> tokens, kvcache::Position first,
+                       std::int64_t chunk, double& peak_rows) {
+  const auto n = std::int64_t(tokens.size());
+  const kvcache::PolicyNeeds needs = cache.policy().needs();
+  if (chunk <= 0 || !needs.compress_each_chunk) chunk = n;
+  Matrix logits;
+  for (std::int64_t a = 0, m = 0; a < n; a += m) {
+    m = std::min(chunk, n - a);
+    if (n - a - m < needs.prefill_window) m = n - a;  // the last chunk holds SnapKV's whole observation window
+    peak_rows = std::max(peak_rows, double(max_rows(cache) + m));
+    logits = model.prefill(cache, tokens.subspan(std::size_t(a), std::size_t(m)), first + kvcache::Position(a),
+                           /*last_chunk=*/a + m == n);
+  }
+  return logits;
+}
+
+/// Language modelling: prefill window[0, prefix) in chunks of `chunk` bytes (0: one call; the policy compresses after
+/// the last, or after each with KVCacheOptions::compress_each_chunk), then decode the rest byte by byte with teacher
+/// forcing and the policy active; scores every byte after the prefix.
+template <class Model, class Cache>
+void language_model(Model& model, Cache& cache, std::span<const int> window, std::int64_t prefix, TaskStats& s,
+                    std::int64_t chunk = 0) {
+  const Matrix logits = prefill_chunked(model, cache, window.first(std::size_t(prefix)), 0, chunk, s.prefill_peak_rows);
+  Eigen::VectorXf last = logits.row(logits.rows() - 1).transpose();
   const auto t0 = detail::Clock::now();
   for (std::int64_t t = prefix; t < std::int64_t(window.size()); ++t) {
     s.bits += detail::surprisal_bits(last, window[std::size_t(t)]);

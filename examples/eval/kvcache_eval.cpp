@@ -7,7 +7,7 @@
 // are fixed (2 layers x 256 tokens) and not counted in the KV bytes columns (their size is printed).
 // On MLA, streaming_llm's in-cache positions re-rotate only the RoPE tail of each latent row.
 //
-// Tasks (--task; `all`, the default, runs the three in turn):
+// Tasks (--task; `all`, the default, runs lm, passkey and stream in turn):
 //   lm       Language modelling: --sequences windows of --length bytes (offsets drawn from --seed, or --offsets); the
 //            first --prefix bytes are the prompt (prefill, then the policy compresses), the rest are decoded byte by
 //            byte with teacher forcing and the policy active. Reports bits per byte on the decoded bytes, its
@@ -23,10 +23,16 @@
 //            length, sinks + window with in-cache positions stay flat. `recompute` (stream task only) is the paper's
 //            sliding window with re-computation: each 1k segment scored after a fresh prefill of the 1k before it,
 //            the per-segment baseline that separates what the cache does from how hard each segment's text is.
+//   serve    Many sequences on one BlockPool (--pool-mib): sequences of --serve-prompt bytes, prefilled in chunks of
+//            --serve-chunk and then decoding --serve-decode bytes each, arrive until the pool holds no further
+//            reservation (the blocks a sequence can need at its worst under its policy); they then decode together on
+//            --threads threads. Reports the sequences that fit (and against Full), the peak blocks used, decode
+//            tokens/s over all sequences and bits per byte, for Full and each policy at each --serve-budgets.
 // Cache type: lm and passkey run on each element type of --kv-dtypes in turn (default f16; i8 is the int8 cache), with
 // the type as a column; stream runs on f16.
 // Output: markdown tables on stdout; with --out DIR, CSV files (lm.csv, passkey.csv, passkey_depths.csv, stream.csv,
-// stream_segments.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and a non-zero exit status.
+// stream_segments.csv, serve.csv) that docs/plots.gp renders; progress on stderr. Errors: a sentence and a non-zero
+// exit status.
 //
 //   kvcache-eval --help   lists every option with its default
 
@@ -43,6 +49,7 @@
 
 #include "engine/cli.hpp"
 #include "engine/policy_by_name.hpp"
+#include "engine/serve.hpp"
 #include "engine/tasks.hpp"
 #include "engine/tinylm_gqa.hpp"
 #include "engine/tinylm_mla.hpp"
@@ -66,6 +73,7 @@ struct Options {
   int sequences = 2;
   std::int64_t length = 1024, prefix = 512;
   std::vector<std::size_t> offsets;
+  std::vector<std::int64_t> chunks = {0};  // prefill chunk sizes (0: the prompt in one call)
   // passkey
   std::vector<std::int64_t> contexts = {1024};
   std::vector<double> depths = {0.1, 0.3, 0.5, 0.7, 0.9};
@@ -75,6 +83,12 @@ struct Options {
   std::int64_t stream_length = 8192;
   std::vector<std::string> stream_policies = {"full", "streaming_llm_original", "streaming_llm"};
   std::vector<double> stream_budgets = {0.5};
+  // serve
+  double pool_mib = 64;
+  std::int64_t serve_prompt = 8192, serve_decode = 512, serve_chunk = 256;
+  int block_rows = 16, threads = 2, serve_max = 64;
+  std::vector<std::string> serve_policies = {"full", "streaming_llm", "h2o", "vatp", "l2_norm", "snapkv"};
+  std::vector<double> serve_budgets = {0.25, 0.1};
 };
 
 // The command line (CLI11: `kvcache-eval --help` lists every option with its default). Lists are comma-separated.
@@ -84,7 +98,7 @@ Options parse(int argc, char** argv) {
       "kvcache-eval: what each KV-cache policy does to a bundled model (bits per byte, pass-key retrieval, "
       "long streams)"};
   app.add_option("--task", o.task, "the task to run")
-      ->check(CLI::IsMember({"all", "lm", "passkey", "stream"}))
+      ->check(CLI::IsMember({"all", "lm", "passkey", "stream", "serve"}))
       ->capture_default_str();
   app.add_option("--model", o.model, "a bundled model (gqa, mla, yoco) or a model file's path")->capture_default_str();
   app.add_option("--text", o.text, "the evaluation text")->check(CLI::ExistingFile);
@@ -111,6 +125,12 @@ Options parse(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--prefix", o.prefix, "lm: bytes of each window prefilled as the prompt")->capture_default_str();
+  app.add_option("--chunks", o.chunks,
+                 "lm: prompt chunk sizes in bytes, each run in turn (0: one call); with chunks the policies that can "
+                 "compress after every chunk (KVCacheOptions::compress_each_chunk)")
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--offsets", o.offsets, "lm and stream: byte offsets of the windows instead of drawn ones")
       ->delimiter(',');
   app.add_option("--contexts", o.contexts, "passkey: context lengths in bytes")->delimiter(',')->capture_default_str();
@@ -133,12 +153,39 @@ Options parse(int argc, char** argv) {
                                         "stream: budgets as fractions of the trained length (default: --budgets "
                                         "with --task stream, else 0.5)")
                              ->delimiter(',');
+  app.add_option("--pool-mib", o.pool_mib, "serve: the block pool's size in MiB")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--serve-prompt", o.serve_prompt, "serve: prompt bytes per sequence")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("--serve-decode", o.serve_decode, "serve: bytes decoded per sequence")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1} << 30))
+      ->capture_default_str();
+  app.add_option("--serve-chunk", o.serve_chunk, "serve: prompt bytes per prefill call (0: the prompt in one call)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--block-rows", o.block_rows, "serve: rows per block (a power of two in [16, 256])")
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "serve: threads the sequences are split over")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--serve-max", o.serve_max, "serve: at most this many sequences arrive")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--serve-policies", o.serve_policies, "serve: policies (the names of --policies)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--serve-budgets", o.serve_budgets, "serve: budgets as fractions of the prompt")
+      ->delimiter(',')
+      ->capture_default_str();
   engine::parse_command_line(app, argc, argv);
   KVCACHE_REQUIRE(o.prefix >= 1 && o.prefix < o.length, "--prefix must be in [1, length = ", o.length, "), got ",
                   o.prefix);
   for (double b : o.budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
   if (stream_budgets->count() == 0 && o.task == "stream") o.stream_budgets = o.budgets;
   for (double b : o.stream_budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
+  for (double b : o.serve_budgets) KVCACHE_REQUIRE(b > 0 && b <= 1, "budgets are fractions in (0, 1], got ", b);
   return o;
 }
 
@@ -193,63 +240,74 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
   std::vector<std::vector<int>> windows;
   for (std::size_t at : offsets) windows.push_back(engine::byte_window(text, at, o.length));
   const auto runs = policy_runs(o.policies, o.budgets, o.thresholds);
-  using Key = std::tuple<std::string, std::string, double>;  // KV dtype, policy, budget
+  using Key = std::tuple<std::string, std::string, double, std::int64_t>;  // KV dtype, policy, budget, chunk
   std::map<Key, engine::TaskStats> results;
   std::map<double, std::array<std::int64_t, kvcache::FastGen::kChoices>> choices;  // FastGen: heads per choice
   const auto cfg0 = model.cache_config(o.length + 8, kvcache::parse_dtype(o.kv_dtypes.front()));
   int done = 0;
   for (const std::string& dt : o.kv_dtypes) {
     const auto cfg = model.cache_config(o.length + 8, kvcache::parse_dtype(dt));
-    for (const auto& [p, b] : runs) {
-      engine::TaskStats& r = results[{dt, p, b}];
-      for (const auto& w : windows)
-        engine::with_policy(p, b, o.length, model, cfg, [&](auto& cache) {
-          engine::language_model(model, cache, w, o.prefix, r);
-          if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
-            if (dt == o.kv_dtypes.front())
-              for (int l = 0; l < cfg.n_layers; ++l)
-                for (int h = 0; h < cfg.shape.n_kv_heads; ++h) {
-                  const int c = cache.policy_state().choice(l, h);
-                  choices[b][std::size_t(c < 0 ? kvcache::FastGen::kChoices - 1 : c)] += 1;
-                }
-        });
-      std::fprintf(stderr, "lm [%d/%zu] %s %s at %s: %.4f bits/byte\n", ++done, runs.size() * o.kv_dtypes.size(),
-                   dt.c_str(), p.c_str(), percent(p, b).c_str(), r.bits_per_byte());
-    }
+    for (std::int64_t chunk : o.chunks)
+      for (const auto& [p, b] : runs) {
+        engine::TaskStats& r = results[{dt, p, b, chunk}];
+        for (const auto& w : windows)
+          engine::with_policy(
+              p, b, o.length, model, cfg,
+              [&](auto& cache) {
+                engine::language_model(model, cache, w, o.prefix, r, chunk);
+                if constexpr (std::is_same_v<std::decay_t<decltype(cache.policy())>, kvcache::FastGen>)
+                  if (dt == o.kv_dtypes.front() && chunk == o.chunks.front())
+                    for (int l = 0; l < cfg.n_layers; ++l)
+                      for (int h = 0; h < cfg.shape.n_kv_heads; ++h) {
+                        const int c = cache.policy_state().choice(l, h);
+                        choices[b][std::size_t(c < 0 ? kvcache::FastGen::kChoices - 1 : c)] += 1;
+                      }
+              },
+              /*retrieval=*/false, /*chunked=*/chunk > 0);
+        std::fprintf(stderr, "lm [%d/%zu] %s %s at %s, chunk %lld: %.4f bits/byte\n", ++done,
+                     runs.size() * o.kv_dtypes.size() * o.chunks.size(), dt.c_str(), p.c_str(), percent(p, b).c_str(),
+                     static_cast<long long>(chunk), r.bits_per_byte());
+      }
   }
   std::printf(
       "\n### Language modelling\n\n%zu windows of %lld bytes from %s (seed %u), prompt %lld bytes, %lld decoded "
       "with the policy active; budget = rows per layer and KV head as a fraction of the window; KV: the cache's "
       "element type (vs full: against Full of the same type; vs f16: relative change from the same policy and "
-      "budget on an f16 cache).\n\n",
+      "budget on an f16 cache); chunk: prompt bytes per prefill call (whole: one call; else the policy compresses "
+      "after every chunk it can, FastGen and Full take the prompt whole); prefill peak rows: the most rows a (layer, "
+      "KV head) held while the prompt went in.\n\n",
       windows.size(), static_cast<long long>(o.length), shown(o.text).c_str(), o.seed, static_cast<long long>(o.prefix),
       static_cast<long long>(o.length - o.prefix));
   std::printf(
-      "| policy | budget | KV | bits/byte | vs full | vs f16 | mean KV bytes | peak KV bytes | decode tok/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+      "| policy | budget | KV | chunk | bits/byte | vs full | vs f16 | mean KV bytes | peak KV bytes | prefill peak "
+      "rows | decode tok/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   auto csv = csv_file(o, "lm.csv",
                       "policy,budget,bits_per_byte,delta_vs_full,mean_kv_bytes,peak_kv_bytes,decode_tokens_per_s,"
-                      "kv_dtype,relative_vs_f16");
-  for (const std::string& dt : o.kv_dtypes) {
-    const auto full = results.find({dt, "full", 1.0});
-    const double full_bpb = full != results.end() ? full->second.bits_per_byte() : NAN;
-    for (const auto& [p, b] : runs) {
-      const engine::TaskStats& r = results[{dt, p, b}];
-      const auto f16 = results.find({"f16", p, b});
-      const double rel = f16 != results.end() ? r.bits_per_byte() / f16->second.bits_per_byte() - 1.0 : NAN;
-      char vs_f16[32] = "";
-      if (dt != "f16" && std::isfinite(rel)) std::snprintf(vs_f16, sizeof vs_f16, "%+.2f%%", 100.0 * rel);
-      std::printf("| %s | %s | %s | %.4f | %+.4f | %s | %.0f | %.0f | %.0f |\n", p.c_str(), percent(p, b).c_str(),
-                  dt.c_str(), r.bits_per_byte(), r.bits_per_byte() - full_bpb, vs_f16, r.mean_kv_bytes(), r.kv_peak,
-                  r.decode_tokens_per_s());
-      if (csv)
-        csv << p << ',' << b << ',' << r.bits_per_byte() << ',' << r.bits_per_byte() - full_bpb << ','
-            << r.mean_kv_bytes() << ',' << r.kv_peak << ',' << r.decode_tokens_per_s() << ',' << dt << ',' << rel
-            << '\n';
+                      "kv_dtype,relative_vs_f16,chunk,prefill_peak_rows");
+  for (const std::string& dt : o.kv_dtypes)
+    for (std::int64_t chunk : o.chunks) {
+      const auto full = results.find({dt, "full", 1.0, chunk});
+      const double full_bpb = full != results.end() ? full->second.bits_per_byte() : NAN;
+      for (const auto& [p, b] : runs) {
+        const engine::TaskStats& r = results[{dt, p, b, chunk}];
+        const auto f16 = results.find({"f16", p, b, chunk});
+        const double rel = f16 != results.end() ? r.bits_per_byte() / f16->second.bits_per_byte() - 1.0 : NAN;
+        char vs_f16[32] = "";
+        if (dt != "f16" && std::isfinite(rel)) std::snprintf(vs_f16, sizeof vs_f16, "%+.2f%%", 100.0 * rel);
+        const std::string shown_chunk = chunk > 0 ? std::to_string(chunk) : "whole";
+        std::printf("| %s | %s | %s | %s | %.4f | %+.4f | %s | %.0f | %.0f | %.0f | %.0f |\n", p.c_str(),
+                    percent(p, b).c_str(), dt.c_str(), shown_chunk.c_str(), r.bits_per_byte(),
+                    r.bits_per_byte() - full_bpb, vs_f16, r.mean_kv_bytes(), r.kv_peak, r.prefill_peak_rows,
+                    r.decode_tokens_per_s());
+        if (csv)
+          csv << p << ',' << b << ',' << r.bits_per_byte() << ',' << r.bits_per_byte() - full_bpb << ','
+              << r.mean_kv_bytes() << ',' << r.kv_peak << ',' << r.decode_tokens_per_s() << ',' << dt << ',' << rel
+              << ',' << chunk << ',' << r.prefill_peak_rows << '\n';
+      }
     }
-  }
   const auto& cfg = cfg0;
-  const auto full = results.find({o.kv_dtypes.front(), "full", 1.0});
+  const auto full = results.find({o.kv_dtypes.front(), "full", 1.0, o.chunks.front()});
   if (!choices.empty()) {
     const auto full_kv = full != results.end() ? full->second.mean_kv_bytes() : NAN;
     std::printf(
@@ -264,7 +322,7 @@ void run_lm(const Options& o, Model& model, const std::string& text) {
     for (const auto& [t, n] : choices) {
       std::printf("| %.2f |", t);
       for (auto x : n) std::printf(" %lld |", static_cast<long long>(x));
-      const double kv = results[{o.kv_dtypes.front(), "fastgen", t}].mean_kv_bytes();
+      const double kv = results[{o.kv_dtypes.front(), "fastgen", t, o.chunks.front()}].mean_kv_bytes();
       std::printf(" %.0f | %.2f |\n", kv / (cfg.n_layers * cfg.shape.n_kv_heads), kv / full_kv);
     }
   }
@@ -388,6 +446,75 @@ void run_stream(const Options& o, Model& model, const std::string& text) {
   }
 }
 
+template <class Model>
+void run_serve(const Options& o, const Model& model, const std::string& text) {
+  const kvcache::DType dtype = kvcache::parse_dtype(o.kv_dtypes.front());
+  const kvcache::CacheConfig shape = model.cache_config(1, dtype);
+  const std::size_t block = kvcache::BlockPool::block_bytes(shape.shape, dtype, o.block_rows);
+  const auto n_blocks = std::int64_t(o.pool_mib * 1024 * 1024 / double(block));
+  KVCACHE_REQUIRE(n_blocks >= 1, "--pool-mib ", o.pool_mib, " holds no block of ", block, " bytes");
+  const std::int64_t L = o.serve_prompt + o.serve_decode;
+  const auto offsets = engine::draw_offsets(text, L, o.serve_max, o.seed + 2);
+  std::vector<std::vector<int>> windows;
+  for (std::size_t at : offsets) windows.push_back(engine::byte_window(text, at, L));
+  std::vector<Model> models(std::size_t(o.threads), model);  // one engine per thread
+  engine::ServeSettings s;
+  s.prompt = o.serve_prompt;
+  s.decode = o.serve_decode;
+  s.chunk = o.serve_chunk;
+  s.threads = o.threads;
+  std::printf(
+      "\n### Serving: sequences on one block pool\n\nA pool of %.0f MiB (%lld blocks of %d rows, %zu bytes each, %s); "
+      "sequences of %lld prompt bytes (prefilled in chunks of %lld, each policy compressing after every chunk it "
+      "can) and %lld decoded bytes (teacher-forced, scored) arrive until the pool holds no further reservation: the "
+      "blocks a sequence can need at its worst (rows per head: the budget plus a chunk during prefill, plus one row "
+      "during decode; Full and FastGen: everything). The admitted sequences decode together on %d threads. Budget: a "
+      "fraction of the prompt, as rows per layer and KV head.\n\n",
+      o.pool_mib, static_cast<long long>(n_blocks), o.block_rows, block, o.kv_dtypes.front().c_str(),
+      static_cast<long long>(o.serve_prompt), static_cast<long long>(o.serve_chunk),
+      static_cast<long long>(o.serve_decode), o.threads);
+  std::printf(
+      "| policy | budget | rows per head (most) | prefill peak rows | blocks reserved per sequence | sequences | vs "
+      "full "
+      "| peak blocks used | state bytes per sequence | prefill s | decode tok/s (all) | bits/byte |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  auto csv = csv_file(o, "serve.csv",
+                      "policy,budget,head_rows_bound,prefill_peak_rows,reserved_blocks,sequences,vs_full,"
+                      "peak_blocks_used,blocks_total,state_bytes,prefill_seconds,decode_tokens_per_s,bits_per_byte");
+  double full_fit = NAN;
+  for (const auto& [p, b] : policy_runs(o.serve_policies, o.serve_budgets, o.thresholds)) {
+    kvcache::BlockPool pool(shape.shape, dtype, o.block_rows, n_blocks);
+    engine::ServeResult r;
+    engine::visit_policy(p, b, o.serve_prompt, model, [&](auto policy, kvcache::KVCacheOptions opt) {
+      using P = decltype(policy);
+      auto make = [&](std::size_t i) {
+        P each = policy;
+        if constexpr (std::is_same_v<P, kvcache::FastGen>)  // each sequence's own token classes
+          each.token_class = engine::byte_classes_of(windows[i]);
+        return each;
+      };
+      r = engine::serve(models, pool, shape, make, opt, windows, s);
+    });
+    if (p == "full") full_fit = r.sequences;
+    std::printf("| %s | %s | %lld | %.0f | %lld | %d | %.1fx | %lld / %lld | %zu | %.1f | %.0f | %.4f |\n", p.c_str(),
+                percent(p, b).c_str(), static_cast<long long>(r.head_rows_bound), r.prefill_peak_rows,
+                static_cast<long long>(r.reserved_blocks), r.sequences, r.sequences / full_fit,
+                static_cast<long long>(r.peak_blocks_used), static_cast<long long>(r.blocks_total), r.state_bytes,
+                r.prefill_seconds, r.decode_tokens_per_s(), r.bits_per_byte());
+    std::fflush(stdout);
+    std::fprintf(stderr, "serve %s at %s: %d sequences, %.4f bits/byte\n", p.c_str(), percent(p, b).c_str(),
+                 r.sequences, r.bits_per_byte());
+    if (r.sequences == int(windows.size()))
+      std::fprintf(stderr, "serve %s at %s: all %d sequences fit; --serve-max limits the count\n", p.c_str(),
+                   percent(p, b).c_str(), r.sequences);
+    if (csv)
+      csv << p << ',' << b << ',' << r.head_rows_bound << ',' << r.prefill_peak_rows << ',' << r.reserved_blocks << ','
+          << r.sequences << ',' << r.sequences / full_fit << ',' << r.peak_blocks_used << ',' << r.blocks_total << ','
+          << r.state_bytes << ',' << r.prefill_seconds << ',' << r.decode_tokens_per_s() << ',' << r.bits_per_byte()
+          << '\n';
+  }
+}
+
 // The bundled model's file for a short name (gqa, mla, yoco, tinylm-X), or the argument itself (a path).
 std::string model_path(const std::string& m) {
   for (const char* name : {"gqa", "mla", "yoco"})
@@ -414,6 +541,12 @@ void run(Options o, const std::string& path, const std::string& text) {
   if (o.task == "all" || o.task == "lm") run_lm(o, model, text);
   if (o.task == "all" || o.task == "passkey") run_passkey(o, model, text);
   if (o.task == "all" || o.task == "stream") run_stream(o, model, text);
+  if constexpr (std::is_copy_constructible_v<Model>) {
+    if (o.task == "serve") run_serve(o, model, text);
+  } else {
+    KVCACHE_REQUIRE(o.task != "serve", "--task serve runs many sequences through copies of one engine; ", model.name(),
+                    " keeps a sequence's self-decoder rings inside the engine (gqa and mla can serve)");
+  }
 }
 
 }  // namespace

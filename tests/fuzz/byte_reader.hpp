@@ -14,6 +14,8 @@ class ByteReader {
   ByteReader(const std::uint8_t* data, std::size_t size) noexcept : data_(data), size_(size) {}
 
   [[nodiscard]] bool empty() const noexcept { return pos_ >= size_; }
+  /// The input's length, which a program may read as one more choice without consuming a byte.
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
   std::uint8_t byte() noexcept { return pos_ < size_ ? data_[pos_++] : 0; }
   std::uint16_t u16() noexcept { return static_cast<std::uint16_t>(byte() | (byte() << 8)); }
   std::uint32_t u32() noexcept { return static_cast<std::uint32_t>(u16()) | (static_cast<std::uint32_t>(u16()) << 16); }

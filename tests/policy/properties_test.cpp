@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -540,6 +542,35 @@ TEST(PolicyConfigTest, NanScoresRankLowest) {
 
 namespace {
 
+// Layer 0 of cache gets seq's prompt in chunks [cuts[i], cuts[i + 1]); the last is the last chunk. after(i) runs
+// after chunk i.
+template <class Cache, class After>
+void prefill_in_chunks(Cache& cache, const Sequence& seq, const std::vector<std::int64_t>& cuts, After&& after) {
+  for (std::size_t c = 0; c + 1 < cuts.size(); ++c) {
+    const std::int64_t a = cuts[c], m = cuts[c + 1] - a;
+    std::vector<float> k(std::size_t(kKv * m * kD)), v(k.size()), out(std::size_t(m * kQ * kD));
+    for (int h = 0; h < kKv; ++h)
+      for (std::int64_t t = 0; t < m; ++t)
+        for (int x = 0; x < kD; ++x) {
+          k[std::size_t((h * m + t) * kD + x)] = seq.k[std::size_t(((a + t) * kKv + h) * kD + x)];
+          v[std::size_t((h * m + t) * kD + x)] = seq.v[std::size_t(((a + t) * kKv + h) * kD + x)];
+        }
+    std::vector<Position> pos;
+    for (std::int64_t t = 0; t < m; ++t) pos.push_back(Position(a + t));
+    cache.prefill(0, ConstTensorView<float, 3>(k.data(), kKv, m, kD), ConstTensorView<float, 3>(v.data(), kKv, m, kD),
+                  pos, ConstTensorView<float, 3>(seq.q.data() + a * kQ * kD, m, kQ, kD),
+                  TensorView<float, 3>(out.data(), m, kQ, kD), /*last_chunk=*/c + 2 == cuts.size());
+    after(c);
+  }
+}
+
+std::vector<std::int64_t> chunk_cuts(std::int64_t prompt, std::int64_t chunk) {
+  std::vector<std::int64_t> cuts;
+  for (std::int64_t a = 0; a < prompt; a += chunk) cuts.push_back(a);
+  cuts.push_back(prompt);
+  return cuts;
+}
+
 // Chunked prefill: the prompt in three chunks scores and keeps exactly what one chunk does (H2O's column sums of the
 // later chunks' queries cover the earlier chunks' rows).
 // With either GQA reduction (kMax keeps a column-sum row per query head across the chunks).
@@ -551,31 +582,134 @@ TEST(ChunkedPrefillTest, ThreeChunksKeepWhatOneChunkKeeps) {
     };
     auto one = make(), chunked = make();
     run(one, seq, 1, [](std::int64_t) {});
-    const std::int64_t cuts[] = {0, 17, 41, 60};
-    for (int c = 0; c < 3; ++c) {
-      const std::int64_t a = cuts[c], m = cuts[c + 1] - a;
-      std::vector<float> k(std::size_t(kKv * m * kD)), v(k.size()), out(std::size_t(m * kQ * kD));
-      for (int h = 0; h < kKv; ++h)
-        for (std::int64_t t = 0; t < m; ++t)
-          for (int x = 0; x < kD; ++x) {
-            k[std::size_t((h * m + t) * kD + x)] = seq.k[std::size_t(((a + t) * kKv + h) * kD + x)];
-            v[std::size_t((h * m + t) * kD + x)] = seq.v[std::size_t(((a + t) * kKv + h) * kD + x)];
-          }
-      std::vector<Position> pos;
-      for (std::int64_t t = 0; t < m; ++t) pos.push_back(Position(a + t));
-      chunked.prefill(0, ConstTensorView<float, 3>(k.data(), kKv, m, kD),
-                      ConstTensorView<float, 3>(v.data(), kKv, m, kD), pos,
-                      ConstTensorView<float, 3>(seq.q.data() + a * kQ * kD, m, kQ, kD),
-                      TensorView<float, 3>(out.data(), m, kQ, kD), /*last_chunk=*/c == 2);
+    const std::vector<std::int64_t> cuts = {0, 17, 41, 60};
+    prefill_in_chunks(chunked, seq, cuts, [&](std::size_t c) {
       if (c < 2) {
         EXPECT_EQ(chunked.length(0, 0), cuts[c + 1]) << "no eviction before the last chunk";
       }
-    }
+    });
     EXPECT_EQ(chunked.prompt_length(0), 60);
     for (int h = 0; h < kKv; ++h) {
       auto p1 = one.layer(0).positions(h), p2 = chunked.layer(0).positions(h);
       EXPECT_EQ(std::set<Position>(p1.begin(), p1.end()), std::set<Position>(p2.begin(), p2.end())) << "head " << h;
     }
+  }
+}
+
+// compress_each_chunk: a 200-token prompt in chunks of 30 fits a capacity of budget + 30 for every policy that can
+// compress chunk by chunk; after every chunk no head holds more than its budget; decode continues. Without the
+// option the same capacity cannot take the prompt.
+template <class P>
+void expect_bounded_peak(P policy, std::int64_t budget) {
+  constexpr std::int64_t kChunk = 30;
+  const Sequence seq(200, 8, 71);
+  KVCacheOptions opt;
+  opt.compress_each_chunk = true;
+  KVCache<P> cache(config(budget + kChunk, DType::kF32, 1), policy, opt);
+  prefill_in_chunks(cache, seq, chunk_cuts(seq.prompt, kChunk), [&](std::size_t c) {
+    for (int h = 0; h < kKv; ++h)
+      EXPECT_LE(cache.length(0, h), budget) << P::kName << " head " << h << " after chunk " << c;
+  });
+  EXPECT_EQ(cache.prompt_length(0), seq.prompt);
+  std::vector<float> o(std::size_t(kQ * kD));
+  for (std::int64_t t = seq.prompt; t < seq.prompt + seq.steps; ++t)
+    cache.decode(0, ConstTensorView<float, 2>(seq.k.data() + t * kKv * kD, kKv, kD),
+                 ConstTensorView<float, 2>(seq.v.data() + t * kKv * kD, kKv, kD), Position(t),
+                 ConstTensorView<float, 2>(seq.q.data() + t * kQ * kD, kQ, kD), TensorView<float, 2>(o.data(), kQ, kD));
+  KVCache<P> once(config(budget + kChunk, DType::kF32, 1), policy);
+  expect_error_mentioning([&] { prefill_in_chunks(once, seq, chunk_cuts(seq.prompt, kChunk), [](std::size_t) {}); },
+                          "capacity");
+}
+
+TEST(ChunkedPrefillTest, CompressEachChunkBoundsThePeak) {
+  using kvcache::StreamingLLM;
+  expect_bounded_peak(StreamingLLM(4, 36, StreamingLLM::Positions::kOriginal), 40);
+  expect_bounded_peak(kvcache::H2O(Count::of(20), Count::of(20)), 40);
+  expect_bounded_peak(kvcache::VATP(Count::of(20), Count::of(20), 4), 40);
+  expect_bounded_peak(kvcache::L2Norm(Count::of(40), {}), 40);
+  expect_bounded_peak(kvcache::SnapKV(Count::of(40), 16, 7), 40);
+  expect_bounded_peak(H2OMax(Count::of(20), Count::of(20)), 40);
+}
+
+// H2O compressed after each chunk keeps what a brute-force model of the same procedure keeps: each chunk's queries
+// attend (causally, softmax over the rows kept so far and the chunk's own) and add their probabilities, summed over
+// the group, to every row's score; then the `recent` newest positions and the best-scored others are kept. The
+// scores the cache holds are the model's.
+TEST(ChunkedPrefillTest, H2OEachChunkMatchesABruteForceModel) {
+  constexpr std::int64_t kHeavy = 7, kRecent = 5, kChunk = 9;
+  const Sequence seq(60, 0, 83);
+  KVCacheOptions opt;
+  opt.compress_each_chunk = true;
+  KVCache<kvcache::H2O> cache(config(kHeavy + kRecent + kChunk, DType::kF32, 1),
+                              kvcache::H2O(Count::of(kHeavy), Count::of(kRecent)), opt);
+  const int g = kQ / kKv;
+  std::vector<std::map<Position, double>> model(kKv);  // per KV head: kept position -> score
+  const auto cuts = chunk_cuts(seq.prompt, kChunk);
+  prefill_in_chunks(cache, seq, cuts, [&](std::size_t c) {
+    const std::int64_t a = cuts[c], b = cuts[c + 1];
+    for (int h = 0; h < kKv; ++h) {
+      auto& rows = model[std::size_t(h)];
+      for (std::int64_t t = a; t < b; ++t) rows[Position(t)] += 0.0;
+      for (std::int64_t t = a; t < b; ++t)
+        for (int qh = h * g; qh < (h + 1) * g; ++qh) {
+          const float* q = seq.q.data() + (t * kQ + qh) * kD;
+          std::map<Position, double> logit;
+          double mx = -1e300, sum = 0;
+          for (const auto& [p, sc] : rows) {
+            if (p > t) continue;
+            const float* k = seq.k_at(p, h);
+            double dot = 0;
+            for (int x = 0; x < kD; ++x) dot += double(q[x]) * double(k[x]);
+            logit[p] = dot / std::sqrt(double(kD));
+            mx = std::max(mx, logit[p]);
+          }
+          for (auto& [p, z] : logit) sum += std::exp(z - mx);
+          for (auto& [p, z] : logit) rows[p] += std::exp(z - mx) / sum;
+        }
+      if (std::int64_t(rows.size()) > kHeavy + kRecent) {
+        const Position newest = Position(b - 1);
+        std::vector<std::pair<double, Position>> others;
+        for (const auto& [p, sc] : rows)
+          if (newest - p >= kRecent) others.emplace_back(sc, p);
+        std::sort(others.begin(), others.end(), std::greater<>());
+        for (std::size_t i = std::size_t(kHeavy); i < others.size(); ++i) rows.erase(others[i].second);
+      }
+      const auto pos = cache.layer(0).positions(h);
+      const auto scores = cache.scores(0, h);
+      std::set<Position> got(pos.begin(), pos.end()), want;
+      for (const auto& [p, sc] : rows) want.insert(p);
+      ASSERT_EQ(got, want) << "head " << h << " after chunk " << c;
+      for (std::size_t j = 0; j < pos.size(); ++j) EXPECT_NEAR(scores[j], rows[pos[j]], 1e-4) << "position " << pos[j];
+    }
+  });
+}
+
+// StreamingLLM keeps the same rows chunk by chunk as once at the end (its selection reads positions alone); SnapKV
+// skips the selection after a chunk shorter than its window and votes with each longer chunk's last window queries.
+TEST(ChunkedPrefillTest, StreamingLLMAndSnapKVChunkByChunk) {
+  const Sequence seq(100, 0, 91);
+  KVCacheOptions opt;
+  opt.compress_each_chunk = true;
+  using kvcache::StreamingLLM;
+  const StreamingLLM sl(4, 12, StreamingLLM::Positions::kOriginal);
+  KVCache<StreamingLLM> once(config(100, DType::kF32, 1), sl), chunked(config(40, DType::kF32, 1), sl, opt);
+  run(once, Sequence(100, 0, 91), 1, [](std::int64_t) {});
+  prefill_in_chunks(chunked, seq, chunk_cuts(seq.prompt, 20), [](std::size_t) {});
+  for (int h = 0; h < kKv; ++h) {
+    auto a = once.layer(0).positions(h), b = chunked.layer(0).positions(h);
+    EXPECT_EQ(std::set<Position>(a.begin(), a.end()), std::set<Position>(b.begin(), b.end()));
+  }
+  // SnapKV: window 16, chunks of 30, 10 (shorter than the window: no selection), 30, 30.
+  KVCache<kvcache::SnapKV> snap(config(80, DType::kF32, 1), kvcache::SnapKV(Count::of(24), 16, 7), opt);
+  const std::vector<std::int64_t> cuts = {0, 30, 40, 70, 100};
+  const std::int64_t after[] = {24, 34, 24, 24};
+  prefill_in_chunks(snap, seq, cuts, [&](std::size_t c) {
+    for (int h = 0; h < kKv; ++h) EXPECT_EQ(snap.length(0, h), after[c]) << "chunk " << c;
+  });
+  // The last chunk's window (positions 84 - 99) is kept whole.
+  for (int h = 0; h < kKv; ++h) {
+    const auto pos = snap.layer(0).positions(h);
+    for (Position p = 84; p < 100; ++p) EXPECT_TRUE(std::find(pos.begin(), pos.end(), p) != pos.end()) << p;
   }
 }
 

@@ -97,6 +97,15 @@ TEST(BlockPoolTest, LayoutAndEngineMemory) {
   append_tagged(kv, 0, 0, 33);
   EXPECT_EQ(pool.blocks_free(), 7);
   expect_rows_match_positions<kvcache::f16>(kv, 0);
+  // The peak of blocks in use follows acquisitions, not releases, until reset_peak().
+  EXPECT_EQ(pool.blocks_used_peak(), 3);
+  std::vector<std::int32_t> more(4);
+  pool.acquire(more);
+  EXPECT_EQ(pool.blocks_used_peak(), 7);
+  pool.release(more);
+  EXPECT_EQ(pool.blocks_used_peak(), 7);
+  pool.reset_peak();
+  EXPECT_EQ(pool.blocks_used_peak(), 3);
 }
 
 TEST(BlockPoolTest, HeadsGrowAndShrinkInBlocks) {

@@ -6,7 +6,8 @@
 // already-rotated (RoPE at the token's original position) keys, values and queries. The cache runs
 //   append -> policy hooks -> attention (exporting the scores the policy needs) -> policy hooks -> rank -> select
 //   -> compact
-// (prefill compresses after the prompt's last chunk; decode after a step that leaves a head over budget + slack).
+// (prefill compresses after the prompt's last chunk, or after each chunk with KVCacheOptions::compress_each_chunk;
+// decode after a step that leaves a head over budget + slack).
 // Everything a paper does beyond ranking lives in its policy header, behind the hooks of policy/policy.hpp; per-slot
 // state lives in one table of columns (policy/slot_columns.hpp) that moves with the rows.
 //
@@ -18,7 +19,8 @@
 // Storage is dense (capacity rows per head, allocated by the constructor) or paged on a BlockPool shared with other
 // sequences (heads take blocks as they grow and return them as the policy evicts; fork() shares them copy-on-write;
 // truncate() takes back the newest tokens; docs/integration.md).
-// Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk) and, during
+// Capacity (CacheConfig::capacity) must hold the whole prompt (it is compressed after its last chunk; with
+// compress_each_chunk, budget + the longest chunk) and, during
 // decode, budget + slack + 1 rows for the policy to evict before it is full (a budget above that is allowed: a cache
 // sized for short sequences never reaches it; the decode step that finds a head full is an error).
 // Positions are >= 0 and increase strictly within a sequence (reset() starts a new one). Every entry point checks
@@ -252,7 +254,8 @@ class KVCache {
     state_.reset();
   }
 
-  /// One chunk of the prompt for one layer. last_chunk: the prompt is complete, so the policy compresses now.
+  /// One chunk of the prompt for one layer. last_chunk: the prompt is complete, so the policy compresses now (with
+  /// KVCacheOptions::compress_each_chunk a policy that can compresses after every chunk).
   void prefill(int l, ConstTensorView<float, 3> k, ConstTensorView<float, 3> v, std::span<const Position> positions,
                ConstTensorView<float, 3> q, TensorView<float, 3> out, bool last_chunk = true) {
     Layer& st = at(l);
@@ -260,6 +263,9 @@ class KVCache {
     reads_.require_done(l, "prefill");
     KVCACHE_REQUIRE(!(last_chunk && window > 0) || window <= m, "prefill: policy '", P::kName, "' observes the last ",
                     window, " prompt queries, but the last chunk has ", m, " tokens");
+    // Whether this chunk ends in a selection: the last one, or every one long enough to hold the observation window.
+    const bool compresses = last_chunk || (options_.compress_each_chunk && needs_.compress_each_chunk &&
+                                           needs_.compress_after_prefill && window <= m && !AppendsTokens<P>);
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
     storage_.layer(l).check_append(k, v, positions);
     detail::check_positions(positions, st.newest);
@@ -268,30 +274,30 @@ class KVCache {
       detail::check_finite(v.data(), std::size_t(v.size()), "prefill: the values");
       detail::check_finite(q.data(), std::size_t(q.size()), "prefill: the queries");
     }
-    if (last_chunk) detail::check_budgets(policy_, options_, l, config_.shape.n_kv_heads, st.prompt_length + m);
+    if (compresses) detail::check_budgets(policy_, options_, l, config_.shape.n_kv_heads, st.prompt_length + m);
     Ctx c = context(l);
     if constexpr (AppendsTokens<P>) {
       prefill_tokens(c, k, v, positions, q, out);
     } else {
       policy_hooks::before_prefill(policy_, c, m, last_chunk);
       append_rows(l, k, v, positions);
-      if (last_chunk && window > 0 && !needs_.prefill_scores) clear_scores(l, m);
-      prefill_attention(c.kv, q, out, ws_.prefill, prefill_options(l, m, last_chunk), exec_);
+      if (compresses && window > 0 && !needs_.prefill_scores) clear_scores(l, m);
+      prefill_attention(c.kv, q, out, ws_.prefill, prefill_options(l, m, compresses), exec_);
       st.prompt_length += m;
       policy_hooks::after_prefill_attention(policy_, c, q, last_chunk);
-      if (reads_.start_prefill(l, m, last_chunk)) finish_prefill(l);
+      if (reads_.start_prefill(l, m, compresses)) finish_prefill(l);
     }
   }
 
   /// A further read of the prompt chunk that prefill(l, ...) just appended, by the next model layer that reads cache
   /// layer l (KVCacheOptions::readers > 1). q, out: [m, n_q_heads, head_dim]. After the last reader of the last
-  /// chunk the policy compresses.
+  /// chunk (or of every chunk, KVCacheOptions::compress_each_chunk) the policy compresses.
   void read_prefill(int l, ConstTensorView<float, 3> q, TensorView<float, 3> out) {
     check_layer(l);
     const std::int64_t m = reads_.pending_prefill(l);
     check_step(q.dimension(0), q.dimension(1), q.dimension(2), out.dimension(0), out.dimension(1), out.dimension(2), m);
     if (options_.check_finite) detail::check_finite(q.data(), std::size_t(q.size()), "read_prefill: the queries");
-    prefill_attention(storage_.layer(l), q, out, ws_.prefill, prefill_options(l, m, reads_.last_chunk(l)), exec_);
+    prefill_attention(storage_.layer(l), q, out, ws_.prefill, prefill_options(l, m, reads_.compresses(l)), exec_);
     if (reads_.read(l)) finish_prefill(l);
   }
 
@@ -385,8 +391,8 @@ class KVCache {
                   std::int64_t tokens) const {
     detail::check_step(config_.shape, qt, qh, qd, ot, oh, od, tokens);
   }
-  PrefillOptions prefill_options(int l, std::int64_t m, bool last_chunk) {
-    return detail::prefill_options(needs_, layers_[std::size_t(l)].columns, options_.softmax_scale, m, last_chunk);
+  PrefillOptions prefill_options(int l, std::int64_t m, bool compresses) {
+    return detail::prefill_options(needs_, layers_[std::size_t(l)].columns, options_.softmax_scale, m, compresses);
   }
   DecodeOptions decode_options(int l) {
     return detail::decode_options(needs_, layers_[std::size_t(l)].columns, options_.softmax_scale);
@@ -400,8 +406,8 @@ class KVCache {
     detail::resolve_budgets(policy_, options_, l, st.prompt_length, st.budgets);
     st.resolved = true;
   }
-  // A window-only policy (SnapKV) scores each prompt afresh: the last chunk's window sums start from zero for the
-  // rows an earlier prompt left, as they do for the new ones.
+  // A window-only policy (SnapKV) scores each selection afresh: the window sums of the chunk it compresses after
+  // start from zero for the rows an earlier chunk or prompt left, as they do for the new ones.
   void clear_scores(int l, std::int64_t m) {
     SlotColumns& cols = layers_[std::size_t(l)].columns;
     const int rows = cols.template rows<Scores>();
@@ -451,7 +457,7 @@ class KVCache {
   }
 
   void finish_prefill(int l) {
-    if (!reads_.last_chunk(l)) return;
+    if (!reads_.compresses(l)) return;
     resolve_budgets(l);
     if (needs_.compress_after_prefill) evict(l, /*slack=*/0, /*after_prefill=*/true);
   }

@@ -30,6 +30,14 @@ struct KVCacheOptions {
   /// kvcache::Error naming where it is, and nothing changes (one pass over the step's new rows, not over the cache).
   /// Off, non-finite inputs give unspecified results, which may differ between ISAs.
   bool check_finite = true;
+  /// Chunked prefill with a bounded peak: a policy that can (PolicyNeeds::compress_each_chunk) compresses after every
+  /// prompt chunk, not only after the last, so a head holds at most budget + one chunk rows while the prompt goes in
+  /// (the capacity, or a pool's blocks, need only that). Each chunk's budgets are resolved against the prompt so far:
+  /// budgets written as token counts keep their meaning, a ratio of the prompt keeps that ratio of what has been seen.
+  /// Scores accumulate over the chunks the rows saw (H2O, VATP); SnapKV votes with each chunk's last `window` queries
+  /// and skips the compression of a chunk shorter than its window. docs/integration.md compares it with compressing
+  /// once. Policies that need the whole prompt (FastGen, Full) and those that merge as they go (DMC) are unaffected.
+  bool compress_each_chunk = false;
   /// Attention calls per step on each cache layer: 1, or more for a cache that several model layers read (YOCO).
   int readers = 1;
 };

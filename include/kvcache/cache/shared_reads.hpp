@@ -26,10 +26,11 @@ class SharedReads {
     KVCACHE_REQUIRE(due == 0, who, ": layer ", l, " still waits for ", due, " read(s) of its previous step (", readers_,
                     " readers: call read_prefill / read_decode first)");
   }
-  /// A prefill chunk of m tokens was read once; returns true when that was its last read.
-  bool start_prefill(int l, std::int64_t m, bool last_chunk) noexcept {
+  /// A prefill chunk of m tokens was read once; returns true when that was its last read. compresses: the policy
+  /// selects after the chunk's last read (so the reads export its observation window).
+  bool start_prefill(int l, std::int64_t m, bool compresses) noexcept {
     Layer& s = layers_[std::size_t(l)];
-    s = Layer{readers_ - 1, m, true, last_chunk};
+    s = Layer{readers_ - 1, m, true, compresses};
     return s.due == 0;
   }
   /// A decode step was read once; returns true when that was its last read.
@@ -49,7 +50,7 @@ class SharedReads {
     KVCACHE_REQUIRE(!s.prefill && s.due > 0, "read_decode: layer ", l,
                     " has no decode step waiting for readers (readers = ", readers_, ")");
   }
-  [[nodiscard]] bool last_chunk(int l) const noexcept { return layers_[std::size_t(l)].last_chunk; }
+  [[nodiscard]] bool compresses(int l) const noexcept { return layers_[std::size_t(l)].compresses; }
   /// One more read of layer l's step; returns true when it is the last.
   bool read(int l) noexcept { return --layers_[std::size_t(l)].due == 0; }
   /// True when the next read of layer l is its step's last.
@@ -62,7 +63,7 @@ class SharedReads {
   struct Layer {
     int due = 0;              // reads still due for the current step
     std::int64_t tokens = 0;  // the step's tokens (prefill chunk)
-    bool prefill = false, last_chunk = false;
+    bool prefill = false, compresses = false;
   };
   int readers_ = 1;
   std::vector<Layer> layers_;

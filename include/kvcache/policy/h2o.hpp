@@ -35,6 +35,7 @@ struct H2O {
     n.prefill_scores = true;
     n.decode_scores = true;
     n.gqa_reduce = gqa_reduce;
+    n.compress_each_chunk = true;
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t prompt_length) const {

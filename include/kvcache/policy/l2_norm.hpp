@@ -42,6 +42,7 @@ struct L2Norm {
   [[nodiscard]] PolicyNeeds needs() const noexcept {
     PolicyNeeds n;
     n.evict_during_decode = mode == Mode::kEveryStep;
+    n.compress_each_chunk = true;
     return n;
   }
   [[nodiscard]] ResolvedBudget budget(int layer, int, std::int64_t prompt_length) const {

@@ -67,10 +67,14 @@ enum class GqaReduce : std::uint8_t { kSum, kMean, kMax };
 /// The attention statistics a policy needs exported by the kernels, and when it evicts. Everything defaults to
 /// "nothing", so a score-free policy pays nothing.
 struct PolicyNeeds {
-  bool prefill_scores = false;             ///< column sums of the probabilities of every prompt query (H2O, VATP)
-  std::int64_t prefill_window = 0;         ///< column sums of the last W prompt queries only (SnapKV); 0: none
-  bool decode_scores = false;              ///< each decode step's probabilities added to the scores (H2O, VATP)
-  bool compress_after_prefill = true;      ///< select once the (last chunk of the) prompt is in
+  bool prefill_scores = false;         ///< column sums of the probabilities of every prompt query (H2O, VATP)
+  std::int64_t prefill_window = 0;     ///< column sums of the last W prompt queries only (SnapKV); 0: none
+  bool decode_scores = false;          ///< each decode step's probabilities added to the scores (H2O, VATP)
+  bool compress_after_prefill = true;  ///< select once the (last chunk of the) prompt is in
+  /// The selection is also sound after any chunk of a prompt, ranking by what the chunks so far exported: KVCache
+  /// then compresses after every chunk when KVCacheOptions::compress_each_chunk asks it to (StreamingLLM, H2O, VATP,
+  /// L2Norm, SnapKV). False for a policy that needs the whole prompt first (FastGen's profile).
+  bool compress_each_chunk = false;
   bool evict_during_decode = true;         ///< select after decode steps that leave a head over budget + slack
   GqaReduce gqa_reduce = GqaReduce::kSum;  ///< how the scores above are reduced over a group's query heads
 };

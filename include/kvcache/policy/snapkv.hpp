@@ -57,6 +57,7 @@ struct SnapKV {
     PolicyNeeds n;
     n.prefill_window = window;
     n.evict_during_decode = false;
+    n.compress_each_chunk = true;  // each chunk's last `window` queries vote (docs/policies/snapkv.md)
     // Pooling each query head needs the scores kept per query head, which is what kMax keeps.
     n.gqa_reduce = pool_each_query_head ? GqaReduce::kMax : gqa_reduce;
     return n;

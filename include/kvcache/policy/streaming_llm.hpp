@@ -48,7 +48,11 @@ struct StreamingLLM {
     KVCACHE_REQUIRE(recent >= 1, "StreamingLLM: recent must be >= 1, got ", recent);
   }
 
-  [[nodiscard]] PolicyNeeds needs() const noexcept { return {}; }
+  [[nodiscard]] PolicyNeeds needs() const noexcept {
+    PolicyNeeds n;
+    n.compress_each_chunk = true;
+    return n;
+  }
   [[nodiscard]] ResolvedBudget budget(int, int, std::int64_t) const noexcept {
     return ResolvedBudget{sinks + recent, recent, sinks};
   }

@@ -62,6 +62,15 @@ class BlockPool {
   [[nodiscard]] bool values_in_keys() const noexcept { return values_in_keys_; }
   [[nodiscard]] std::int64_t blocks_total() const noexcept { return n_; }
   [[nodiscard]] std::int64_t blocks_free() const noexcept { return free_count_.load(std::memory_order_relaxed); }
+  /// The most blocks in use at once since construction or the last reset_peak(): what an engine sizes a pool by.
+  [[nodiscard]] std::int64_t blocks_used_peak() const noexcept {
+    return n_ - lowest_free_.load(std::memory_order_relaxed);
+  }
+  /// Starts a new peak at the blocks in use now.
+  void reset_peak() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    lowest_free_.store(free_count_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   /// Bytes the pool holds: its blocks (owned or given) and its bookkeeping (free list and reference counts).
   [[nodiscard]] std::size_t bytes_reserved() const noexcept {
     return std::size_t(n_) * layout_.block + free_.size() * sizeof(std::int32_t) +
@@ -88,6 +97,8 @@ class BlockPool {
       out[i] = b;
     }
     free_count_.store(have - std::int64_t(out.size()), std::memory_order_relaxed);
+    if (have - std::int64_t(out.size()) < lowest_free_.load(std::memory_order_relaxed))
+      lowest_free_.store(have - std::int64_t(out.size()), std::memory_order_relaxed);
     return true;
   }
   /// Drops one reference to each block; a block whose last reference goes returns to the free list.
@@ -163,6 +174,7 @@ class BlockPool {
     for (std::int64_t i = 0; i < n_; ++i) free_[std::size_t(i)] = static_cast<std::int32_t>(n_ - 1 - i);
     refs_ = std::make_unique<std::atomic<std::int32_t>[]>(std::size_t(n_));
     free_count_.store(n_, std::memory_order_relaxed);
+    lowest_free_.store(n_, std::memory_order_relaxed);
   }
 
   static std::int64_t check_rows(int rows) {
@@ -184,6 +196,7 @@ class BlockPool {
   std::vector<std::int32_t> free_;  // a stack: free_[0, free_count_) are free
   std::unique_ptr<std::atomic<std::int32_t>[]> refs_;
   std::atomic<std::int64_t> free_count_{0};
+  std::atomic<std::int64_t> lowest_free_{0};  // the fewest free blocks since reset_peak (written under mutex_)
   mutable std::mutex mutex_;
 };
 

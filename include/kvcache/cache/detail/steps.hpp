@@ -55,14 +55,14 @@ inline void check_finite(const float* x, std::size_t n, const char* what) {
                   " (KVCacheOptions::check_finite)");
 }
 
-// Prefill exports column sums into the Scores column: of every query (prefill_scores), or of the last chunk's last
-// W queries (prefill_window).
+// Prefill exports column sums into the Scores column: of every query (prefill_scores), or of the last W queries of
+// a chunk after which the policy compresses (prefill_window).
 inline PrefillOptions prefill_options(const PolicyNeeds& needs, SlotColumns& columns, float scale, std::int64_t m,
-                                      bool last_chunk) {
+                                      bool compresses) {
   PrefillOptions opt;
   opt.scale = scale;
   const std::int64_t window = needs.prefill_window;
-  if (needs.prefill_scores || (last_chunk && window > 0)) {
+  if (needs.prefill_scores || (compresses && window > 0)) {
     opt.column_sums = columns.data<Scores>(0);
     opt.column_sums_stride = columns.capacity();
     opt.column_sums_begin = needs.prefill_scores ? 0 : m - window;
