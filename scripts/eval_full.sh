@@ -25,4 +25,8 @@ mkdir -p "$out"
 ./build/release/examples/kvcache-eval --model "$model" --task all --sequences 4 --length 2048 --prefix 512 --contexts 1024,2048 \
   --prompts 2 --streams 4 --stream-policies "$stream_policies" \
   --stream-budgets 0.1,0.25,0.5 --out "$out" "$@" | tee "$out/table.md"
+# Many sequences on one 64 MiB pool (about 7 minutes on 2 cores); YOCO keeps its rings in the engine and cannot serve.
+if [[ $model != yoco ]]; then
+  ./build/release/examples/kvcache-eval --model "$model" --task serve --out "$out" | tee "$out/serve.md"
+fi
 gnuplot -e "dir='$out'; model='tinylm-$model'" docs/plots.gp
