@@ -54,11 +54,16 @@ KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::in
 
 // Rows the score pass takes at once for a block of hb heads that is not a multiple of 4 (those have their own
 // two-row path), on AVX-512 (32 registers: R x hb accumulators, R keys and a query): enough rows that R x hb
-// independent FMA chains cover the FMA latency (with one row, blocks of 3, 5, 6 and 7 heads wait on it). Blocks of 1
-// and 2 heads stay at one row: their groups are bound by DRAM, and scoring several rows at once would send the
-// tile's V prefetches, issued row by row, out in a shorter burst. AVX2 (16 registers) keeps one row.
+// independent FMA chains cover the FMA latency (with one row, blocks of 3, 5, 6 and 7 heads wait on it). Blocks of 2
+// heads stay at one row, and so do blocks of 1 head in runs of a whole tile: those groups are bound by DRAM, and
+// scoring several rows at once would send the tile's V prefetches, issued row by row, out in a shorter burst. Runs
+// shorter than a tile (paged heads with blocks of 16 or 32 rows) are different: the hardware prefetcher, which keeps
+// a long run streaming, gives little on a few KiB, so the rows come in at the pace the score pass asks for them, and
+// a single head's one FMA chain per row (8 dependent FMAs at d 128) is what sets that pace. There a head takes 4 rows
+// at once (Zen 5, g 1, 16-row blocks: 0.74 -> 0.9 of dense speed; a whole-tile run lost 0.1 of read bandwidth).
+// AVX2 (16 registers) keeps one row.
 constexpr int score_rows(int hb) noexcept {
-  if constexpr (ops::kLanes >= 16) return hb == 3 ? 3 : hb >= 5 ? 2 : 1;
+  if constexpr (ops::kLanes >= 16) return hb == 1 ? 4 : hb == 3 ? 3 : hb >= 5 ? 2 : 1;
   return 1;
 }
 
@@ -162,7 +167,7 @@ KVCACHE_INLINE void decode_scores(const float* KVCACHE_RESTRICT q, int ldq, int 
       // path above, whose sums come out four heads of a row at a time (and for 8 f16/bf16 heads through the tree);
       // run through this one instead (inlined, with the new blocks inlined too), group 8 over f32 took 1.15 - 1.2x as
       // long with the same inner loop, likely the code-size effect described at decode_scores_any.
-      if (r + R <= r1) {
+      if (r + R <= r1 && (HB != 1 || r1 - r0 < kDecodeTile)) {
         ops::Vec a[R][HB];
         KVCACHE_UNROLL
         for (int i = 0; i < R; ++i) {
