@@ -20,8 +20,8 @@
 //                head's blocks lie apart in memory, 8 x layers blocks between neighbours), or 256 rows at a time, as a
 //                prompt prefilled in chunks of 256 grows them (prefill_grown: runs of 256 / block rows neighbours).
 //   read_ceiling_vs_dense (DecodePaged cases) what plain reading reaches on the same bytes: the time to sum every K
-//                and V row of the dense layers over the time to sum those of the paged layers, run by run in the
-//                kernel's order (median of 5 passes, same executor). Memory delivers scattered blocks of a few KiB
+//                and V row of the dense layers over the time to sum those of the paged layers, run by run (K then V
+//                of each run) (median of 5 passes, same executor). Memory delivers scattered blocks of a few KiB
 //                more slowly than one stream (DRAM pages, the hardware prefetcher), so this is the most
 //                speed_vs_dense can be for a kernel that reads each byte once.
 // The cache of one step is far smaller than the LLC at short contexts, so each iteration reads the next of enough

@@ -60,7 +60,8 @@ KVCACHE_INLINE void prefetch_row(T const* k, int dk, T const* v, int dv, std::in
 // shorter than a tile (paged heads with blocks of 16 or 32 rows) are different: the hardware prefetcher, which keeps
 // a long run streaming, gives little on a few KiB, so the rows come in at the pace the score pass asks for them, and
 // a single head's one FMA chain per row (8 dependent FMAs at d 128) is what sets that pace. There a head takes 4 rows
-// at once (Zen 5, g 1, 16-row blocks: 0.74 -> 0.9 of dense speed; a whole-tile run lost 0.1 of read bandwidth).
+// at once (Zen 5, g 1, 16-row blocks, runs of those cases alone: 0.76 -> 0.83 - 0.91 of dense speed; runs of every
+// paged case spread over 0.66 - 0.75 either way; whole-tile runs with 4 rows lost 0.1 of read bandwidth).
 // AVX2 (16 registers) keeps one row.
 constexpr int score_rows(int hb) noexcept {
   if constexpr (ops::kLanes >= 16) return hb == 1 ? 4 : hb == 3 ? 3 : hb >= 5 ? 2 : 1;
